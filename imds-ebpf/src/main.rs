@@ -1,0 +1,205 @@
+//! The tc programs of the IMDS data path. The decisions live in the library
+//! (`imds_ebpf::rules`, unit-tested on the host); this file only reads the
+//! frame, applies the verdict to the skb and counts it.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_redirect,
+    macros::{classifier, map},
+    maps::{LruHashMap, PerCpuArray},
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use imds_ebpf::{
+    abi::{Config, Counter, FLOWS_MAX_ENTRIES, FlowKey, FlowTarget},
+    frame::{ARP_FRAME_LEN, ETH_HLEN, Frame, arp_reply, parse},
+    rules::{self, GuardVerdict, GuestVerdict, ReplyVerdict},
+};
+
+/// Patched by the loader (`EbpfLoader::override_global`); read-only, so the
+/// verifier sees it as constant.
+#[unsafe(no_mangle)]
+static IMDS_CONFIG: Global<Config> = Global::new(Config {
+    redirect_ifindex: 0,
+    imds_addr: [0; 4],
+    imds_port: [0; 2],
+    sidecar_mac: [0; 6],
+});
+
+#[map]
+static IMDS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map]
+static IMDS_FLOWS: LruHashMap<FlowKey, FlowTarget> =
+    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+/// "Not ours": let the next program, or the stack, have it.
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT;
+
+/// Headers the rules may read: Ethernet, the longest IPv4 header, TCP ports.
+const HEADERS_LEN: u32 = (ETH_HLEN + 60 + 4) as u32;
+
+/// Direct packet access to the linear part of the skb.
+struct Skb<'a>(&'a TcContext);
+
+impl Frame for Skb<'_> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        if start + offset + N > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: the bounds check above is the one the verifier requires.
+        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(value) = IMDS_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Headers of a non-linear skb (e.g. a GSO segment from a TAP) may sit in
+/// fragments; make them readable before parsing.
+#[inline(always)]
+fn linearize_headers(ctx: &TcContext) {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let want = if ctx.len() < HEADERS_LEN { ctx.len() } else { HEADERS_LEN };
+    if linear < want {
+        let _ = ctx.pull_data(want);
+    }
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the context pointer the kernel passed in.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Ingress of a VM's TAP: everything the guest sends.
+#[classifier]
+pub fn imds_from_guest(ctx: TcContext) -> i32 {
+    linearize_headers(&ctx);
+    let config = IMDS_CONFIG.load();
+    let frame = Skb(&ctx);
+    match rules::from_guest(&parse(&frame), &config) {
+        GuestVerdict::Pass => PASS,
+        GuestVerdict::Redirect(key) => redirect_to_sidecar(&ctx, &frame, key, &config),
+        GuestVerdict::AnswerArp => answer_arp(&ctx, &frame, &config),
+        GuestVerdict::Drop(counter) => {
+            count(counter);
+            debug!(&ctx, "dropped guest packet for the IMDS address");
+            DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn redirect_to_sidecar(ctx: &TcContext, frame: &Skb, key: FlowKey, config: &Config) -> i32 {
+    let Some(eth) = frame.read::<12>(0) else {
+        return DROP;
+    };
+    let target = FlowTarget {
+        tap_ifindex: ifindex(ctx),
+        guest_mac: [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]],
+        gateway_mac: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
+    };
+    // Written on every segment, not just SYN, so an evicted flow heals itself.
+    if IMDS_FLOWS.insert(&key, &target, 0).is_err()
+        || ctx.store(0, &config.sidecar_mac, 0).is_err()
+    {
+        count(Counter::RewriteFailed);
+        return DROP;
+    }
+    count(Counter::GuestRedirected);
+    debug!(
+        ctx,
+        "guest {:i}:{} -> sidecar",
+        u32::from_be_bytes(key.guest_addr),
+        u16::from_be_bytes(key.guest_port)
+    );
+    // SAFETY: plain helper call; egress of our veth end delivers to its peer.
+    unsafe { bpf_redirect(config.redirect_ifindex, 0) as i32 }
+}
+
+#[inline(always)]
+fn answer_arp(ctx: &TcContext, frame: &Skb, config: &Config) -> i32 {
+    let Some(request) = frame.read::<ARP_FRAME_LEN>(0) else {
+        return DROP;
+    };
+    let Some(reply) = arp_reply(&request, config.sidecar_mac) else {
+        return DROP;
+    };
+    if ctx.store(0, &reply, 0).is_err() {
+        count(Counter::RewriteFailed);
+        return DROP;
+    }
+    count(Counter::GuestArpAnswered);
+    debug!(ctx, "answered guest ARP for the IMDS address");
+    // Back out of the TAP: egress of the TAP is the guest's receive side.
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex(ctx), 0) as i32 }
+}
+
+/// Ingress of the host end of the sidecar's veth: what the server sends.
+#[classifier]
+pub fn imds_to_guest(ctx: TcContext) -> i32 {
+    linearize_headers(&ctx);
+    let config = IMDS_CONFIG.load();
+    match rules::to_guest(&parse(&Skb(&ctx)), &config) {
+        ReplyVerdict::Forward(key) => {
+            // SAFETY: the value is copied out before any other map operation.
+            let Some(target) = (unsafe { IMDS_FLOWS.get(&key) }).copied() else {
+                count(Counter::ReplyNoFlow);
+                debug!(&ctx, "sidecar reply for an unknown flow");
+                return DROP;
+            };
+            let mut eth = [0u8; 12];
+            eth[..6].copy_from_slice(&target.guest_mac);
+            eth[6..].copy_from_slice(&target.gateway_mac);
+            if ctx.store(0, &eth, 0).is_err() {
+                count(Counter::RewriteFailed);
+                return DROP;
+            }
+            count(Counter::ReplyForwarded);
+            // SAFETY: plain helper call; egress of the TAP reaches the guest.
+            unsafe { bpf_redirect(target.tap_ifindex, 0) as i32 }
+        }
+        ReplyVerdict::Drop(counter) => {
+            count(counter);
+            DROP
+        }
+    }
+}
+
+/// Ingress of the bridge device: what the bridge hands up to the pod's stack.
+#[classifier]
+pub fn imds_guard(ctx: TcContext) -> i32 {
+    linearize_headers(&ctx);
+    let config = IMDS_CONFIG.load();
+    match rules::guard(&parse(&Skb(&ctx)), &config) {
+        GuardVerdict::Pass => PASS,
+        GuardVerdict::Drop(counter) => {
+            count(counter);
+            debug!(&ctx, "dropped non-VM packet for the IMDS address");
+            DROP
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,222 @@
+//! The ServiceAccount token, read from the kubelet-managed projected volume.
+//!
+//! The kubelet's atomic writer swaps a `..data` symlink to rotate the token,
+//! so opening the path anew on every request sees either the old or the new
+//! file, never a mix: there is no cache to invalidate.
+
+use std::{
+    io::{self, Read},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{
+    Engine as _,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
+use serde::Deserialize;
+
+/// A projected token is about 1 KiB; anything far larger is not one.
+pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+/// JWTs are unpadded base64url (RFC 7515), but tolerate padding.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token file {0} does not exist (yet)")]
+    Missing(PathBuf),
+    #[error("token file {path} cannot be read: {source}")]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("token file {path} is larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("token file {path} does not hold a JWT: {reason}")]
+    NotAJwt { path: PathBuf, reason: JwtError },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JwtError {
+    #[error("it is not three dot-separated base64url segments")]
+    Shape,
+    #[error("its payload is not base64url")]
+    PayloadEncoding,
+    #[error("its payload is not a JSON object")]
+    PayloadJson,
+    #[error("its payload has no numeric `exp` claim")]
+    MissingExp,
+    #[error("its `exp` claim is out of range")]
+    ExpOutOfRange,
+}
+
+/// A token as served: the JWT exactly as the kubelet wrote it, and when it
+/// expires according to its own `exp` claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountToken {
+    pub jwt: String,
+    pub expires_at: SystemTime,
+}
+
+impl ServiceAccountToken {
+    /// RFC 3339, UTC, whole seconds (the form Kubernetes uses in
+    /// `TokenRequestStatus.expirationTimestamp`).
+    pub fn expiration_timestamp(&self) -> String {
+        humantime::format_rfc3339_seconds(self.expires_at).to_string()
+    }
+}
+
+/// Where the token lives. Cloning is cheap; reading opens the file each time.
+#[derive(Debug, Clone)]
+pub struct TokenFile {
+    path: PathBuf,
+}
+
+impl TokenFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn read(&self) -> Result<ServiceAccountToken, TokenError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || read_token(&path))
+            .await
+            .unwrap_or_else(|join| {
+                Err(TokenError::Unreadable {
+                    path: PathBuf::new(),
+                    source: io::Error::other(join),
+                })
+            })
+    }
+}
+
+fn read_token(path: &Path) -> Result<ServiceAccountToken, TokenError> {
+    let file = std::fs::File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => TokenError::Missing(path.to_owned()),
+        _ => TokenError::Unreadable { path: path.to_owned(), source },
+    })?;
+    let mut bytes = Vec::with_capacity(2048);
+    file.take(MAX_TOKEN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| TokenError::Unreadable { path: path.to_owned(), source })?;
+    if bytes.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge { path: path.to_owned() });
+    }
+    let not_a_jwt = |reason| TokenError::NotAJwt { path: path.to_owned(), reason };
+    let text = String::from_utf8(bytes).map_err(|_| not_a_jwt(JwtError::Shape))?;
+    // A hand-written file may end in a newline; a JWT never contains one.
+    let jwt = text.trim_ascii().to_owned();
+    let expires_at = jwt_expiry(&jwt).map_err(not_a_jwt)?;
+    Ok(ServiceAccountToken { jwt, expires_at })
+}
+
+/// The `exp` claim of a compact-serialised JWT. The signature is not
+/// checked: the kubelet wrote the file and the consumer verifies it.
+pub fn jwt_expiry(jwt: &str) -> Result<SystemTime, JwtError> {
+    let mut segments = jwt.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return Err(JwtError::Shape);
+    };
+    let is_b64url = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+    };
+    if !(is_b64url(header) && is_b64url(payload) && is_b64url(signature)) {
+        return Err(JwtError::Shape);
+    }
+    let payload = BASE64URL.decode(payload).map_err(|_| JwtError::PayloadEncoding)?;
+
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: Option<serde_json::Value>,
+    }
+    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadJson)?;
+    // NumericDate may carry a fraction (RFC 7519 §2); whole seconds suffice.
+    let exp = claims.exp.as_ref().and_then(serde_json::Value::as_f64).ok_or(JwtError::MissingExp)?;
+    if !(exp.is_finite() && exp >= 0.0 && exp < 253_402_300_800.0) {
+        // Beyond 9999-12-31 cannot be written as RFC 3339.
+        return Err(JwtError::ExpOutOfRange);
+    }
+    Ok(UNIX_EPOCH + Duration::from_secs(exp as u64))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A syntactically real JWT with the given claims (unsigned: signature
+    /// bytes are arbitrary, as the IMDS never checks them).
+    pub fn jwt_with_claims(claims: &str) -> String {
+        let e = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.{}", e(br#"{"alg":"RS256","kid":"k"}"#), e(claims.as_bytes()), e(b"sig"))
+    }
+
+    #[test]
+    fn expiry_comes_from_the_exp_claim() {
+        let jwt = jwt_with_claims(r#"{"aud":["x"],"exp":1795000000,"sub":"system:serviceaccount:ns:sa"}"#);
+        let t = ServiceAccountToken { expires_at: jwt_expiry(&jwt).unwrap(), jwt };
+        assert_eq!(t.expiration_timestamp(), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn fractional_exp_is_accepted() {
+        let jwt = jwt_with_claims(r#"{"exp":1795000000.75}"#);
+        assert_eq!(jwt_expiry(&jwt), Ok(UNIX_EPOCH + Duration::from_secs(1_795_000_000)));
+    }
+
+    #[test]
+    fn non_jwts_are_rejected_with_a_reason() {
+        let cases = [
+            ("", JwtError::Shape),
+            ("abc", JwtError::Shape),
+            ("a.b", JwtError::Shape),
+            ("a.b.c.d", JwtError::Shape),
+            ("a..c", JwtError::Shape),
+            ("a.b c.d", JwtError::Shape),
+            ("a.!!!.c", JwtError::Shape),
+            ("a.Zm9v.c", JwtError::PayloadJson),
+            ("a.A.c", JwtError::PayloadEncoding),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(jwt_expiry(input), Err(expected), "{input:?}");
+        }
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"sub":"x"}"#)), Err(JwtError::MissingExp));
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":"soon"}"#)), Err(JwtError::MissingExp));
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":-1}"#)), Err(JwtError::ExpOutOfRange));
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":1e300}"#)), Err(JwtError::ExpOutOfRange));
+        assert_eq!(jwt_expiry(&jwt_with_claims("[1,2]")), Err(JwtError::PayloadJson));
+    }
+
+    #[tokio::test]
+    async fn reads_the_file_each_time_and_reports_each_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = TokenFile::new(&path);
+        assert!(matches!(source.read().await, Err(TokenError::Missing(_))));
+
+        std::fs::write(&path, "not a jwt").unwrap();
+        assert!(matches!(source.read().await, Err(TokenError::NotAJwt { .. })));
+
+        let first = jwt_with_claims(r#"{"exp":1795000000}"#);
+        std::fs::write(&path, format!("{first}\n")).unwrap();
+        assert_eq!(source.read().await.unwrap().jwt, first);
+
+        let second = jwt_with_claims(r#"{"exp":1795003600}"#);
+        std::fs::write(&path, &second).unwrap();
+        assert_eq!(source.read().await.unwrap().jwt, second);
+
+        std::fs::write(&path, vec![b'a'; MAX_TOKEN_BYTES as usize + 1]).unwrap();
+        assert!(matches!(source.read().await, Err(TokenError::TooLarge { .. })));
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(matches!(source.read().await, Err(TokenError::Unreadable { .. })));
+    }
+}
