@@ -20,7 +20,7 @@ pub const GLOBAL_CONFIG: &str = "IMDS_CONFIG";
 
 /// Capacity of [`MAP_FLOWS`]: concurrent guest connections to the IMDS that
 /// can be answered. LRU, so an idle flow is the first to go.
-pub const FLOWS_MAX_ENTRIES: u32 = 4096;
+pub const FLOWS_MAX_ENTRIES: u32 = 1024;
 
 /// Load-time settings of the programs, fixed for the life of a load.
 #[repr(C)]
@@ -59,7 +59,46 @@ pub struct FlowTarget {
     pub gateway_mac: [u8; 6],
 }
 
-/// Indexes of [`MAP_COUNTERS`] (a per-CPU array of `u64`).
+/// The value of [`MAP_COUNTERS`], a one-entry per-CPU array: named fields so
+/// `bpftool map dump name IMDS_COUNTERS` prints them by name (from BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub guest_redirected: u64,
+    pub guest_arp_answered: u64,
+    pub guest_unsupported_dropped: u64,
+    pub reply_forwarded: u64,
+    pub reply_no_flow: u64,
+    pub reply_unexpected_dropped: u64,
+    pub foreign_dropped: u64,
+    pub foreign_arp_dropped: u64,
+    pub rewrite_failed: u64,
+}
+
+impl Counters {
+    /// Pointer to the field for `counter`; the eBPF side increments through it.
+    #[inline(always)]
+    pub fn field_ptr(this: *mut Counters, counter: Counter) -> *mut u64 {
+        // In bounds: fields are u64s in `Counter` order (see the layout test).
+        this.cast::<u64>().wrapping_add(counter as usize)
+    }
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        match counter {
+            Counter::GuestRedirected => self.guest_redirected,
+            Counter::GuestArpAnswered => self.guest_arp_answered,
+            Counter::GuestUnsupportedDropped => self.guest_unsupported_dropped,
+            Counter::ReplyForwarded => self.reply_forwarded,
+            Counter::ReplyNoFlow => self.reply_no_flow,
+            Counter::ReplyUnexpectedDropped => self.reply_unexpected_dropped,
+            Counter::ForeignDropped => self.foreign_dropped,
+            Counter::ForeignArpDropped => self.foreign_arp_dropped,
+            Counter::RewriteFailed => self.rewrite_failed,
+        }
+    }
+}
+
+/// Selects one field of [`Counters`]; the discriminant is the field's index.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -98,7 +137,7 @@ impl Counter {
         Counter::RewriteFailed,
     ];
 
-    /// Stable snake_case name for logs and the operator docs.
+    /// The field name in [`Counters`] (and in bpftool's output).
     pub const fn name(self) -> &'static str {
         match self {
             Counter::GuestRedirected => "guest_redirected",
@@ -121,6 +160,8 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowTarget {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Counters {}
 
 #[cfg(test)]
 mod tests {
@@ -132,6 +173,28 @@ mod tests {
         assert_eq!(size_of::<Config>(), 4 + 4 + 2 + 6);
         assert_eq!(size_of::<FlowKey>(), 8);
         assert_eq!(size_of::<FlowTarget>(), 16);
+    }
+
+    #[test]
+    fn counter_fields_follow_the_enum() {
+        assert_eq!(size_of::<Counters>(), 8 * Counter::COUNT as usize);
+        let offsets = [
+            core::mem::offset_of!(Counters, guest_redirected),
+            core::mem::offset_of!(Counters, guest_arp_answered),
+            core::mem::offset_of!(Counters, guest_unsupported_dropped),
+            core::mem::offset_of!(Counters, reply_forwarded),
+            core::mem::offset_of!(Counters, reply_no_flow),
+            core::mem::offset_of!(Counters, reply_unexpected_dropped),
+            core::mem::offset_of!(Counters, foreign_dropped),
+            core::mem::offset_of!(Counters, foreign_arp_dropped),
+            core::mem::offset_of!(Counters, rewrite_failed),
+        ];
+        let mut c = Counters::default();
+        for (counter, offset) in Counter::ALL.into_iter().zip(offsets) {
+            assert_eq!(counter as usize * 8, offset, "{counter:?}");
+            unsafe { *Counters::field_ptr(&mut c, counter) += counter as u64 + 1 };
+            assert_eq!(c.get(counter), counter as u64 + 1);
+        }
     }
 
     #[test]

@@ -8,13 +8,13 @@ use aya_ebpf::{
     Global,
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect,
-    macros::{classifier, map},
-    maps::{LruHashMap, PerCpuArray},
+    btf_maps::{LruHashMap, PerCpuArray},
+    macros::{btf_map, classifier},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use imds_ebpf::{
-    abi::{Config, Counter, FLOWS_MAX_ENTRIES, FlowKey, FlowTarget},
+    abi::{Config, Counter, Counters, FLOWS_MAX_ENTRIES, FlowKey, FlowTarget},
     frame::{ARP_FRAME_LEN, ETH_HLEN, Frame, arp_reply, parse},
     rules::{self, GuardVerdict, GuestVerdict, ReplyVerdict},
 };
@@ -29,12 +29,13 @@ static IMDS_CONFIG: Global<Config> = Global::new(Config {
     sidecar_mac: [0; 6],
 });
 
-#[map]
-static IMDS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+// BTF-defined maps: bpftool prints their keys and values field by field.
+#[btf_map]
+static IMDS_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
-#[map]
-static IMDS_FLOWS: LruHashMap<FlowKey, FlowTarget> =
-    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+#[btf_map]
+static IMDS_FLOWS: LruHashMap<FlowKey, FlowTarget, { FLOWS_MAX_ENTRIES as usize }> =
+    LruHashMap::new();
 
 /// "Not ours": let the next program, or the stack, have it.
 const PASS: i32 = TC_ACT_UNSPEC;
@@ -60,9 +61,10 @@ impl Frame for Skb<'_> {
 
 #[inline(always)]
 fn count(counter: Counter) {
-    if let Some(value) = IMDS_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe { *value += 1 };
+    if let Some(counters) = IMDS_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, no concurrent writer; the field pointer
+        // stays inside the struct.
+        unsafe { *Counters::field_ptr(counters, counter) += 1 };
     }
 }
 

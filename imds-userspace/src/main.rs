@@ -1,1 +1,43 @@
-fn main(){}
+//! The single binary: `kubevirt-imds sidecar` (and, later, `webhook`).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use imds_userspace::sidecar;
+use tracing_subscriber::{EnvFilter, fmt};
+
+#[derive(Debug, Parser)]
+#[command(name = "kubevirt-imds", version, about = "Instance metadata service for KubeVirt VMs")]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "IMDS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run in a virt-launcher pod: serve 169.254.169.254 to its VM.
+    Sidecar(sidecar::SidecarArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // RUST_LOG overrides; the default keeps a sidecar per VM quiet.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match cli.command {
+        Command::Sidecar(args) => sidecar::run(args).await,
+    }
+}

@@ -1,0 +1,217 @@
+//! Which program goes on which interface, decided from a snapshot of the
+//! pod's links. Pure: the reconciler feeds it every link change.
+
+use std::collections::BTreeSet;
+
+use imds_ebpf::abi::{PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST};
+
+use crate::net::links::LinkSummary;
+
+/// KubeVirt names the bridge of pod interface `X` `k6t-X`.
+pub const KUBEVIRT_BRIDGE_PREFIX: &str = "k6t-";
+
+/// Attachment roles, in the order they must be attached: replies must be
+/// handled before the first guest packet is redirected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// `imds_to_guest` on the redirect end of the sidecar's veth.
+    ToGuest,
+    /// `imds_guard` on a VM bridge.
+    Guard,
+    /// `imds_from_guest` on a VM's TAP.
+    FromGuest,
+}
+
+impl Role {
+    pub fn program(self) -> &'static str {
+        match self {
+            Role::ToGuest => PROG_TO_GUEST,
+            Role::Guard => PROG_GUARD,
+            Role::FromGuest => PROG_FROM_GUEST,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attachment {
+    pub role: Role,
+    pub ifindex: u32,
+    pub ifname: String,
+}
+
+impl Attachment {
+    pub fn key(&self) -> (Role, u32) {
+        (self.role, self.ifindex)
+    }
+}
+
+/// What to look for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// `Some(name)`: only that bridge; `None`: every `k6t-*` bridge.
+    pub bridge: Option<String>,
+    /// Bridge ports whose name starts with this are the VM's TAPs.
+    pub guest_port_prefix: String,
+    /// The sidecar veth end the replies come out of.
+    pub redirect_ifname: String,
+}
+
+impl Selector {
+    fn selects_bridge(&self, link: &LinkSummary) -> bool {
+        link.is_bridge
+            && match &self.bridge {
+                Some(name) => link.name == *name,
+                None => link.name.starts_with(KUBEVIRT_BRIDGE_PREFIX),
+            }
+    }
+}
+
+/// The attachments `links` call for, sorted in attach order.
+pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
+    let bridges: BTreeSet<u32> =
+        links.iter().filter(|l| selector.selects_bridge(l)).map(|l| l.index).collect();
+    let mut wanted: Vec<Attachment> = links
+        .iter()
+        .filter_map(|link| {
+            let role = if link.name == selector.redirect_ifname {
+                Role::ToGuest
+            } else if bridges.contains(&link.index) {
+                Role::Guard
+            } else if link.controller.is_some_and(|c| bridges.contains(&c))
+                && link.name.starts_with(&selector.guest_port_prefix)
+            {
+                Role::FromGuest
+            } else {
+                return None;
+            };
+            Some(Attachment { role, ifindex: link.index, ifname: link.name.clone() })
+        })
+        .collect();
+    wanted.sort();
+    wanted
+}
+
+/// How to get from what is attached to what is wanted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub attach: Vec<Attachment>,
+    pub detach: Vec<(Role, u32)>,
+}
+
+pub fn diff(attached: &BTreeSet<(Role, u32)>, wanted: &[Attachment]) -> Changes {
+    let wanted_keys: BTreeSet<_> = wanted.iter().map(Attachment::key).collect();
+    Changes {
+        attach: wanted.iter().filter(|a| !attached.contains(&a.key())).cloned().collect(),
+        detach: attached.iter().filter(|k| !wanted_keys.contains(k)).copied().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, is_bridge: bool, controller: Option<u32>) -> LinkSummary {
+        LinkSummary { index, name: name.into(), is_bridge, controller }
+    }
+
+    fn selector(bridge: Option<&str>) -> Selector {
+        Selector {
+            bridge: bridge.map(Into::into),
+            guest_port_prefix: "tap".into(),
+            redirect_ifname: "imds-redirect".into(),
+        }
+    }
+
+    fn roles(plan: &[Attachment]) -> Vec<(Role, &str)> {
+        plan.iter().map(|a| (a.role, a.ifname.as_str())).collect()
+    }
+
+    /// KubeVirt's masquerade binding: eth0 routed, k6t-eth0 with tap0.
+    fn masquerade() -> Vec<LinkSummary> {
+        vec![
+            link(1, "lo", false, None),
+            link(2, "eth0", false, None),
+            link(3, "k6t-eth0", true, None),
+            link(4, "tap0", false, Some(3)),
+            link(8, "imds-sidecar", false, None),
+            link(9, "imds-redirect", false, None),
+        ]
+    }
+
+    #[test]
+    fn masquerade_pod_gets_all_three_programs_in_order() {
+        assert_eq!(
+            roles(&plan(&masquerade(), &selector(None))),
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "k6t-eth0"), (Role::FromGuest, "tap0")]
+        );
+    }
+
+    #[test]
+    fn bridge_binding_uplink_is_not_a_guest_port() {
+        let links = vec![
+            link(3, "k6t-eth0", true, None),
+            link(5, "eth0-nic", false, Some(3)),
+            link(6, "eth0", false, None),
+            link(7, "tap0", false, Some(3)),
+            link(9, "imds-redirect", false, None),
+        ];
+        assert_eq!(
+            roles(&plan(&links, &selector(None))),
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "k6t-eth0"), (Role::FromGuest, "tap0")]
+        );
+    }
+
+    #[test]
+    fn nothing_but_the_reply_path_before_kubevirt_builds_the_bridge() {
+        let links = vec![link(2, "eth0", false, None), link(9, "imds-redirect", false, None)];
+        assert_eq!(roles(&plan(&links, &selector(None))), vec![(Role::ToGuest, "imds-redirect")]);
+    }
+
+    #[test]
+    fn hot_plugged_secondary_interfaces_are_picked_up() {
+        let mut links = masquerade();
+        links.push(link(20, "k6t-a1b2c3d4e5f", true, None));
+        links.push(link(21, "tapa1b2c3d4e5f", false, Some(20)));
+        let p = plan(&links, &selector(None));
+        assert!(p.contains(&Attachment { role: Role::FromGuest, ifindex: 21, ifname: "tapa1b2c3d4e5f".into() }));
+        assert!(p.contains(&Attachment { role: Role::Guard, ifindex: 20, ifname: "k6t-a1b2c3d4e5f".into() }));
+    }
+
+    #[test]
+    fn an_explicit_bridge_overrides_detection() {
+        let mut links = masquerade();
+        links.push(link(30, "br-custom", true, None));
+        links.push(link(31, "tap9", false, Some(30)));
+        assert_eq!(
+            roles(&plan(&links, &selector(Some("br-custom")))),
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "br-custom"), (Role::FromGuest, "tap9")]
+        );
+        // A named interface that is not a bridge is not treated as one.
+        assert_eq!(roles(&plan(&links, &selector(Some("eth0")))), vec![(Role::ToGuest, "imds-redirect")]);
+    }
+
+    #[test]
+    fn non_bridges_named_like_bridges_and_loose_taps_are_ignored() {
+        let links = vec![link(3, "k6t-eth0", false, None), link(4, "tap0", false, Some(3)), link(5, "tap1", false, None)];
+        assert!(plan(&links, &selector(None)).is_empty());
+    }
+
+    #[test]
+    fn diff_attaches_new_and_detaches_vanished() {
+        let wanted = plan(&masquerade(), &selector(None));
+        let none = BTreeSet::new();
+        assert_eq!(diff(&none, &wanted).attach, wanted);
+
+        let attached: BTreeSet<_> = [(Role::ToGuest, 9), (Role::Guard, 3), (Role::FromGuest, 4), (Role::FromGuest, 44)].into();
+        let changes = diff(&attached, &wanted);
+        assert!(changes.attach.is_empty());
+        assert_eq!(changes.detach, vec![(Role::FromGuest, 44)]);
+
+        // The TAP came back with a new ifindex: a fresh attachment.
+        let mut links = masquerade();
+        links[3].index = 40;
+        let changes = diff(&attached, &plan(&links, &selector(None)));
+        assert_eq!(roles(&changes.attach), vec![(Role::FromGuest, "tap0")]);
+        assert!(changes.detach.contains(&(Role::FromGuest, 4)));
+    }
+}

@@ -1,0 +1,199 @@
+//! Serving the API over HTTP/1.1 with limits a hostile guest cannot get
+//! around: bounded head size and header count, a deadline for every request
+//! head (which also bounds idle keep-alive connections), and a cap on
+//! concurrent connections. Request bodies are never read.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line plus headers, in bytes.
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    /// From the moment the server waits for a request head (connection
+    /// opened, or previous response sent) until the head is complete.
+    pub head_timeout: Duration,
+    pub max_connections: usize,
+    /// How long in-flight requests get to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 8 * 1024,
+            max_headers: 32,
+            head_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            drain_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` fires, then lets
+/// in-flight requests finish for up to `limits.drain_timeout`.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        // Wait for a free slot first: excess connections queue in the
+        // kernel's backlog instead of costing memory here.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish in time; closing them");
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use std::time::Instant;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, app, limits, stop.clone()));
+        (addr, stop, task)
+    }
+
+    /// Reads until the peer closes; returns what arrived and how long it took.
+    async fn read_to_close(stream: &mut TcpStream) -> (String, Duration) {
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+        (String::from_utf8_lossy(&buf).into_owned(), started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_clients_are_cut_off() {
+        let limits = Limits { head_timeout: Duration::from_millis(300), ..Limits::default() };
+        let (addr, _stop, _task) = start(limits).await;
+
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let (_, waited) = read_to_close(&mut silent).await;
+        assert!(waited < Duration::from_secs(3), "silent client held {waited:?}");
+
+        // Slowloris: a header byte every 50 ms, never finishing the head.
+        let slow = TcpStream::connect(addr).await.unwrap();
+        let (mut rx, mut tx) = slow.into_split();
+        let started = Instant::now();
+        let trickle = tokio::spawn(async move {
+            let _ = tx.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if tx.write_all(b"X").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut buf)).await;
+        trickle.abort();
+        assert!(started.elapsed() < Duration::from_millis(1500), "slow client held {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn idle_keep_alive_connections_are_closed() {
+        let limits = Limits { head_timeout: Duration::from_millis(300), ..Limits::default() };
+        let (addr, _stop, _task) = start(limits).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let (text, waited) = read_to_close(&mut s).await;
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+        assert!(waited < Duration::from_secs(3), "idle connection held {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_are_refused() {
+        let (addr, _stop, _task) = start(Limits::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+        let _ = s.write_all(huge.as_bytes()).await;
+        let (text, _) = read_to_close(&mut s).await;
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
+        let (text, _) = read_to_close(&mut s).await;
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_slot() {
+        let limits = Limits { max_connections: 1, head_timeout: Duration::from_millis(500), ..Limits::default() };
+        let (addr, _stop, _task) = start(limits).await;
+        let _holder = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut waiting = TcpStream::connect(addr).await.unwrap();
+        waiting.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let started = Instant::now();
+        let (text, _) = read_to_close(&mut waiting).await;
+        // Served only once the holder timed out and freed the slot.
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting() {
+        let (addr, stop, task) = start(Limits::default()).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+}

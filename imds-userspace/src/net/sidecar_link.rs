@@ -1,0 +1,161 @@
+//! The sidecar's veth pair, its address and the policy route that sends
+//! the server's replies back through it.
+//!
+//! ```text
+//! imds-sidecar (169.254.169.254/32, NOARP) <──veth──> imds-redirect
+//! ip rule 169: from 169.254.169.254 lookup 169254
+//! table 169254: default dev imds-sidecar
+//! ```
+//! Replies must leave through the veth (where `imds_to_guest` hands them to
+//! the right TAP) and not through the pod's routes: with the bridge binding
+//! the pod has no route to the VM at all.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute},
+        route::RouteScope,
+        rule::{RuleAction, RuleAttribute},
+    },
+};
+
+use super::{Context as _, NetlinkError, REDIRECT_IF, ROUTE_TABLE, RULE_PRIORITY, SIDECAR_IF, is_not_found};
+
+/// What the eBPF programs need to know about the veth pair.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarLink {
+    pub sidecar_index: u32,
+    pub redirect_index: u32,
+    pub sidecar_mac: [u8; 6],
+}
+
+/// Removes what a previous run left behind (it may have been killed with
+/// SIGKILL): the veth pair, with its address and table route, and the rule.
+pub async fn remove(handle: &Handle) -> Result<(), NetlinkError> {
+    for name in [SIDECAR_IF, REDIRECT_IF] {
+        if let Some(index) = index_of(handle, name).await? {
+            match handle.link().del(index).execute().await {
+                Err(e) if !is_not_found(&e) => return Err(e).context(format!("deleting link {name}")),
+                _ => tracing::info!(link = name, "removed link"),
+            }
+        }
+    }
+    let rules: Vec<_> = handle
+        .rule()
+        .get(rtnetlink::IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .context("listing ip rules")?;
+    for rule in rules {
+        let ours = rule.attributes.contains(&RuleAttribute::Priority(RULE_PRIORITY))
+            && rule.attributes.contains(&RuleAttribute::Table(ROUTE_TABLE));
+        if ours {
+            match handle.rule().del(rule).execute().await {
+                Err(e) if !is_not_found(&e) => return Err(e).context("deleting ip rule"),
+                _ => tracing::info!(priority = RULE_PRIORITY, "removed ip rule"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the veth pair owning `addr` and the route back through it.
+pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, NetlinkError> {
+    handle
+        .link()
+        .add(LinkVeth::new(SIDECAR_IF, REDIRECT_IF).build())
+        .execute()
+        .await
+        .context(format!("creating veth pair {SIDECAR_IF}/{REDIRECT_IF}"))?;
+    let sidecar_index = require_index(handle, SIDECAR_IF).await?;
+    let redirect_index = require_index(handle, REDIRECT_IF).await?;
+
+    for (name, index) in [(SIDECAR_IF, sidecar_index), (REDIRECT_IF, redirect_index)] {
+        // No IPv6 link-local address, so the stack never sends router
+        // solicitations or DAD probes into the data path.
+        let no_ipv6 = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+            ])]))
+            .build();
+        if let Err(e) = handle.link().set(no_ipv6).execute().await {
+            tracing::debug!(link = name, error = %e, "could not turn off IPv6 address generation");
+        }
+        // NOARP: the peer is not a neighbour but the eBPF program, which
+        // forwards by flow; frames simply carry the sender's own MAC.
+        let up = LinkUnspec::new_with_index(index).arp(false).up().build();
+        handle.link().set(up).execute().await.context(format!("bringing {name} up"))?;
+    }
+
+    handle
+        .address()
+        .add(sidecar_index, IpAddr::V4(addr), 32)
+        .execute()
+        .await
+        .context(format!("adding {addr}/32 to {SIDECAR_IF}"))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .output_interface(sidecar_index)
+        .scope(RouteScope::Link)
+        .table_id(ROUTE_TABLE)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .context(format!("adding default route via {SIDECAR_IF} to table {ROUTE_TABLE}"))?;
+    handle
+        .rule()
+        .add()
+        .v4()
+        .source_prefix(addr, 32)
+        .table_id(ROUTE_TABLE)
+        .priority(RULE_PRIORITY)
+        .action(RuleAction::ToTable)
+        .execute()
+        .await
+        .context(format!("adding ip rule from {addr} lookup {ROUTE_TABLE}"))?;
+
+    let sidecar_mac = mac_of(handle, sidecar_index).await?;
+    Ok(SidecarLink { sidecar_index, redirect_index, sidecar_mac })
+}
+
+async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    match handle.link().get().match_name(name.to_owned()).execute().try_next().await {
+        Ok(found) => Ok(found.map(|m| m.header.index)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e).context(format!("looking up link {name}")),
+    }
+}
+
+async fn require_index(handle: &Handle, name: &str) -> Result<u32, NetlinkError> {
+    index_of(handle, name).await?.ok_or_else(|| NetlinkError {
+        what: format!("link {name} vanished right after it was created"),
+        source: rtnetlink::Error::RequestFailed,
+    })
+}
+
+async fn mac_of(handle: &Handle, index: u32) -> Result<[u8; 6], NetlinkError> {
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .context(format!("reading link {index}"))?;
+    link.and_then(|l| {
+        l.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            _ => None,
+        })
+    })
+    .ok_or_else(|| NetlinkError {
+        what: format!("link {index} has no Ethernet address"),
+        source: rtnetlink::Error::RequestFailed,
+    })
+}

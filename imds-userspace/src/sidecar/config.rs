@@ -1,0 +1,131 @@
+//! The sidecar's command line, with an environment variable for every flag
+//! (the webhook injects env vars from the downward API).
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use crate::{datapath::loader::EbpfLogLevel, http_server::Limits};
+
+/// Serve the IMDS to the VM of this virt-launcher pod.
+#[derive(Debug, Clone, Args)]
+pub struct SidecarArgs {
+    /// Namespace of the VM.
+    #[arg(long, env = "IMDS_NAMESPACE", value_parser = non_empty)]
+    pub namespace: String,
+
+    /// ServiceAccount the VM's pod runs as.
+    #[arg(long, env = "IMDS_SERVICE_ACCOUNT_NAME", value_parser = non_empty)]
+    pub service_account_name: String,
+
+    /// Name of the VirtualMachine(Instance).
+    #[arg(long, env = "IMDS_VM_NAME", value_parser = non_empty)]
+    pub vm_name: String,
+
+    /// The projected ServiceAccount token, re-read on every request.
+    #[arg(long, env = "IMDS_TOKEN_FILE", default_value = "/var/run/secrets/kubevirt-imds/serviceaccount/token")]
+    pub token_file: PathBuf,
+
+    /// Serve only the VM behind this bridge instead of every `k6t-*` bridge.
+    #[arg(long, env = "IMDS_BRIDGE_NAME", value_parser = interface_name)]
+    pub bridge: Option<String>,
+
+    /// Bridge ports whose names start with this are the VM's TAP devices.
+    #[arg(long, env = "IMDS_GUEST_PORT_PREFIX", default_value = "tap", value_parser = interface_name)]
+    pub guest_port_prefix: String,
+
+    /// Verbosity of the eBPF programs' own log messages.
+    #[arg(long, env = "IMDS_EBPF_LOG", value_enum, default_value_t = EbpfLogLevel::Off)]
+    pub ebpf_log: EbpfLogLevel,
+
+    /// Most guest connections served at once; more wait in the backlog.
+    #[arg(long, env = "IMDS_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
+    /// Deadline for a request head, also the keep-alive idle timeout (e.g. `10s`).
+    #[arg(long, env = "IMDS_HEAD_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub head_timeout: Duration,
+}
+
+impl SidecarArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections as usize,
+            head_timeout: self.head_timeout,
+            ..Limits::default()
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// Linux interface names: 1–15 bytes, no `/`, no whitespace, not `.`/`..`.
+fn interface_name(s: &str) -> Result<String, String> {
+    let ok = (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && !s.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("not a valid interface name (1-15 bytes, no '/', ':' or whitespace)".into())
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. `10s` or `500ms`)"))?;
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err("must be between 1ms and 1h".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SidecarArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<SidecarArgs, clap::Error> {
+        let base = ["x", "--namespace", "ns", "--service-account-name", "sa", "--vm-name", "vm"];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.guest_port_prefix, "tap");
+        assert_eq!(a.bridge, None);
+        assert_eq!(a.ebpf_log, EbpfLogLevel::Off);
+        assert_eq!(a.head_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        for bad in [
+            &["--bridge", "this-name-is-far-too-long"][..],
+            &["--bridge", "a/b"],
+            &["--bridge", ""],
+            &["--guest-port-prefix", "t p"],
+            &["--head-timeout", "soon"],
+            &["--head-timeout", "0s"],
+            &["--max-connections", "0"],
+            &["--ebpf-log", "loud"],
+            &["--namespace", " "],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
+            assert!(err.to_string().contains("invalid value"), "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `kubevirt-imds sidecar`: sets up the veth, serves the API, then keeps the
+//! tc programs attached to whatever bridges and TAPs KubeVirt creates.
+//!
+//! Order matters: the server is answering (checked with a real request)
+//! before the first program is attached, so a guest is never redirected to
+//! nothing; on SIGTERM the programs go first, then the server, then the veth.
+
+pub mod config;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use imds_ebpf::abi::{Config, IMDS_ADDR};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    signal::unix::{SignalKind, signal},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, ImdsState},
+    datapath::{
+        loader::Datapath,
+        plan::{self, Selector},
+    },
+    http_server, metadata::Identity,
+    net::{REDIRECT_IF, SIDECAR_IF, links, sidecar_link},
+    probe,
+    token::TokenFile,
+};
+pub use config::SidecarArgs;
+
+pub const IMDS_PORT: u16 = 80;
+const COUNTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
+    let imds_ip = Ipv4Addr::from(IMDS_ADDR);
+    let token = TokenFile::new(&args.token_file);
+    if let Err(e) = token.read().await {
+        tracing::warn!(error = %e, "token not readable yet; /v1/token answers 503 until it is");
+    }
+
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(connection);
+    sidecar_link::remove(&handle).await.context("removing a previous run's leftovers")?;
+    let result = serve(&args, &handle, imds_ip, token).await;
+    if let Err(e) = sidecar_link::remove(&handle).await {
+        tracing::error!(error = %e, "could not remove the sidecar's veth and rule");
+    } else {
+        tracing::info!("removed the sidecar's veth and rule");
+    }
+    result
+}
+
+async fn serve(args: &SidecarArgs, handle: &rtnetlink::Handle, imds_ip: Ipv4Addr, token: TokenFile) -> anyhow::Result<()> {
+    let link = sidecar_link::create(handle, imds_ip).await.context("creating the sidecar's veth")?;
+    let addr = SocketAddrV4::new(imds_ip, IMDS_PORT);
+
+    let state = ImdsState {
+        identity: Identity {
+            namespace: args.namespace.clone(),
+            service_account_name: args.service_account_name.clone(),
+            vm_name: args.vm_name.clone(),
+        },
+        token,
+    };
+    let listener = bind(addr).with_context(|| format!("listening on {addr} ({SIDECAR_IF})"))?;
+    let stop_server = CancellationToken::new();
+    let server = tokio::spawn(http_server::serve(listener, api::router(Arc::new(state)), args.limits(), stop_server.clone()));
+    probe::healthz(addr, SIDECAR_IF, Duration::from_secs(5)).await.context("the server did not answer its own health check")?;
+    tracing::info!(%addr, "IMDS serving");
+
+    let config = Config {
+        redirect_ifindex: link.redirect_index,
+        imds_addr: IMDS_ADDR,
+        imds_port: IMDS_PORT.to_be_bytes(),
+        sidecar_mac: link.sidecar_mac,
+    };
+    let mut datapath = Datapath::load(&config, args.ebpf_log).context("loading the eBPF programs")?;
+    tracing::info!(programs = ?datapath.program_ids(), "eBPF programs loaded");
+    let selector = Selector {
+        bridge: args.bridge.clone(),
+        guest_port_prefix: args.guest_port_prefix.clone(),
+        redirect_ifname: REDIRECT_IF.to_owned(),
+    };
+
+    let outcome = follow_links(handle, &mut datapath, &selector).await;
+
+    datapath.detach_all();
+    log_counters(&datapath);
+    drop(datapath);
+    stop_server.cancel();
+    let _ = server.await;
+    outcome
+}
+
+/// Re-plans on every link event until SIGTERM/SIGINT.
+async fn follow_links(handle: &rtnetlink::Handle, datapath: &mut Datapath, selector: &Selector) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Subscribe before the first dump, so nothing created in between is missed.
+    let mut events = Box::pin(links::watch().context("subscribing to link events")?);
+    let mut counter_tick = tokio::time::interval(COUNTER_LOG_INTERVAL);
+    let mut last_counters = Vec::new();
+    let mut warned_missing_bridge = false;
+    loop {
+        match links::dump(handle).await {
+            Ok(all) => {
+                let wanted = plan::plan(&all, selector);
+                if !warned_missing_bridge && !wanted.iter().any(|a| a.role == plan::Role::Guard) {
+                    tracing::info!(bridge = ?selector.bridge, "no VM bridge yet; waiting for KubeVirt to create it");
+                    warned_missing_bridge = true;
+                }
+                for e in datapath.apply(plan::diff(&datapath.attached(), &wanted)) {
+                    tracing::warn!(error = %e, "attach failed; retrying on the next link event");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list links"),
+        }
+        if !datapath.attached().iter().any(|(role, _)| *role == plan::Role::ToGuest) {
+            anyhow::bail!("the reply program is not attached to {REDIRECT_IF} (was the veth deleted?)");
+        }
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
+            event = events.next() => {
+                if event.is_none() {
+                    anyhow::bail!("the link event subscription ended");
+                }
+                // Coalesce a burst (a TAP is created, enslaved, brought up).
+                while let Some(Some(())) = futures_util::FutureExt::now_or_never(events.next()) {}
+            }
+            _ = counter_tick.tick() => {
+                if let Ok(now) = datapath.counters() && now != last_counters {
+                    log_counter_values(&now);
+                    last_counters = now;
+                }
+            }
+        }
+    }
+}
+
+/// A listener bound to the sidecar's veth: connections that reached
+/// 169.254.169.254 any other way (from the pod's other interfaces, or from
+/// processes in the pod) find no socket.
+fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind_device(Some(SIDECAR_IF.as_bytes()))?;
+    socket.bind(addr.into())?;
+    socket.listen(1024)
+}
+
+fn log_counters(datapath: &Datapath) {
+    match datapath.counters() {
+        Ok(values) => log_counter_values(&values),
+        Err(e) => tracing::warn!(error = %e, "could not read the counters"),
+    }
+}
+
+fn log_counter_values(values: &[(imds_ebpf::abi::Counter, u64)]) {
+    let text: Vec<String> = values.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+    tracing::info!(counters = %text.join(" "), "data path counters");
+}
+
