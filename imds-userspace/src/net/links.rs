@@ -1,12 +1,17 @@
 //! The pod's links as the attachment planner sees them, and a stream of
 //! "something changed" notifications from the kernel.
 
-use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use netlink_sys::AsyncSocket as _;
 use rtnetlink::{
     Handle,
     constants::RTMGRP_LINK,
-    packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    packet_core::NetlinkMessage,
+    packet_route::{
+        RouteNetlinkMessage,
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    },
 };
 
 use super::{Context as _, NetlinkError};
@@ -47,15 +52,37 @@ pub async fn dump(handle: &Handle) -> Result<Vec<LinkSummary>, NetlinkError> {
     Ok(messages.iter().filter_map(LinkSummary::from_message).collect())
 }
 
-/// Yields once per link event (created, changed, enslaved, deleted). Callers
-/// re-read the whole link table rather than trusting individual events, so a
-/// lost or coalesced event cannot leave an interface unattached.
-pub fn watch() -> std::io::Result<impl Stream<Item = ()>> {
-    let (mut connection, _handle, messages) = rtnetlink::new_connection()?;
-    let groups = netlink_sys::SocketAddr::new(0, RTMGRP_LINK);
-    connection.socket_mut().socket_mut().bind(&groups)?;
-    tokio::spawn(connection);
-    Ok(messages.map(|_| ()))
+/// Link events (created, changed, enslaved, deleted) of the namespace.
+/// Callers re-read the whole link table on each wake-up rather than
+/// trusting individual events, so a lost or coalesced event cannot leave an
+/// interface unattached. Dropping it closes the subscription.
+pub struct LinkEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl LinkEvents {
+    pub fn subscribe() -> std::io::Result<Self> {
+        let (mut connection, _handle, messages) = rtnetlink::new_connection()?;
+        let groups = netlink_sys::SocketAddr::new(0, RTMGRP_LINK);
+        connection.socket_mut().socket_mut().bind(&groups)?;
+        Ok(Self { messages, connection: tokio::spawn(connection) })
+    }
+
+    /// Waits for the next event, then swallows the rest of its burst (a TAP
+    /// is created, enslaved and brought up in quick succession). `None`
+    /// when the subscription broke.
+    pub async fn changed(&mut self) -> Option<()> {
+        self.messages.next().await?;
+        while self.messages.try_recv().is_ok() {}
+        Some(())
+    }
+}
+
+impl Drop for LinkEvents {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures_util::StreamExt as _;
 use imds_ebpf::abi::{Config, IMDS_ADDR};
 use tokio::{
     net::{TcpListener, TcpSocket},
@@ -104,7 +103,7 @@ async fn follow_links(handle: &rtnetlink::Handle, datapath: &mut Datapath, selec
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Subscribe before the first dump, so nothing created in between is missed.
-    let mut events = Box::pin(links::watch().context("subscribing to link events")?);
+    let mut events = links::LinkEvents::subscribe().context("subscribing to link events")?;
     let mut counter_tick = tokio::time::interval(COUNTER_LOG_INTERVAL);
     let mut last_counters = Vec::new();
     let mut warned_missing_bridge = false;
@@ -128,12 +127,10 @@ async fn follow_links(handle: &rtnetlink::Handle, datapath: &mut Datapath, selec
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
-            event = events.next() => {
-                if event.is_none() {
+            changed = events.changed() => {
+                if changed.is_none() {
                     anyhow::bail!("the link event subscription ended");
                 }
-                // Coalesce a burst (a TAP is created, enslaved, brought up).
-                while let Some(Some(())) = futures_util::FutureExt::now_or_never(events.next()) {}
             }
             _ = counter_tick.tick() => {
                 if let Ok(now) = datapath.counters() && now != last_counters {
