@@ -1,1 +1,55 @@
-fn main(){}
+//! `cargo xtask …`: the project's build, test and demo entry points.
+
+mod build;
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent; quick when done).
+    Setup,
+    /// Build the eBPF object (nightly, bpfel-unknown-none).
+    BuildEbpf,
+    /// Build the eBPF object, then the `kubevirt-imds` binary embedding it.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test, the privileged ones included (needs root).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Boot a real VM in a virt-launcher-like namespace and show what it
+    /// gets from 169.254.169.254 (needs root).
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => {
+            setup::ensure()?;
+            build::ebpf().map(drop)
+        }
+        Command::Build { release } => {
+            setup::ensure()?;
+            let bin = build::all(release)?;
+            println!("built {}", bin.display());
+            Ok(())
+        }
+        Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Demo => test::demo(),
+    }
+}

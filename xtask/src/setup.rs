@@ -1,0 +1,163 @@
+//! `cargo xtask setup`: everything a fresh Debian 12 machine lacks.
+//!
+//! - `rust-src` for nightly (`-Z build-std=core` for the eBPF target);
+//! - `bpf-linker` 0.13.0 built against LLVM 22, the LLVM of the nightly
+//!   rustc. With a system LLVM 22 (`llvm-config` on PATH) the normal
+//!   `cargo install` works; Debian 12 has none, so otherwise bpf-linker is
+//!   linked against the nightly toolchain's own libLLVM (see
+//!   `../shared/TOOLCHAIN.md`), through a permanent prefix in ~/.cache;
+//! - the Debian packages the tests and the demo use.
+
+use std::{
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{self, output};
+
+const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR: &str = "22";
+
+/// Debian packages: tools the privileged tests and the demo call.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",         // inspect programs and maps
+    "iproute2",        // ip netns/link/addr
+    "iputils-ping",    // ICMP checks from namespaces
+    "curl",            // the guest's HTTP client, copied into the initramfs
+    "qemu-system-x86", // the real guest VM
+    "linux-image-amd64", // its kernel and virtio modules
+    "busybox-static",  // its userland
+    "cpio",            // its initramfs
+    "python3",         // a plain HTTP server for the guest harness self-test
+];
+
+/// Installs whatever is missing.
+pub fn run() -> anyhow::Result<()> {
+    install_rust_src()?;
+    install_bpf_linker()?;
+    install_debian_packages()?;
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+/// Quick check used by the other commands; runs the full setup only when
+/// something is missing.
+pub fn ensure() -> anyhow::Result<()> {
+    if rust_src_present() && bpf_linker_works() && missing_packages().is_empty() {
+        return Ok(());
+    }
+    run()
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let out = output(Command::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]))
+        .context("the nightly toolchain is not installed (`rustup toolchain list`)")?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn rust_src_present() -> bool {
+    nightly_sysroot().is_ok_and(|s| s.join("lib/rustlib/src/rust/library/core").is_dir())
+}
+
+fn install_rust_src() -> anyhow::Result<()> {
+    if rust_src_present() {
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+fn bpf_linker_works() -> bool {
+    // Run outside rustup so a missing libLLVM shows up here, not mid-build.
+    output(Command::new("bpf-linker").arg("--version").env_remove("LD_LIBRARY_PATH"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let mut install = cmd::cargo(None);
+    install.args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION]);
+    install.args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")]);
+    let system_llvm = output(Command::new("llvm-config").arg("--version"))
+        .is_some_and(|v| v.trim().split('.').next() == Some(LLVM_MAJOR));
+    if !system_llvm {
+        let prefix = rustc_llvm_prefix()?;
+        eprintln!("setup: no system LLVM {LLVM_MAJOR}; linking bpf-linker against nightly's libLLVM ({})", prefix.display());
+        install.env("LLVM_PREFIX", &prefix);
+    }
+    cmd::run(&mut install)?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker was installed but `bpf-linker --version` does not run; check `ldd $(which bpf-linker)`");
+    }
+    Ok(())
+}
+
+/// A stand-in LLVM prefix whose lib/ holds the nightly rustc's libLLVM
+/// under both the names the build and the loader look for. bpf-linker's
+/// RUNPATH points here, so it must outlive the build.
+fn rustc_llvm_prefix() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let prefix = Path::new(&home).join(".cache/kubevirt-imds/bpf-linker-llvm");
+    let (bin, lib) = (prefix.join("bin"), prefix.join("lib"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&lib)?;
+    // llvm-sys only checks that llvm-config exists when LLVM_PREFIX is set.
+    let llvm_config = bin.join("llvm-config");
+    if !llvm_config.exists() {
+        std::fs::write(&llvm_config, "#!/bin/sh\nexit 1\n")?;
+        cmd::run(Command::new("chmod").arg("+x").arg(&llvm_config))?;
+    }
+    let sysroot_lib = nightly_sysroot()?.join("lib");
+    let mut found = false;
+    for entry in std::fs::read_dir(&sysroot_lib)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("libLLVM") && name.contains(".so") {
+            found = true;
+            let real = entry.path().canonicalize()?;
+            for link_name in [name.as_ref(), "libLLVM.so"] {
+                let link = lib.join(link_name);
+                let _ = std::fs::remove_file(&link);
+                symlink(&real, &link).with_context(|| format!("linking {}", link.display()))?;
+            }
+        }
+    }
+    if !found {
+        bail!("no libLLVM in {}: is the nightly toolchain complete?", sysroot_lib.display());
+    }
+    Ok(prefix)
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn install_debian_packages() -> anyhow::Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root (or apt-get install them)");
+    }
+    cmd::run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
