@@ -30,7 +30,9 @@ impl Frame for [u8] {
 pub enum Packet {
     Ipv4(Ipv4),
     /// An ARP request for an IPv4 address over Ethernet.
-    ArpRequest { target: [u8; 4] },
+    ArpRequest {
+        target: [u8; 4],
+    },
     /// Anything else: other ethertypes, VLAN tags, ARP replies, runts.
     Other,
 }
@@ -99,7 +101,10 @@ fn parse_arp<F: Frame + ?Sized>(frame: &F) -> Packet {
 
 /// Turns an Ethernet/IPv4 ARP request (its first [`ARP_FRAME_LEN`] bytes) into
 /// the reply `answer_mac` would send; `None` if it is not such a request.
-pub fn arp_reply(request: &[u8; ARP_FRAME_LEN], answer_mac: [u8; 6]) -> Option<[u8; ARP_FRAME_LEN]> {
+pub fn arp_reply(
+    request: &[u8; ARP_FRAME_LEN],
+    answer_mac: [u8; 6],
+) -> Option<[u8; ARP_FRAME_LEN]> {
     let Packet::ArpRequest { target } = parse(&request[..]) else {
         return None;
     };
@@ -171,7 +176,9 @@ pub(crate) mod tests {
         let mut f = tcp_frame([10, 0, 2, 2], [1, 2, 3, 4], 1, 2);
         f[14] = 0x46; // IHL 6: four bytes of options before TCP
         f.splice(34..34, [1, 1, 1, 0]);
-        let Packet::Ipv4(ip) = parse(&f[..]) else { panic!("not ipv4") };
+        let Packet::Ipv4(ip) = parse(&f[..]) else {
+            panic!("not ipv4")
+        };
         assert_eq!(ip.tcp_ports, Some((1u16.to_be_bytes(), 2u16.to_be_bytes())));
     }
 
@@ -180,7 +187,9 @@ pub(crate) mod tests {
         for (offset, value) in [(20usize, 0x20u8), (21, 0x01), (14, 0x44), (14, 0x65)] {
             let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
             f[offset] = value;
-            let Packet::Ipv4(ip) = parse(&f[..]) else { panic!("not ipv4") };
+            let Packet::Ipv4(ip) = parse(&f[..]) else {
+                panic!("not ipv4")
+            };
             assert_eq!(ip.tcp_ports, None, "byte {offset} = {value:#x}");
         }
     }
@@ -194,7 +203,9 @@ pub(crate) mod tests {
         }
         assert_eq!(parse(&f[..13]), Packet::Other);
         assert_eq!(parse(&f[..33]), Packet::Other);
-        let Packet::Ipv4(ip) = parse(&f[..36]) else { panic!() };
+        let Packet::Ipv4(ip) = parse(&f[..36]) else {
+            panic!()
+        };
         assert_eq!(ip.tcp_ports, None);
     }
 

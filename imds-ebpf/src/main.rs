@@ -7,8 +7,8 @@
 use aya_ebpf::{
     Global,
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_redirect,
     btf_maps::{LruHashMap, PerCpuArray},
+    helpers::bpf_redirect,
     macros::{btf_map, classifier},
     programs::TcContext,
 };
@@ -73,7 +73,11 @@ fn count(counter: Counter) {
 #[inline(always)]
 fn linearize_headers(ctx: &TcContext) {
     let linear = (ctx.data_end() - ctx.data()) as u32;
-    let want = if ctx.len() < HEADERS_LEN { ctx.len() } else { HEADERS_LEN };
+    let want = if ctx.len() < HEADERS_LEN {
+        ctx.len()
+    } else {
+        HEADERS_LEN
+    };
     if linear < want {
         let _ = ctx.pull_data(want);
     }
@@ -114,8 +118,7 @@ fn redirect_to_sidecar(ctx: &TcContext, frame: &Skb, key: FlowKey, config: &Conf
         gateway_mac: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
     };
     // Written on every segment, not just SYN, so an evicted flow heals itself.
-    if IMDS_FLOWS.insert(&key, &target, 0).is_err()
-        || ctx.store(0, &config.sidecar_mac, 0).is_err()
+    if IMDS_FLOWS.insert(&key, &target, 0).is_err() || ctx.store(0, &config.sidecar_mac, 0).is_err()
     {
         count(Counter::RewriteFailed);
         return DROP;

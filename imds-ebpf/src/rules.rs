@@ -79,7 +79,9 @@ pub enum GuardVerdict {
 #[inline(always)]
 pub fn guard(packet: &Packet, config: &Config) -> GuardVerdict {
     match packet {
-        Packet::Ipv4(ip) if ip.dst == config.imds_addr => GuardVerdict::Drop(Counter::ForeignDropped),
+        Packet::Ipv4(ip) if ip.dst == config.imds_addr => {
+            GuardVerdict::Drop(Counter::ForeignDropped)
+        }
         Packet::ArpRequest { target } if *target == config.imds_addr => {
             GuardVerdict::Drop(Counter::ForeignArpDropped)
         }
@@ -128,9 +130,18 @@ mod tests {
 
     #[test]
     fn guest_traffic_elsewhere_passes_untouched() {
-        assert_eq!(guest(&tcp_frame(GUEST, [10, 0, 2, 1], 41000, 80)), GuestVerdict::Pass);
-        assert_eq!(guest(&tcp_frame(GUEST, [169, 254, 169, 253], 1, 80)), GuestVerdict::Pass);
-        assert_eq!(guest(&arp_request(GUEST, [10, 0, 2, 1])), GuestVerdict::Pass);
+        assert_eq!(
+            guest(&tcp_frame(GUEST, [10, 0, 2, 1], 41000, 80)),
+            GuestVerdict::Pass
+        );
+        assert_eq!(
+            guest(&tcp_frame(GUEST, [169, 254, 169, 253], 1, 80)),
+            GuestVerdict::Pass
+        );
+        assert_eq!(
+            guest(&arp_request(GUEST, [10, 0, 2, 1])),
+            GuestVerdict::Pass
+        );
         let mut vlan = tcp_frame(GUEST, IMDS_ADDR, 1, 80);
         vlan[12..14].copy_from_slice(&[0x81, 0x00]);
         assert_eq!(guest(&vlan), GuestVerdict::Pass);
@@ -150,7 +161,10 @@ mod tests {
 
     #[test]
     fn guest_arp_for_imds_is_answered() {
-        assert_eq!(guest(&arp_request(GUEST, IMDS_ADDR)), GuestVerdict::AnswerArp);
+        assert_eq!(
+            guest(&arp_request(GUEST, IMDS_ADDR)),
+            GuestVerdict::AnswerArp
+        );
     }
 
     #[test]
@@ -169,7 +183,10 @@ mod tests {
         assert_eq!(to_guest(&parse(&other_port[..]), &config()), drop);
         let other_src = tcp_frame([10, 0, 2, 1], GUEST, 80, 41000);
         assert_eq!(to_guest(&parse(&other_src[..]), &config()), drop);
-        assert_eq!(to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..]), &config()), drop);
+        assert_eq!(
+            to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..]), &config()),
+            drop
+        );
     }
 
     #[test]
@@ -187,7 +204,13 @@ mod tests {
             g(&arp_request([10, 0, 2, 9], IMDS_ADDR)),
             GuardVerdict::Drop(Counter::ForeignArpDropped)
         );
-        assert_eq!(g(&tcp_frame([10, 0, 2, 9], [10, 0, 2, 1], 1, 80)), GuardVerdict::Pass);
-        assert_eq!(g(&arp_request([10, 0, 2, 9], [10, 0, 2, 1])), GuardVerdict::Pass);
+        assert_eq!(
+            g(&tcp_frame([10, 0, 2, 9], [10, 0, 2, 1], 1, 80)),
+            GuardVerdict::Pass
+        );
+        assert_eq!(
+            g(&arp_request([10, 0, 2, 9], [10, 0, 2, 1])),
+            GuardVerdict::Pass
+        );
     }
 }

@@ -1,11 +1,17 @@
 //! The single binary: `kubevirt-imds sidecar` (and, later, `webhook`).
 
+use std::io::IsTerminal as _;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use imds_userspace::sidecar;
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Debug, Parser)]
-#[command(name = "kubevirt-imds", version, about = "Instance metadata service for KubeVirt VMs")]
+#[command(
+    name = "kubevirt-imds",
+    version,
+    about = "Instance metadata service for KubeVirt VMs"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, env = "IMDS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -34,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
     }
     match cli.command {

@@ -2,8 +2,8 @@
 //! answering before any guest traffic is redirected to it (and, later, as
 //! the container's startup probe).
 //!
-//! The server only accepts connections that arrived through its veth, so
-//! the probe binds its socket to that device too.
+//! The listener only admits what arrived through the veth, and the probe's
+//! marked socket (see [`crate::listener`]).
 
 use std::{net::SocketAddrV4, time::Duration};
 
@@ -11,35 +11,51 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::{Request, StatusCode, client::conn::http1};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("connecting to {addr} through {device}: {source}")]
-    Connect { addr: SocketAddrV4, device: String, source: std::io::Error },
+    Connect {
+        addr: SocketAddrV4,
+        device: String,
+        source: std::io::Error,
+    },
     #[error("HTTP exchange with {addr}: {0}", addr = .1)]
     Http(String, SocketAddrV4),
     #[error("{addr}/healthz answered {status} {body:?}")]
-    Unhealthy { addr: SocketAddrV4, status: StatusCode, body: String },
+    Unhealthy {
+        addr: SocketAddrV4,
+        status: StatusCode,
+        body: String,
+    },
     #[error("no answer from {0} within {1:?}")]
     Timeout(SocketAddrV4, Duration),
 }
 
 /// One `GET /healthz`; succeeds on `200 OK` with body `OK`.
-pub async fn healthz(addr: SocketAddrV4, device: &str, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn healthz(
+    addr: SocketAddrV4,
+    device: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     tokio::time::timeout(timeout, exchange(addr, device))
         .await
         .unwrap_or(Err(ProbeError::Timeout(addr, timeout)))
 }
 
 async fn exchange(addr: SocketAddrV4, device: &str) -> Result<(), ProbeError> {
-    let connect_error = |source| ProbeError::Connect { addr, device: device.to_owned(), source };
-    let socket = TcpSocket::new_v4().map_err(connect_error)?;
-    socket.bind_device(Some(device.as_bytes())).map_err(connect_error)?;
+    let connect_error = |source| ProbeError::Connect {
+        addr,
+        device: device.to_owned(),
+        source,
+    };
+    let socket = crate::listener::probe_socket(device).map_err(connect_error)?;
     let stream = socket.connect(addr.into()).await.map_err(connect_error)?;
 
     let http_error = |e: hyper::Error| ProbeError::Http(e.to_string(), addr);
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(http_error)?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http_error)?;
     let connection = tokio::spawn(connection);
     let request = Request::get("/healthz")
         .header(hyper::header::HOST, addr.ip().to_string())

@@ -9,7 +9,10 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
     util::KernelVersion,
 };
-use imds_ebpf::abi::{Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST};
+use imds_ebpf::abi::{
+    Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, PROG_FROM_GUEST, PROG_GUARD,
+    PROG_TO_GUEST,
+};
 
 use super::plan::{Attachment, Changes, Role};
 
@@ -96,7 +99,9 @@ impl Datapath {
         }
         let level = log_level.as_aya_level();
         let mut loader = EbpfLoader::new();
-        loader.override_global(GLOBAL_CONFIG, config, true).override_global(LOG_LEVEL_GLOBAL, &level, true);
+        loader
+            .override_global(GLOBAL_CONFIG, config, true)
+            .override_global(LOG_LEVEL_GLOBAL, &level, true);
         if log_level == EbpfLogLevel::Off {
             // Nothing is ever written: keep the ring at its minimum (a page).
             loader.map_max_entries(LOG_RING, 4096);
@@ -107,9 +112,20 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        let log_reader = if log_level == EbpfLogLevel::Off { None } else { Some(spawn_log_reader(&mut ebpf)?) };
-        let legacy_tc = KernelVersion::current().map(|v| v < KernelVersion::new(6, 6, 0)).unwrap_or(false);
-        Ok(Self { ebpf, attached: BTreeMap::new(), legacy_tc, _log_reader: log_reader })
+        let log_reader = if log_level == EbpfLogLevel::Off {
+            None
+        } else {
+            Some(spawn_log_reader(&mut ebpf)?)
+        };
+        let legacy_tc = KernelVersion::current()
+            .map(|v| v < KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+        Ok(Self {
+            ebpf,
+            attached: BTreeMap::new(),
+            legacy_tc,
+            _log_reader: log_reader,
+        })
     }
 
     /// Kernel ids of the loaded programs, for the startup log line.
@@ -135,7 +151,12 @@ impl Datapath {
             if let Some((ifname, link)) = self.attached.remove(&key) {
                 // The interface is usually gone already, and its link with it.
                 let _ = classifier(&mut self.ebpf, key.0.program()).map(|p| p.detach(link));
-                tracing::info!(program = key.0.program(), ifname, ifindex = key.1, "detached");
+                tracing::info!(
+                    program = key.0.program(),
+                    ifname,
+                    ifindex = key.1,
+                    "detached"
+                );
             }
         }
         for attachment in changes.attach {
@@ -147,7 +168,8 @@ impl Datapath {
                         ifindex = attachment.ifindex,
                         "attached"
                     );
-                    self.attached.insert(attachment.key(), (attachment.ifname, link));
+                    self.attached
+                        .insert(attachment.key(), (attachment.ifname, link));
                 }
                 Err(e) => errors.push(e),
             }
@@ -164,25 +186,41 @@ impl Datapath {
         }
         classifier(&mut self.ebpf, program)?
             .attach(&a.ifname, TcAttachType::Ingress)
-            .map_err(|source| DatapathError::Attach { program, ifname: a.ifname.clone(), source })
+            .map_err(|source| DatapathError::Attach {
+                program,
+                ifname: a.ifname.clone(),
+                source,
+            })
     }
 
     pub fn detach_all(&mut self) {
         let all = self.attached.keys().copied().collect();
-        self.apply(Changes { attach: Vec::new(), detach: all });
+        self.apply(Changes {
+            attach: Vec::new(),
+            detach: all,
+        });
     }
 
     /// Current value of every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
-        let map = self.ebpf.map(MAP_COUNTERS).ok_or(aya::maps::MapError::InvalidName {
-            name: MAP_COUNTERS.to_owned(),
-        })?;
+        let map = self
+            .ebpf
+            .map(MAP_COUNTERS)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: MAP_COUNTERS.to_owned(),
+            })?;
         let per_cpu = PerCpuArray::<_, Counters>::try_from(map)?.get(&0, 0)?;
-        Ok(Counter::ALL.into_iter().map(|c| (c, per_cpu.iter().map(|cpu| cpu.get(c)).sum())).collect())
+        Ok(Counter::ALL
+            .into_iter()
+            .map(|c| (c, per_cpu.iter().map(|cpu| cpu.get(c)).sum()))
+            .collect())
     }
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::MissingProgram(name))?
         .try_into()
@@ -191,15 +229,19 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
 
 /// Forwards aya-log records (through the `log` facade) into tracing.
 fn spawn_log_reader(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>, DatapathError> {
-    let logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| DatapathError::Logger(e.to_string()))?;
+    let logger =
+        aya_log::EbpfLogger::init(ebpf).map_err(|e| DatapathError::Logger(e.to_string()))?;
     // SAFETY: the logger owns the ring buffer's fd for as long as it lives,
     // and the AsyncFd owns the logger.
-    let mut logger =
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-            .map_err(|e| DatapathError::Logger(e.to_string()))?;
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| DatapathError::Logger(e.to_string()))?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = logger.readable_mut().await else { return };
+            let Ok(mut guard) = logger.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -23,7 +23,11 @@ pub struct SidecarArgs {
     pub vm_name: String,
 
     /// The projected ServiceAccount token, re-read on every request.
-    #[arg(long, env = "IMDS_TOKEN_FILE", default_value = "/var/run/secrets/kubevirt-imds/serviceaccount/token")]
+    #[arg(
+        long,
+        env = "IMDS_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubevirt-imds/serviceaccount/token"
+    )]
     pub token_file: PathBuf,
 
     /// Serve only the VM behind this bridge instead of every `k6t-*` bridge.
@@ -70,7 +74,9 @@ fn interface_name(s: &str) -> Result<String, String> {
     let ok = (1..=15).contains(&s.len())
         && s != "."
         && s != ".."
-        && !s.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+        && !s
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
     if ok {
         Ok(s.to_owned())
     } else {
@@ -79,7 +85,8 @@ fn interface_name(s: &str) -> Result<String, String> {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. `10s` or `500ms`)"))?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected e.g. `10s` or `500ms`)"))?;
     if d.is_zero() || d > Duration::from_secs(3600) {
         return Err("must be between 1ms and 1h".into());
     }
@@ -98,7 +105,15 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> Result<SidecarArgs, clap::Error> {
-        let base = ["x", "--namespace", "ns", "--service-account-name", "sa", "--vm-name", "vm"];
+        let base = [
+            "x",
+            "--namespace",
+            "ns",
+            "--service-account-name",
+            "sa",
+            "--vm-name",
+            "vm",
+        ];
         Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
     }
 

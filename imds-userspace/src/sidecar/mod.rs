@@ -15,10 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use imds_ebpf::abi::{Config, IMDS_ADDR};
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -27,7 +24,8 @@ use crate::{
         loader::Datapath,
         plan::{self, Selector},
     },
-    http_server, metadata::Identity,
+    http_server, listener,
+    metadata::Identity,
     net::{REDIRECT_IF, SIDECAR_IF, links, sidecar_link},
     probe,
     token::TokenFile,
@@ -46,7 +44,9 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
-    sidecar_link::remove(&handle).await.context("removing a previous run's leftovers")?;
+    sidecar_link::remove(&handle)
+        .await
+        .context("removing a previous run's leftovers")?;
     let result = serve(&args, &handle, imds_ip, token).await;
     if let Err(e) = sidecar_link::remove(&handle).await {
         tracing::error!(error = %e, "could not remove the sidecar's veth and rule");
@@ -56,8 +56,15 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(args: &SidecarArgs, handle: &rtnetlink::Handle, imds_ip: Ipv4Addr, token: TokenFile) -> anyhow::Result<()> {
-    let link = sidecar_link::create(handle, imds_ip).await.context("creating the sidecar's veth")?;
+async fn serve(
+    args: &SidecarArgs,
+    handle: &rtnetlink::Handle,
+    imds_ip: Ipv4Addr,
+    token: TokenFile,
+) -> anyhow::Result<()> {
+    let link = sidecar_link::create(handle, imds_ip)
+        .await
+        .context("creating the sidecar's veth")?;
     let addr = SocketAddrV4::new(imds_ip, IMDS_PORT);
 
     let state = ImdsState {
@@ -68,10 +75,18 @@ async fn serve(args: &SidecarArgs, handle: &rtnetlink::Handle, imds_ip: Ipv4Addr
         },
         token,
     };
-    let listener = bind(addr).with_context(|| format!("listening on {addr} ({SIDECAR_IF})"))?;
+    let listener = listener::bind(addr, SIDECAR_IF, link.sidecar_index)
+        .with_context(|| format!("listening on {addr} ({SIDECAR_IF})"))?;
     let stop_server = CancellationToken::new();
-    let server = tokio::spawn(http_server::serve(listener, api::router(Arc::new(state)), args.limits(), stop_server.clone()));
-    probe::healthz(addr, SIDECAR_IF, Duration::from_secs(5)).await.context("the server did not answer its own health check")?;
+    let server = tokio::spawn(http_server::serve(
+        listener,
+        api::router(Arc::new(state)),
+        args.limits(),
+        stop_server.clone(),
+    ));
+    probe::healthz(addr, SIDECAR_IF, Duration::from_secs(5))
+        .await
+        .context("the server did not answer its own health check")?;
     tracing::info!(%addr, "IMDS serving");
 
     let config = Config {
@@ -80,7 +95,8 @@ async fn serve(args: &SidecarArgs, handle: &rtnetlink::Handle, imds_ip: Ipv4Addr
         imds_port: IMDS_PORT.to_be_bytes(),
         sidecar_mac: link.sidecar_mac,
     };
-    let mut datapath = Datapath::load(&config, args.ebpf_log).context("loading the eBPF programs")?;
+    let mut datapath =
+        Datapath::load(&config, args.ebpf_log).context("loading the eBPF programs")?;
     tracing::info!(programs = ?datapath.program_ids(), "eBPF programs loaded");
     let selector = Selector {
         bridge: args.bridge.clone(),
@@ -99,7 +115,11 @@ async fn serve(args: &SidecarArgs, handle: &rtnetlink::Handle, imds_ip: Ipv4Addr
 }
 
 /// Re-plans on every link event until SIGTERM/SIGINT.
-async fn follow_links(handle: &rtnetlink::Handle, datapath: &mut Datapath, selector: &Selector) -> anyhow::Result<()> {
+async fn follow_links(
+    handle: &rtnetlink::Handle,
+    datapath: &mut Datapath,
+    selector: &Selector,
+) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Subscribe before the first dump, so nothing created in between is missed.
@@ -121,8 +141,14 @@ async fn follow_links(handle: &rtnetlink::Handle, datapath: &mut Datapath, selec
             }
             Err(e) => tracing::warn!(error = %e, "could not list links"),
         }
-        if !datapath.attached().iter().any(|(role, _)| *role == plan::Role::ToGuest) {
-            anyhow::bail!("the reply program is not attached to {REDIRECT_IF} (was the veth deleted?)");
+        if !datapath
+            .attached()
+            .iter()
+            .any(|(role, _)| *role == plan::Role::ToGuest)
+        {
+            anyhow::bail!(
+                "the reply program is not attached to {REDIRECT_IF} (was the veth deleted?)"
+            );
         }
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
@@ -142,17 +168,6 @@ async fn follow_links(handle: &rtnetlink::Handle, datapath: &mut Datapath, selec
     }
 }
 
-/// A listener bound to the sidecar's veth: connections that reached
-/// 169.254.169.254 any other way (from the pod's other interfaces, or from
-/// processes in the pod) find no socket.
-fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind_device(Some(SIDECAR_IF.as_bytes()))?;
-    socket.bind(addr.into())?;
-    socket.listen(1024)
-}
-
 fn log_counters(datapath: &Datapath) {
     match datapath.counters() {
         Ok(values) => log_counter_values(&values),
@@ -161,7 +176,9 @@ fn log_counters(datapath: &Datapath) {
 }
 
 fn log_counter_values(values: &[(imds_ebpf::abi::Counter, u64)]) {
-    let text: Vec<String> = values.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
+    let text: Vec<String> = values
+        .iter()
+        .map(|(c, v)| format!("{}={v}", c.name()))
+        .collect();
     tracing::info!(counters = %text.join(" "), "data path counters");
 }
-

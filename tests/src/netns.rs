@@ -1,0 +1,182 @@
+//! Network namespaces that clean up after themselves, and running commands
+//! in them.
+
+use std::{
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace (`ip netns add`), deleted on drop with every
+/// interface and process-less socket in it.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `role` ends up in the name (`imds-<role>-<pid>-<n>`), so a namespace
+    /// leaked by a crashed test says whose it was.
+    pub fn new(role: &str) -> anyhow::Result<Self> {
+        let name = format!(
+            "imds-{role}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.ip("link set lo up")?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// `ip -n <ns> <args>` (split on whitespace).
+    pub fn ip(&self, args: &str) -> anyhow::Result<String> {
+        let mut c = Command::new("ip");
+        c.args(["-n", &self.name]).args(args.split_whitespace());
+        run(&mut c)
+    }
+
+    /// `sh -c <script>` inside the namespace; fails unless it exits 0.
+    pub fn sh(&self, script: &str) -> anyhow::Result<String> {
+        run(self.command("sh").args(["-c", script]))
+    }
+
+    /// Like [`Netns::sh`] but returns the output whatever the exit status.
+    pub fn sh_status(&self, script: &str) -> anyhow::Result<Output> {
+        self.command("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .context("running sh")
+    }
+
+    /// ifindex and MAC of `ifname` in this namespace.
+    pub fn link(&self, ifname: &str) -> anyhow::Result<(u32, String)> {
+        let out = self.ip(&format!("-j link show dev {ifname}"))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let l = &v[0];
+        let index = l["ifindex"].as_u64().context("no ifindex")? as u32;
+        let mac = l["address"].as_str().context("no address")?.to_owned();
+        Ok((index, mac))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes started in the namespace by a test are the test's to stop.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `cmd`; returns stdout, or an error with the command line and stderr.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {line}"))?;
+    if !out.status.success() {
+        bail!(
+            "{line} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Fails (never skips) when the test cannot do what it must: privileged
+/// tests are part of `cargo xtask test` and CI, and a silent skip there
+/// would hide a broken data path.
+pub fn require_root() {
+    let uid = run(Command::new("id").arg("-u")).unwrap_or_default();
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "privileged test: run as root (cargo xtask test does); it does not skip"
+    );
+}
+
+/// Serialises privileged tests: they count system-wide eBPF objects and
+/// expect one sidecar's maps at a time.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A background process in a namespace, killed on drop.
+pub struct Background(std::process::Child);
+
+impl Netns {
+    pub fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Background> {
+        let child = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", self.name))?;
+        Ok(Background(child))
+    }
+
+    /// A plain HTTP server on `ip:port` serving a directory with `hello`
+    /// (body `hello from <ip>`); returns once it accepts connections.
+    pub fn http_server(
+        &self,
+        ip: &str,
+        port: u16,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Background> {
+        std::fs::write(dir.join("hello"), format!("hello from {ip}"))?;
+        // busybox httpd: no reverse DNS lookup at start (python's http.server
+        // stalls on one in a namespace whose resolver is unreachable).
+        let server = self.spawn(
+            "busybox",
+            &[
+                "httpd",
+                "-f",
+                "-p",
+                &format!("{ip}:{port}"),
+                "-h",
+                dir.to_str().context("path")?,
+            ],
+        )?;
+        let mut last = None;
+        for _ in 0..100 {
+            match self.sh(&format!("curl -sSf -m 1 http://{ip}:{port}/hello")) {
+                Ok(_) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!(
+            "HTTP server on {ip}:{port} in {} did not come up: {last:?}",
+            self.name
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

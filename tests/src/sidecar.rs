@@ -1,0 +1,141 @@
+//! The real `kubevirt-imds sidecar` process, started inside a namespace.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::Netns;
+
+/// The binary under test: `cargo xtask test` builds it (with the eBPF object
+/// embedded) and passes its path.
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("IMDS_SIDECAR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kubevirt-imds")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub struct Identity<'a> {
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub vm_name: &'a str,
+}
+
+pub struct Sidecar {
+    child: Option<Child>,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts the sidecar in `pod` and waits until it serves.
+    pub fn start(
+        pod: &Netns,
+        id: &Identity,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let log_dir = tempfile::tempdir()?;
+        let log = log_dir.path().join("sidecar.log");
+        let stderr = File::create(&log)?;
+        let child = pod
+            .command(binary().to_str().context("non-UTF-8 binary path")?)
+            .args([
+                "sidecar",
+                "--namespace",
+                id.namespace,
+                "--service-account-name",
+                id.service_account,
+            ])
+            .args(["--vm-name", id.vm_name, "--token-file"])
+            .arg(token_file)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting the sidecar")?;
+        let mut sidecar = Self {
+            child: Some(child),
+            log,
+            _log_dir: log_dir,
+        };
+        sidecar.wait_for_log("IMDS serving", Duration::from_secs(15))?;
+        sidecar.wait_for_log("program=\"imds_to_guest\"", Duration::from_secs(15))?;
+        Ok(sidecar)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; fails early if the process exits.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "sidecar exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sidecar did not log {needle:?} within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: nothing of the sidecar's own cleanup runs.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("sidecar already stopped")?;
+        crate::netns::run(Command::new("kill").args(["-TERM", &child.id().to_string()]))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("sidecar ignored SIGTERM for 10s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}

@@ -1,0 +1,76 @@
+//! ServiceAccount tokens as the kubelet writes them.
+
+use std::{
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::Context as _;
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+
+/// A JWT shaped like a projected ServiceAccount token (the signature is
+/// random bytes: the IMDS never verifies it, consumers do).
+pub fn jwt(namespace: &str, service_account: &str, exp: u64, nonce: &str) -> String {
+    let header = r#"{"alg":"RS256","kid":"test-key"}"#;
+    let claims = serde_json::json!({
+        "aud": ["https://kubernetes.default.svc"],
+        "exp": exp,
+        "iat": exp - 3600,
+        "iss": "https://kubernetes.default.svc",
+        "jti": nonce,
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": service_account, "uid": nonce}},
+        "nbf": exp - 3600,
+        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+    });
+    // Long enough to look like RS256 and to make a torn read obvious.
+    let signature: Vec<u8> = nonce.bytes().cycle().take(256).collect();
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// A projected volume directory maintained the way kubelet's AtomicWriter
+/// does: each version in a fresh timestamped directory, `..data` pointing at
+/// the current one (swapped with a rename), `token -> ..data/token`.
+pub struct ProjectedVolume {
+    dir: PathBuf,
+    generation: AtomicU64,
+}
+
+impl ProjectedVolume {
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        symlink("..data/token", dir.join("token")).context("creating the token symlink")?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Path the sidecar is given (`--token-file`).
+    pub fn token_path(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// Publishes `token` atomically and removes the previous version.
+    pub fn publish(&self, token: &str) -> anyhow::Result<()> {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst);
+        let version = format!("..2026_11_22_00_00_00.{generation:09}");
+        let version_dir = self.dir.join(&version);
+        std::fs::create_dir(&version_dir)?;
+        std::fs::write(version_dir.join("token"), token)?;
+        let previous = std::fs::read_link(self.dir.join("..data")).ok();
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(&version, &tmp)?;
+        std::fs::rename(&tmp, self.dir.join("..data")).context("swapping ..data")?;
+        if let Some(previous) = previous {
+            std::fs::remove_dir_all(self.dir.join(previous))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,494 @@
+//! Privileged tests of the data path with namespace guests: real kernels,
+//! real packets, the real sidecar binary. Run by `cargo xtask test` as root;
+//! they fail (never skip) when they cannot run.
+
+use std::{collections::HashSet, time::Duration};
+
+use imds_tests::{
+    bpf,
+    netns::{Netns, exclusive, require_root},
+    sidecar::{Identity, Sidecar},
+    tokens::{ProjectedVolume, jwt},
+    topology::{Addressing, Binding, GuestKind, PodLayout, attach_namespace_guest},
+};
+use serde_json::Value;
+
+const ID: Identity = Identity {
+    namespace: "vm-team",
+    service_account: "builder",
+    vm_name: "fedora-42",
+};
+const EXP: u64 = 1_795_000_000;
+const EXP_RFC3339: &str = "2026-11-18T11:06:40Z";
+
+struct Running {
+    layout: PodLayout,
+    volume: ProjectedVolume,
+    token: String,
+    sidecar: Sidecar,
+    _dir: tempfile::TempDir,
+}
+
+fn start(binding: Binding) -> Running {
+    require_root();
+    let layout = PodLayout::build(binding, GuestKind::Namespace).expect("layout");
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
+    let token = jwt(ID.namespace, ID.service_account, EXP, "first");
+    volume.publish(&token).unwrap();
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).expect("sidecar");
+    sidecar
+        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
+        .expect("guest program attached");
+    Running {
+        layout,
+        volume,
+        token,
+        sidecar,
+        _dir: dir,
+    }
+}
+
+/// `curl` from `ns`; returns (HTTP status, body). Status 0: no connection.
+fn curl(ns: &Netns, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut script = String::from("curl -s -m 3 -w '\\n%{http_code}'");
+    for h in headers {
+        script.push_str(&format!(" -H '{h}'"));
+    }
+    script.push_str(&format!(" http://169.254.169.254{path}"));
+    let out = ns.sh_status(&script).expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+}
+
+fn served(binding: Binding) {
+    let _serial = exclusive();
+    let r = start(binding);
+    let guest = r.layout.guest();
+
+    let (status, body) = curl(guest, "/v1/identity", &["Metadata: true"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"namespace": "vm-team", "serviceAccountName": "builder", "vmName": "fedora-42"})
+    );
+
+    let (status, body) = curl(guest, "/v1/token", &["Metadata: true"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"token": r.token, "expirationTimestamp": EXP_RFC3339})
+    );
+
+    let (status, body) = curl(guest, "/v1/token", &[]);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["error"], "metadata_header_missing");
+
+    assert_eq!(curl(guest, "/healthz", &[]), (200, "OK".to_owned()));
+    assert!(bpf::counter("guest_redirected").unwrap() >= 4);
+    assert!(bpf::counter("reply_forwarded").unwrap() >= 4);
+    assert_eq!(bpf::counter("reply_no_flow").unwrap(), 0);
+    assert_eq!(
+        bpf::counter("reply_unexpected_dropped").unwrap(),
+        0,
+        "IPv6 or other noise left the sidecar veth"
+    );
+}
+
+#[test]
+fn namespace_guest_is_served_masquerade() {
+    served(Binding::Masquerade);
+}
+
+#[test]
+fn namespace_guest_is_served_bridge() {
+    served(Binding::Bridge);
+}
+
+fn arp_answered(binding: Binding) {
+    let _serial = exclusive();
+    let r = start(binding);
+    let guest = r.layout.guest();
+    // The on-link route makes the guest ARP for 169.254.169.254 itself, as
+    // Windows (APIPA) and many Linux images do.
+    guest.ip("route add 169.254.0.0/16 dev eth0").unwrap();
+    guest.ip("neigh flush dev eth0").unwrap();
+    let (status, body) = curl(guest, "/v1/identity", &["Metadata: true"]);
+    assert_eq!(status, 200, "{body}");
+    let (_, sidecar_mac) = r.layout.pod.link("imds-sidecar").unwrap();
+    let neigh = guest.ip("neigh show 169.254.169.254 dev eth0").unwrap();
+    assert!(
+        neigh.contains(&sidecar_mac),
+        "guest neighbour entry {neigh:?} is not the sidecar's {sidecar_mac}"
+    );
+    assert!(bpf::counter("guest_arp_answered").unwrap() >= 1);
+}
+
+#[test]
+fn guest_arp_for_imds_is_answered_masquerade() {
+    arp_answered(Binding::Masquerade);
+}
+
+#[test]
+fn guest_arp_for_imds_is_answered_bridge() {
+    arp_answered(Binding::Bridge);
+}
+
+fn foreign_dropped(binding: Binding) {
+    let _serial = exclusive();
+    let r = start(binding);
+    let foreign = &r.layout.foreign;
+    let before = (
+        bpf::counter("foreign_dropped").unwrap(),
+        bpf::counter("foreign_arp_dropped").unwrap(),
+    );
+
+    // Routed through the gateway (masquerade: the bridge's own address)…
+    assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
+    // …and on-link, ARPing for the IMDS address on the bridge.
+    foreign.ip("route add 169.254.0.0/16 dev eth0").unwrap();
+    assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
+    // With a neighbour entry forged to the bridge's MAC.
+    let (_, bridge_mac) = r.layout.pod.link("k6t-eth0").unwrap();
+    foreign
+        .ip(&format!(
+            "neigh replace 169.254.169.254 lladdr {bridge_mac} dev eth0 nud permanent"
+        ))
+        .unwrap();
+    assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
+
+    let after = (
+        bpf::counter("foreign_dropped").unwrap(),
+        bpf::counter("foreign_arp_dropped").unwrap(),
+    );
+    if binding == Binding::Masquerade {
+        assert!(
+            after.0 > before.0,
+            "foreign IPv4 drops did not rise: {before:?} -> {after:?}"
+        );
+    } else {
+        assert!(
+            after.0 > before.0,
+            "forged-neighbour drops did not rise: {before:?} -> {after:?}"
+        );
+    }
+    assert!(
+        after.1 > before.1,
+        "foreign ARP drops did not rise: {before:?} -> {after:?}"
+    );
+
+    // Processes of the pod itself do not reach the server either: it only
+    // accepts what arrived through its veth.
+    assert_eq!(curl(&r.layout.pod, "/healthz", &[]).0, 0);
+    // The VM still is served.
+    assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 200);
+}
+
+#[test]
+fn foreign_host_on_the_bridge_is_dropped_masquerade() {
+    foreign_dropped(Binding::Masquerade);
+}
+
+#[test]
+fn foreign_host_on_the_bridge_is_dropped_bridge() {
+    foreign_dropped(Binding::Bridge);
+}
+
+fn ordinary_traffic(binding: Binding) {
+    let _serial = exclusive();
+    let r = start(binding);
+    let a: Addressing = r.layout.addressing;
+    let guest = r.layout.guest();
+    let www = tempfile::tempdir().unwrap();
+
+    guest
+        .sh(&format!("ping -c 2 -W 2 {}", a.gateway_ip))
+        .expect("guest pings its gateway");
+    guest
+        .sh(&format!("ping -c 2 -W 2 {}", a.foreign_ip))
+        .expect("guest pings its neighbour");
+    let _foreign_http = r
+        .layout
+        .foreign
+        .http_server(a.foreign_ip, 8080, www.path())
+        .unwrap();
+    let got = guest
+        .sh(&format!("curl -sf -m 3 http://{}:8080/hello", a.foreign_ip))
+        .unwrap();
+    assert_eq!(got, format!("hello from {}", a.foreign_ip));
+    let _guest_http = guest.http_server(a.guest_ip, 8081, www.path()).unwrap();
+    let got = r
+        .layout
+        .foreign
+        .sh(&format!("curl -sf -m 3 http://{}:8081/hello", a.guest_ip))
+        .unwrap();
+    assert_eq!(got, format!("hello from {}", a.guest_ip));
+    // TCP to the gateway: the pod's bridge (masquerade) or the node (bridge).
+    let gateway_ns = if binding == Binding::Masquerade {
+        &r.layout.pod
+    } else {
+        &r.layout.node
+    };
+    let _gw_http = gateway_ns
+        .http_server(a.gateway_ip, 8082, www.path())
+        .unwrap();
+    let got = guest
+        .sh(&format!("curl -sf -m 3 http://{}:8082/hello", a.gateway_ip))
+        .unwrap();
+    assert_eq!(got, format!("hello from {}", a.gateway_ip));
+    assert_eq!(bpf::counter("guest_unsupported_dropped").unwrap(), 0);
+}
+
+#[test]
+fn ordinary_guest_traffic_passes_masquerade() {
+    ordinary_traffic(Binding::Masquerade);
+}
+
+#[test]
+fn ordinary_guest_traffic_passes_bridge() {
+    ordinary_traffic(Binding::Bridge);
+}
+
+fn count_everything(pod: &Netns) -> (usize, usize, usize, Vec<usize>) {
+    let veths: Vec<Value> =
+        serde_json::from_str(&pod.ip("-j link show type veth").unwrap()).unwrap();
+    let named = |n: &str| veths.iter().filter(|l| l["ifname"] == n).count();
+    let (sidecar_links, redirect_links) = (named("imds-sidecar"), named("imds-redirect"));
+    let rules = pod
+        .ip("rule show")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("169254"))
+        .count();
+    let programs = bpf::PROGRAMS
+        .iter()
+        .map(|p| bpf::programs_named(p).unwrap())
+        .collect();
+    (sidecar_links, redirect_links, rules, programs)
+}
+
+#[test]
+fn sigkill_then_restart_leaves_exactly_one_of_everything() {
+    let _serial = exclusive();
+    let mut r = start(Binding::Masquerade);
+    r.sidecar.kill9().unwrap();
+    // The veth and rule survive a SIGKILL; the TCX links die with the fds.
+    let (s, d, rules, _) = count_everything(&r.layout.pod);
+    assert_eq!((s, d, rules), (1, 1, 1), "leftovers expected after SIGKILL");
+
+    let mut again = Sidecar::start(&r.layout.pod, &ID, &r.volume.token_path(), &[]).unwrap();
+    again
+        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0,
+        200
+    );
+    assert_eq!(count_everything(&r.layout.pod), (1, 1, 1, vec![1, 1, 1]));
+    for p in bpf::PROGRAMS {
+        assert_eq!(bpf::links_of(p).unwrap(), 1, "{p} attached more than once");
+    }
+}
+
+#[test]
+fn sigterm_removes_everything_it_made() {
+    let _serial = exclusive();
+    let mut r = start(Binding::Bridge);
+    assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 200);
+    let status = r.sidecar.terminate().unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        r.sidecar.log()
+    );
+    assert_eq!(count_everything(&r.layout.pod), (0, 0, 0, vec![0, 0, 0]));
+    assert!(
+        r.sidecar.log().contains("data path counters"),
+        "no counter summary on exit"
+    );
+    // Guest IMDS traffic is no longer intercepted: nothing answers.
+    assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 0);
+}
+
+#[test]
+fn token_rotation_is_atomic_under_a_looping_client() {
+    let _serial = exclusive();
+    let r = start(Binding::Masquerade);
+    let guest = r.layout.guest();
+    let out = tempfile::tempdir().unwrap();
+    let log = out.path().join("responses");
+    let looping = guest
+        .spawn(
+            "sh",
+            &["-c", &format!(
+                "while :; do curl -s -m 3 -H 'Metadata: true' http://169.254.169.254/v1/token; echo; done > {}",
+                log.display()
+            )],
+        )
+        .unwrap();
+    let mut published = vec![r.token.clone()];
+    for generation in 1..=5 {
+        std::thread::sleep(Duration::from_millis(300));
+        let token = jwt(
+            ID.namespace,
+            ID.service_account,
+            EXP + generation * 3600,
+            &format!("gen{generation}"),
+        );
+        r.volume.publish(&token).unwrap();
+        // The very next request sees the new token.
+        let (status, body) = curl(guest, "/v1/token", &["Metadata: true"]);
+        assert_eq!(status, 200);
+        assert_eq!(
+            json(&body)["token"],
+            token,
+            "generation {generation} not served right after the swap"
+        );
+        published.push(token);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(looping);
+
+    let published: HashSet<&str> = published.iter().map(String::as_str).collect();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let responses: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        responses.len() >= 20,
+        "the looping client made only {} requests",
+        responses.len()
+    );
+    let mut seen = HashSet::new();
+    // The last line may have been cut by the kill; every other must be whole.
+    for line in &responses[..responses.len() - 1] {
+        let v = json(line);
+        let token = v["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a token response: {line}"));
+        assert!(
+            published.contains(token),
+            "served a token that was never published (torn?): {token}"
+        );
+        seen.insert(token.to_owned());
+    }
+    assert!(
+        seen.len() >= 3,
+        "the loop saw only {} generations",
+        seen.len()
+    );
+}
+
+#[test]
+fn bridges_and_taps_created_after_start_are_attached() {
+    let _serial = exclusive();
+    require_root();
+    // A pod before KubeVirt has plugged the VM: just eth0.
+    let pod = Netns::new("pod").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
+    volume
+        .publish(&jwt(ID.namespace, ID.service_account, EXP, "late"))
+        .unwrap();
+    let mut sidecar = Sidecar::start(&pod, &ID, &volume.token_path(), &[]).unwrap();
+    assert!(sidecar.log().contains("no VM bridge yet"));
+
+    pod.ip("link add k6t-eth0 type bridge").unwrap();
+    pod.ip("addr add 10.0.2.1/24 dev k6t-eth0").unwrap();
+    pod.ip("link set k6t-eth0 up").unwrap();
+    let a = Addressing {
+        guest_ip: "10.0.2.2",
+        prefix_len: 24,
+        gateway_ip: "10.0.2.1",
+        foreign_ip: "10.0.2.9",
+    };
+    let guest = attach_namespace_guest(&pod, "tap0", &a).unwrap();
+    sidecar
+        .wait_for_log("ifname=\"tap0\"", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(curl(&guest, "/healthz", &[]).0, 200);
+
+    // A second interface hot-plugged later (KubeVirt names its TAP tap<hash>).
+    pod.ip("link add k6t-net1 type bridge").unwrap();
+    pod.ip("addr add 10.1.0.1/24 dev k6t-net1").unwrap();
+    pod.ip("link set k6t-net1 up").unwrap();
+    let guest2 = Netns::new("guest").unwrap();
+    pod.ip(&format!(
+        "link add tap1a2b3c type veth peer name eth0 netns {}",
+        guest2.name()
+    ))
+    .unwrap();
+    pod.ip("link set tap1a2b3c master k6t-net1 up").unwrap();
+    guest2.ip("addr add 10.1.0.2/24 dev eth0").unwrap();
+    guest2.ip("link set eth0 up").unwrap();
+    guest2.ip("route add default via 10.1.0.1").unwrap();
+    sidecar
+        .wait_for_log("ifname=\"tap1a2b3c\"", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(curl(&guest2, "/v1/identity", &["Metadata: true"]).0, 200);
+
+    // Unplugged: detached, and the first VM interface is unaffected.
+    pod.ip("link del tap1a2b3c").unwrap();
+    sidecar
+        .wait_for_log("detached", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(curl(&guest, "/healthz", &[]).0, 200);
+}
+
+#[test]
+fn requests_racing_startup_never_fail_once_one_succeeded() {
+    let _serial = exclusive();
+    require_root();
+    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
+    volume
+        .publish(&jwt(ID.namespace, ID.service_account, EXP, "race"))
+        .unwrap();
+    let log = dir.path().join("codes");
+    // A guest that polls from boot, like cloud-init does.
+    let poller = layout
+        .guest()
+        .spawn(
+            "sh",
+            &["-c", &format!(
+                "while :; do curl -s -o /dev/null -m 1 -w '%{{http_code}}\\n' http://169.254.169.254/healthz; done > {}",
+                log.display()
+            )],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).unwrap();
+    sidecar
+        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(poller);
+
+    let codes = std::fs::read_to_string(&log).unwrap();
+    let codes: Vec<&str> = codes.lines().collect();
+    let first_ok = codes
+        .iter()
+        .position(|c| *c == "200")
+        .expect("never served");
+    let after: Vec<&&str> = codes[first_ok..codes.len() - 1]
+        .iter()
+        .filter(|c| **c != "200")
+        .collect();
+    assert!(
+        after.is_empty(),
+        "requests failed after the first success: {after:?} (all: {codes:?})"
+    );
+    assert!(
+        codes.len() - first_ok > 5,
+        "too few requests after startup: {codes:?}"
+    );
+    // The server was up before the first program was attached.
+    let text = sidecar.log();
+    let serving = text.find("IMDS serving").unwrap();
+    let attached = text.find("attached").unwrap();
+    assert!(serving < attached, "attached before serving:\n{text}");
+}
