@@ -6,3 +6,4 @@ pub mod netns;
 pub mod sidecar;
 pub mod tokens;
 pub mod topology;
+pub mod vm;
