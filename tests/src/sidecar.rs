@@ -47,11 +47,22 @@ impl Sidecar {
         token_file: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_binary(&binary(), pod, id, token_file, extra)
+    }
+
+    /// [`Sidecar::start`] with an explicit binary.
+    pub fn start_binary(
+        binary: &Path,
+        pod: &Netns,
+        id: &Identity,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("sidecar.log");
         let stderr = File::create(&log)?;
         let child = pod
-            .command(binary().to_str().context("non-UTF-8 binary path")?)
+            .command(binary.to_str().context("non-UTF-8 binary path")?)
             .args([
                 "sidecar",
                 "--namespace",

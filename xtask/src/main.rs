@@ -2,6 +2,7 @@
 
 mod build;
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -50,6 +51,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
-        Command::Demo => test::demo(),
+        Command::Demo => demo::run(),
     }
 }

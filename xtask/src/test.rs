@@ -19,7 +19,3 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.args(cargo_args);
     cmd::run(&mut c)
 }
-
-pub fn demo() -> anyhow::Result<()> {
-    bail!("the demo is not written yet")
-}
