@@ -210,13 +210,7 @@ mod tests {
 
     #[test]
     fn bpf_object_names_fit_the_kernel_limit() {
-        for n in [
-            PROG_FROM_GUEST,
-            PROG_TO_GUEST,
-            PROG_GUARD,
-            MAP_COUNTERS,
-            MAP_FLOWS,
-        ] {
+        for n in [PROG_FROM_GUEST, PROG_TO_GUEST, PROG_GUARD, MAP_COUNTERS, MAP_FLOWS] {
             assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN - 1");
         }
     }

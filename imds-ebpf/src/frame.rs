@@ -91,9 +91,7 @@ fn parse_arp<F: Frame + ?Sized>(frame: &F) -> Packet {
     let ethernet_ipv4 = arp[0..6] == [0, 1, 0x08, 0x00, 6, 4];
     let request = arp[6..8] == [0, 1];
     if ethernet_ipv4 && request {
-        Packet::ArpRequest {
-            target: [arp[24], arp[25], arp[26], arp[27]],
-        }
+        Packet::ArpRequest { target: [arp[24], arp[25], arp[26], arp[27]] }
     } else {
         Packet::Other
     }
@@ -101,10 +99,7 @@ fn parse_arp<F: Frame + ?Sized>(frame: &F) -> Packet {
 
 /// Turns an Ethernet/IPv4 ARP request (its first [`ARP_FRAME_LEN`] bytes) into
 /// the reply `answer_mac` would send; `None` if it is not such a request.
-pub fn arp_reply(
-    request: &[u8; ARP_FRAME_LEN],
-    answer_mac: [u8; 6],
-) -> Option<[u8; ARP_FRAME_LEN]> {
+pub fn arp_reply(request: &[u8; ARP_FRAME_LEN], answer_mac: [u8; 6]) -> Option<[u8; ARP_FRAME_LEN]> {
     let Packet::ArpRequest { target } = parse(&request[..]) else {
         return None;
     };
@@ -176,9 +171,7 @@ pub(crate) mod tests {
         let mut f = tcp_frame([10, 0, 2, 2], [1, 2, 3, 4], 1, 2);
         f[14] = 0x46; // IHL 6: four bytes of options before TCP
         f.splice(34..34, [1, 1, 1, 0]);
-        let Packet::Ipv4(ip) = parse(&f[..]) else {
-            panic!("not ipv4")
-        };
+        let Packet::Ipv4(ip) = parse(&f[..]) else { panic!("not ipv4") };
         assert_eq!(ip.tcp_ports, Some((1u16.to_be_bytes(), 2u16.to_be_bytes())));
     }
 
@@ -187,9 +180,7 @@ pub(crate) mod tests {
         for (offset, value) in [(20usize, 0x20u8), (21, 0x01), (14, 0x44), (14, 0x65)] {
             let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
             f[offset] = value;
-            let Packet::Ipv4(ip) = parse(&f[..]) else {
-                panic!("not ipv4")
-            };
+            let Packet::Ipv4(ip) = parse(&f[..]) else { panic!("not ipv4") };
             assert_eq!(ip.tcp_ports, None, "byte {offset} = {value:#x}");
         }
     }
@@ -203,9 +194,7 @@ pub(crate) mod tests {
         }
         assert_eq!(parse(&f[..13]), Packet::Other);
         assert_eq!(parse(&f[..33]), Packet::Other);
-        let Packet::Ipv4(ip) = parse(&f[..36]) else {
-            panic!()
-        };
+        let Packet::Ipv4(ip) = parse(&f[..36]) else { panic!() };
         assert_eq!(ip.tcp_ports, None);
     }
 

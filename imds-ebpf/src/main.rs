@@ -22,20 +22,15 @@ use imds_ebpf::{
 /// Patched by the loader (`EbpfLoader::override_global`); read-only, so the
 /// verifier sees it as constant.
 #[unsafe(no_mangle)]
-static IMDS_CONFIG: Global<Config> = Global::new(Config {
-    redirect_ifindex: 0,
-    imds_addr: [0; 4],
-    imds_port: [0; 2],
-    sidecar_mac: [0; 6],
-});
+static IMDS_CONFIG: Global<Config> =
+    Global::new(Config { redirect_ifindex: 0, imds_addr: [0; 4], imds_port: [0; 2], sidecar_mac: [0; 6] });
 
 // BTF-defined maps: bpftool prints their keys and values field by field.
 #[btf_map]
 static IMDS_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[btf_map]
-static IMDS_FLOWS: LruHashMap<FlowKey, FlowTarget, { FLOWS_MAX_ENTRIES as usize }> =
-    LruHashMap::new();
+static IMDS_FLOWS: LruHashMap<FlowKey, FlowTarget, { FLOWS_MAX_ENTRIES as usize }> = LruHashMap::new();
 
 /// "Not ours": let the next program, or the stack, have it.
 const PASS: i32 = TC_ACT_UNSPEC;
@@ -69,16 +64,13 @@ fn count(counter: Counter) {
 }
 
 /// Headers of a non-linear skb (e.g. a GSO segment from a TAP) may sit in
-/// fragments; make them readable before parsing.
+/// fragments; make them readable before parsing. Written as a pointer
+/// comparison: subtracting packet pointers needs CAP_PERFMON, which the
+/// sidecar does not have.
 #[inline(always)]
 fn linearize_headers(ctx: &TcContext) {
-    let linear = (ctx.data_end() - ctx.data()) as u32;
-    let want = if ctx.len() < HEADERS_LEN {
-        ctx.len()
-    } else {
-        HEADERS_LEN
-    };
-    if linear < want {
+    let want = if ctx.len() < HEADERS_LEN { ctx.len() } else { HEADERS_LEN };
+    if ctx.data() + want as usize > ctx.data_end() {
         let _ = ctx.pull_data(want);
     }
 }
@@ -118,8 +110,7 @@ fn redirect_to_sidecar(ctx: &TcContext, frame: &Skb, key: FlowKey, config: &Conf
         gateway_mac: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
     };
     // Written on every segment, not just SYN, so an evicted flow heals itself.
-    if IMDS_FLOWS.insert(&key, &target, 0).is_err() || ctx.store(0, &config.sidecar_mac, 0).is_err()
-    {
+    if IMDS_FLOWS.insert(&key, &target, 0).is_err() || ctx.store(0, &config.sidecar_mac, 0).is_err() {
         count(Counter::RewriteFailed);
         return DROP;
     }

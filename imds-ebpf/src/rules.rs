@@ -28,11 +28,9 @@ pub enum GuestVerdict {
 pub fn from_guest(packet: &Packet, config: &Config) -> GuestVerdict {
     match packet {
         Packet::Ipv4(ip) if ip.dst == config.imds_addr => match ip.tcp_ports {
-            Some((sport, dport)) if dport == config.imds_port => GuestVerdict::Redirect(FlowKey {
-                guest_addr: ip.src,
-                guest_port: sport,
-                _pad: [0; 2],
-            }),
+            Some((sport, dport)) if dport == config.imds_port => {
+                GuestVerdict::Redirect(FlowKey { guest_addr: ip.src, guest_port: sport, _pad: [0; 2] })
+            }
             _ => GuestVerdict::Drop(Counter::GuestUnsupportedDropped),
         },
         Packet::ArpRequest { target } if *target == config.imds_addr => GuestVerdict::AnswerArp,
@@ -52,18 +50,12 @@ pub enum ReplyVerdict {
 #[inline(always)]
 pub fn to_guest(packet: &Packet, config: &Config) -> ReplyVerdict {
     match packet {
-        Packet::Ipv4(ip) if ip.src == config.imds_addr && ip.protocol == IPPROTO_TCP => {
-            match ip.tcp_ports {
-                Some((sport, dport)) if sport == config.imds_port => {
-                    ReplyVerdict::Forward(FlowKey {
-                        guest_addr: ip.dst,
-                        guest_port: dport,
-                        _pad: [0; 2],
-                    })
-                }
-                _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
+        Packet::Ipv4(ip) if ip.src == config.imds_addr && ip.protocol == IPPROTO_TCP => match ip.tcp_ports {
+            Some((sport, dport)) if sport == config.imds_port => {
+                ReplyVerdict::Forward(FlowKey { guest_addr: ip.dst, guest_port: dport, _pad: [0; 2] })
             }
-        }
+            _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
+        },
         _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
     }
 }
@@ -79,9 +71,7 @@ pub enum GuardVerdict {
 #[inline(always)]
 pub fn guard(packet: &Packet, config: &Config) -> GuardVerdict {
     match packet {
-        Packet::Ipv4(ip) if ip.dst == config.imds_addr => {
-            GuardVerdict::Drop(Counter::ForeignDropped)
-        }
+        Packet::Ipv4(ip) if ip.dst == config.imds_addr => GuardVerdict::Drop(Counter::ForeignDropped),
         Packet::ArpRequest { target } if *target == config.imds_addr => {
             GuardVerdict::Drop(Counter::ForeignArpDropped)
         }
@@ -130,18 +120,9 @@ mod tests {
 
     #[test]
     fn guest_traffic_elsewhere_passes_untouched() {
-        assert_eq!(
-            guest(&tcp_frame(GUEST, [10, 0, 2, 1], 41000, 80)),
-            GuestVerdict::Pass
-        );
-        assert_eq!(
-            guest(&tcp_frame(GUEST, [169, 254, 169, 253], 1, 80)),
-            GuestVerdict::Pass
-        );
-        assert_eq!(
-            guest(&arp_request(GUEST, [10, 0, 2, 1])),
-            GuestVerdict::Pass
-        );
+        assert_eq!(guest(&tcp_frame(GUEST, [10, 0, 2, 1], 41000, 80)), GuestVerdict::Pass);
+        assert_eq!(guest(&tcp_frame(GUEST, [169, 254, 169, 253], 1, 80)), GuestVerdict::Pass);
+        assert_eq!(guest(&arp_request(GUEST, [10, 0, 2, 1])), GuestVerdict::Pass);
         let mut vlan = tcp_frame(GUEST, IMDS_ADDR, 1, 80);
         vlan[12..14].copy_from_slice(&[0x81, 0x00]);
         assert_eq!(guest(&vlan), GuestVerdict::Pass);
@@ -161,10 +142,7 @@ mod tests {
 
     #[test]
     fn guest_arp_for_imds_is_answered() {
-        assert_eq!(
-            guest(&arp_request(GUEST, IMDS_ADDR)),
-            GuestVerdict::AnswerArp
-        );
+        assert_eq!(guest(&arp_request(GUEST, IMDS_ADDR)), GuestVerdict::AnswerArp);
     }
 
     #[test]
@@ -183,10 +161,7 @@ mod tests {
         assert_eq!(to_guest(&parse(&other_port[..]), &config()), drop);
         let other_src = tcp_frame([10, 0, 2, 1], GUEST, 80, 41000);
         assert_eq!(to_guest(&parse(&other_src[..]), &config()), drop);
-        assert_eq!(
-            to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..]), &config()),
-            drop
-        );
+        assert_eq!(to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..]), &config()), drop);
     }
 
     #[test]
@@ -200,17 +175,8 @@ mod tests {
             g(&tcp_frame([10, 0, 2, 9], IMDS_ADDR, 1, 22)),
             GuardVerdict::Drop(Counter::ForeignDropped)
         );
-        assert_eq!(
-            g(&arp_request([10, 0, 2, 9], IMDS_ADDR)),
-            GuardVerdict::Drop(Counter::ForeignArpDropped)
-        );
-        assert_eq!(
-            g(&tcp_frame([10, 0, 2, 9], [10, 0, 2, 1], 1, 80)),
-            GuardVerdict::Pass
-        );
-        assert_eq!(
-            g(&arp_request([10, 0, 2, 9], [10, 0, 2, 1])),
-            GuardVerdict::Pass
-        );
+        assert_eq!(g(&arp_request([10, 0, 2, 9], IMDS_ADDR)), GuardVerdict::Drop(Counter::ForeignArpDropped));
+        assert_eq!(g(&tcp_frame([10, 0, 2, 9], [10, 0, 2, 1], 1, 80)), GuardVerdict::Pass);
+        assert_eq!(g(&arp_request([10, 0, 2, 9], [10, 0, 2, 1])), GuardVerdict::Pass);
     }
 }

@@ -42,12 +42,7 @@ impl Default for Limits {
 
 /// Accepts connections on `listener` until `shutdown` fires, then lets
 /// in-flight requests finish for up to `limits.drain_timeout`.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: Limits,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout)
@@ -91,10 +86,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish in time; closing them");
     }
 }
@@ -109,13 +101,7 @@ mod tests {
         net::TcpStream,
     };
 
-    async fn start(
-        limits: Limits,
-    ) -> (
-        std::net::SocketAddr,
-        CancellationToken,
-        tokio::task::JoinHandle<()>,
-    ) {
+    async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/", get(|| async { "hi" }));
@@ -129,26 +115,17 @@ mod tests {
         let started = Instant::now();
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-        (
-            String::from_utf8_lossy(&buf).into_owned(),
-            started.elapsed(),
-        )
+        (String::from_utf8_lossy(&buf).into_owned(), started.elapsed())
     }
 
     #[tokio::test]
     async fn silent_and_slow_clients_are_cut_off() {
-        let limits = Limits {
-            head_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        };
+        let limits = Limits { head_timeout: Duration::from_millis(300), ..Limits::default() };
         let (addr, _stop, _task) = start(limits).await;
 
         let mut silent = TcpStream::connect(addr).await.unwrap();
         let (_, waited) = read_to_close(&mut silent).await;
-        assert!(
-            waited < Duration::from_secs(3),
-            "silent client held {waited:?}"
-        );
+        assert!(waited < Duration::from_secs(3), "silent client held {waited:?}");
 
         // Slowloris: a header byte every 50 ms, never finishing the head.
         let slow = TcpStream::connect(addr).await.unwrap();
@@ -166,93 +143,57 @@ mod tests {
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut buf)).await;
         trickle.abort();
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "slow client held {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_millis(1500), "slow client held {:?}", started.elapsed());
     }
 
     #[tokio::test]
     async fn idle_keep_alive_connections_are_closed() {
-        let limits = Limits {
-            head_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        };
+        let limits = Limits { head_timeout: Duration::from_millis(300), ..Limits::default() };
         let (addr, _stop, _task) = start(limits).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let (text, waited) = read_to_close(&mut s).await;
         assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-        assert!(
-            waited < Duration::from_secs(3),
-            "idle connection held {waited:?}"
-        );
+        assert!(waited < Duration::from_secs(3), "idle connection held {waited:?}");
     }
 
     #[tokio::test]
     async fn oversized_heads_are_refused() {
         let (addr, _stop, _task) = start(Limits::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let huge = format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-            "a".repeat(64 * 1024)
-        );
+        let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
         let _ = s.write_all(huge.as_bytes()).await;
         let (text, _) = read_to_close(&mut s).await;
-        assert!(
-            text.is_empty() || text.starts_with("HTTP/1.1 431"),
-            "{text}"
-        );
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
 
         let mut s = TcpStream::connect(addr).await.unwrap();
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-        let _ = s
-            .write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
-            .await;
+        let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
         let (text, _) = read_to_close(&mut s).await;
-        assert!(
-            text.is_empty() || text.starts_with("HTTP/1.1 431"),
-            "{text}"
-        );
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
     }
 
     #[tokio::test]
     async fn connections_beyond_the_cap_wait_for_a_slot() {
-        let limits = Limits {
-            max_connections: 1,
-            head_timeout: Duration::from_millis(500),
-            ..Limits::default()
-        };
+        let limits =
+            Limits { max_connections: 1, head_timeout: Duration::from_millis(500), ..Limits::default() };
         let (addr, _stop, _task) = start(limits).await;
         let _holder = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut waiting = TcpStream::connect(addr).await.unwrap();
-        waiting
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        waiting.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let started = Instant::now();
         let (text, _) = read_to_close(&mut waiting).await;
         // Served only once the holder timed out and freed the slot.
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-        assert!(
-            started.elapsed() >= Duration::from_millis(300),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     }
 
     #[tokio::test]
     async fn shutdown_stops_accepting() {
         let (addr, stop, task) = start(Limits::default()).await;
         stop.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert!(TcpStream::connect(addr).await.is_err());
     }
 }

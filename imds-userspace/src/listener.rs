@@ -68,39 +68,21 @@ mod tests {
     /// filter names lo's ifindex and are dropped when it names another.
     async fn connects_with_filter_for(ifindex: u32) -> bool {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket
-            .attach_filter(&arrival_filter(ifindex, PROBE_MARK))
-            .unwrap();
-        socket
-            .bind(
-                &"127.0.0.1:0"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
+        socket.attach_filter(&arrival_filter(ifindex, PROBE_MARK)).unwrap();
+        socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
         socket.listen(8).unwrap();
         socket.set_nonblocking(true).unwrap();
         let listener = TcpListener::from_std(socket.into()).unwrap();
         let addr = listener.local_addr().unwrap();
         let connect = tokio::net::TcpStream::connect(addr);
-        matches!(
-            tokio::time::timeout(Duration::from_millis(500), connect).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(Duration::from_millis(500), connect).await, Ok(Ok(_)))
     }
 
     #[tokio::test]
     async fn filter_admits_only_the_named_interface() {
         let lo = nix_if_nametoindex("lo");
-        assert!(
-            connects_with_filter_for(lo).await,
-            "segments from lo were dropped"
-        );
-        assert!(
-            !connects_with_filter_for(lo + 1000).await,
-            "segments from lo were admitted"
-        );
+        assert!(connects_with_filter_for(lo).await, "segments from lo were dropped");
+        assert!(!connects_with_filter_for(lo + 1000).await, "segments from lo were admitted");
     }
 
     fn nix_if_nametoindex(name: &str) -> u32 {

@@ -7,11 +7,7 @@ use imds_userspace::sidecar;
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "kubevirt-imds",
-    version,
-    about = "Instance metadata service for KubeVirt VMs"
-)]
+#[command(name = "kubevirt-imds", version, about = "Instance metadata service for KubeVirt VMs")]
 struct Cli {
     /// Log format.
     #[arg(long, env = "IMDS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]

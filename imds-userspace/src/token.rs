@@ -84,41 +84,25 @@ impl TokenFile {
 
     pub async fn read(&self) -> Result<ServiceAccountToken, TokenError> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || read_token(&path))
-            .await
-            .unwrap_or_else(|join| {
-                Err(TokenError::Unreadable {
-                    path: PathBuf::new(),
-                    source: io::Error::other(join),
-                })
-            })
+        tokio::task::spawn_blocking(move || read_token(&path)).await.unwrap_or_else(|join| {
+            Err(TokenError::Unreadable { path: PathBuf::new(), source: io::Error::other(join) })
+        })
     }
 }
 
 fn read_token(path: &Path) -> Result<ServiceAccountToken, TokenError> {
     let file = std::fs::File::open(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => TokenError::Missing(path.to_owned()),
-        _ => TokenError::Unreadable {
-            path: path.to_owned(),
-            source,
-        },
+        _ => TokenError::Unreadable { path: path.to_owned(), source },
     })?;
     let mut bytes = Vec::with_capacity(2048);
     file.take(MAX_TOKEN_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| TokenError::Unreadable {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| TokenError::Unreadable { path: path.to_owned(), source })?;
     if bytes.len() as u64 > MAX_TOKEN_BYTES {
-        return Err(TokenError::TooLarge {
-            path: path.to_owned(),
-        });
+        return Err(TokenError::TooLarge { path: path.to_owned() });
     }
-    let not_a_jwt = |reason| TokenError::NotAJwt {
-        path: path.to_owned(),
-        reason,
-    };
+    let not_a_jwt = |reason| TokenError::NotAJwt { path: path.to_owned(), reason };
     let text = String::from_utf8(bytes).map_err(|_| not_a_jwt(JwtError::Shape))?;
     // A hand-written file may end in a newline; a JWT never contains one.
     let jwt = text.trim_ascii().to_owned();
@@ -130,25 +114,18 @@ fn read_token(path: &Path) -> Result<ServiceAccountToken, TokenError> {
 /// checked: the kubelet wrote the file and the consumer verifies it.
 pub fn jwt_expiry(jwt: &str) -> Result<SystemTime, JwtError> {
     let mut segments = jwt.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
+    let (Some(header), Some(payload), Some(signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
         return Err(JwtError::Shape);
     };
     let is_b64url = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
     };
     if !(is_b64url(header) && is_b64url(payload) && is_b64url(signature)) {
         return Err(JwtError::Shape);
     }
-    let payload = BASE64URL
-        .decode(payload)
-        .map_err(|_| JwtError::PayloadEncoding)?;
+    let payload = BASE64URL.decode(payload).map_err(|_| JwtError::PayloadEncoding)?;
 
     #[derive(Deserialize)]
     struct Claims {
@@ -156,11 +133,7 @@ pub fn jwt_expiry(jwt: &str) -> Result<SystemTime, JwtError> {
     }
     let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadJson)?;
     // NumericDate may carry a fraction (RFC 7519 §2); whole seconds suffice.
-    let exp = claims
-        .exp
-        .as_ref()
-        .and_then(serde_json::Value::as_f64)
-        .ok_or(JwtError::MissingExp)?;
+    let exp = claims.exp.as_ref().and_then(serde_json::Value::as_f64).ok_or(JwtError::MissingExp)?;
     if !(exp.is_finite() && exp >= 0.0 && exp < 253_402_300_800.0) {
         // Beyond 9999-12-31 cannot be written as RFC 3339.
         return Err(JwtError::ExpOutOfRange);
@@ -176,33 +149,20 @@ pub(crate) mod tests {
     /// bytes are arbitrary, as the IMDS never checks them).
     pub fn jwt_with_claims(claims: &str) -> String {
         let e = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!(
-            "{}.{}.{}",
-            e(br#"{"alg":"RS256","kid":"k"}"#),
-            e(claims.as_bytes()),
-            e(b"sig")
-        )
+        format!("{}.{}.{}", e(br#"{"alg":"RS256","kid":"k"}"#), e(claims.as_bytes()), e(b"sig"))
     }
 
     #[test]
     fn expiry_comes_from_the_exp_claim() {
-        let jwt = jwt_with_claims(
-            r#"{"aud":["x"],"exp":1795000000,"sub":"system:serviceaccount:ns:sa"}"#,
-        );
-        let t = ServiceAccountToken {
-            expires_at: jwt_expiry(&jwt).unwrap(),
-            jwt,
-        };
+        let jwt = jwt_with_claims(r#"{"aud":["x"],"exp":1795000000,"sub":"system:serviceaccount:ns:sa"}"#);
+        let t = ServiceAccountToken { expires_at: jwt_expiry(&jwt).unwrap(), jwt };
         assert_eq!(t.expiration_timestamp(), "2026-11-18T11:06:40Z");
     }
 
     #[test]
     fn fractional_exp_is_accepted() {
         let jwt = jwt_with_claims(r#"{"exp":1795000000.75}"#);
-        assert_eq!(
-            jwt_expiry(&jwt),
-            Ok(UNIX_EPOCH + Duration::from_secs(1_795_000_000))
-        );
+        assert_eq!(jwt_expiry(&jwt), Ok(UNIX_EPOCH + Duration::from_secs(1_795_000_000)));
     }
 
     #[test]
@@ -221,26 +181,11 @@ pub(crate) mod tests {
         for (input, expected) in cases {
             assert_eq!(jwt_expiry(input), Err(expected), "{input:?}");
         }
-        assert_eq!(
-            jwt_expiry(&jwt_with_claims(r#"{"sub":"x"}"#)),
-            Err(JwtError::MissingExp)
-        );
-        assert_eq!(
-            jwt_expiry(&jwt_with_claims(r#"{"exp":"soon"}"#)),
-            Err(JwtError::MissingExp)
-        );
-        assert_eq!(
-            jwt_expiry(&jwt_with_claims(r#"{"exp":-1}"#)),
-            Err(JwtError::ExpOutOfRange)
-        );
-        assert_eq!(
-            jwt_expiry(&jwt_with_claims(r#"{"exp":1e300}"#)),
-            Err(JwtError::ExpOutOfRange)
-        );
-        assert_eq!(
-            jwt_expiry(&jwt_with_claims("[1,2]")),
-            Err(JwtError::PayloadJson)
-        );
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"sub":"x"}"#)), Err(JwtError::MissingExp));
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":"soon"}"#)), Err(JwtError::MissingExp));
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":-1}"#)), Err(JwtError::ExpOutOfRange));
+        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":1e300}"#)), Err(JwtError::ExpOutOfRange));
+        assert_eq!(jwt_expiry(&jwt_with_claims("[1,2]")), Err(JwtError::PayloadJson));
     }
 
     #[tokio::test]
@@ -251,10 +196,7 @@ pub(crate) mod tests {
         assert!(matches!(source.read().await, Err(TokenError::Missing(_))));
 
         std::fs::write(&path, "not a jwt").unwrap();
-        assert!(matches!(
-            source.read().await,
-            Err(TokenError::NotAJwt { .. })
-        ));
+        assert!(matches!(source.read().await, Err(TokenError::NotAJwt { .. })));
 
         let first = jwt_with_claims(r#"{"exp":1795000000}"#);
         std::fs::write(&path, format!("{first}\n")).unwrap();
@@ -265,16 +207,10 @@ pub(crate) mod tests {
         assert_eq!(source.read().await.unwrap().jwt, second);
 
         std::fs::write(&path, vec![b'a'; MAX_TOKEN_BYTES as usize + 1]).unwrap();
-        assert!(matches!(
-            source.read().await,
-            Err(TokenError::TooLarge { .. })
-        ));
+        assert!(matches!(source.read().await, Err(TokenError::TooLarge { .. })));
 
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
-        assert!(matches!(
-            source.read().await,
-            Err(TokenError::Unreadable { .. })
-        ));
+        assert!(matches!(source.read().await, Err(TokenError::Unreadable { .. })));
     }
 }

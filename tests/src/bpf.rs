@@ -12,8 +12,7 @@ pub const PROGRAMS: [&str; 3] = ["imds_from_guest", "imds_to_guest", "imds_guard
 /// How many loaded programs carry `name`, system-wide.
 pub fn programs_named(name: &str) -> anyhow::Result<usize> {
     let out = run(Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    let progs: Vec<serde_json::Value> =
-        serde_json::from_str(&out).context("bpftool prog show JSON")?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool prog show JSON")?;
     Ok(progs.iter().filter(|p| p["name"] == name).count())
 }
 
@@ -21,38 +20,24 @@ pub fn programs_named(name: &str) -> anyhow::Result<usize> {
 pub fn links_of(name: &str) -> anyhow::Result<usize> {
     let progs: Vec<serde_json::Value> =
         serde_json::from_str(&run(Command::new("bpftool").args(["-j", "prog", "show"]))?)?;
-    let ids: Vec<u64> = progs
-        .iter()
-        .filter(|p| p["name"] == name)
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
+    let ids: Vec<u64> = progs.iter().filter(|p| p["name"] == name).filter_map(|p| p["id"].as_u64()).collect();
     let links: Vec<serde_json::Value> =
         serde_json::from_str(&run(Command::new("bpftool").args(["-j", "link", "show"]))?)?;
-    Ok(links
-        .iter()
-        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
-        .count())
+    Ok(links.iter().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count())
 }
 
 /// The counter `field` of the (single) IMDS_COUNTERS map, summed over CPUs.
 pub fn counter(field: &str) -> anyhow::Result<u64> {
     let out = run(Command::new("bpftool").args(["-j", "map", "dump", "name", "IMDS_COUNTERS"]))?;
-    let entries: Vec<serde_json::Value> =
-        serde_json::from_str(&out).context("bpftool map dump JSON")?;
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool map dump JSON")?;
     anyhow::ensure!(
         entries.len() == 1,
         "expected one IMDS_COUNTERS entry (one sidecar), got {}: {out}",
         entries.len()
     );
-    let per_cpu = entries[0]["formatted"]["values"]
-        .as_array()
-        .context("no BTF-formatted values")?;
+    let per_cpu = entries[0]["formatted"]["values"].as_array().context("no BTF-formatted values")?;
     per_cpu
         .iter()
-        .map(|cpu| {
-            cpu["value"][field]
-                .as_u64()
-                .with_context(|| format!("no counter {field}"))
-        })
+        .map(|cpu| cpu["value"][field].as_u64().with_context(|| format!("no counter {field}")))
         .sum()
 }

@@ -21,11 +21,7 @@ impl Netns {
     /// `role` ends up in the name (`imds-<role>-<pid>-<n>`), so a namespace
     /// leaked by a crashed test says whose it was.
     pub fn new(role: &str) -> anyhow::Result<Self> {
-        let name = format!(
-            "imds-{role}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("imds-{role}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self { name };
         ns.ip("link set lo up")?;
@@ -57,11 +53,7 @@ impl Netns {
 
     /// Like [`Netns::sh`] but returns the output whatever the exit status.
     pub fn sh_status(&self, script: &str) -> anyhow::Result<Output> {
-        self.command("sh")
-            .args(["-c", script])
-            .stdin(Stdio::null())
-            .output()
-            .context("running sh")
+        self.command("sh").args(["-c", script]).stdin(Stdio::null()).output().context("running sh")
     }
 
     /// ifindex and MAC of `ifname` in this namespace.
@@ -78,25 +70,16 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Processes started in the namespace by a test are the test's to stop.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 /// Runs `cmd`; returns stdout, or an error with the command line and stderr.
 pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let line = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {line}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("starting {line}"))?;
     if !out.status.success() {
-        bail!(
-            "{line} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{line} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -106,19 +89,14 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
 /// would hide a broken data path.
 pub fn require_root() {
     let uid = run(Command::new("id").arg("-u")).unwrap_or_default();
-    assert_eq!(
-        uid.trim(),
-        "0",
-        "privileged test: run as root (cargo xtask test does); it does not skip"
-    );
+    assert_eq!(uid.trim(), "0", "privileged test: run as root (cargo xtask test does); it does not skip");
 }
 
 /// Serialises privileged tests: they count system-wide eBPF objects and
 /// expect one sidecar's maps at a time.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A background process in a namespace, killed on drop.
@@ -139,25 +117,13 @@ impl Netns {
 
     /// A plain HTTP server on `ip:port` serving a directory with `hello`
     /// (body `hello from <ip>`); returns once it accepts connections.
-    pub fn http_server(
-        &self,
-        ip: &str,
-        port: u16,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<Background> {
+    pub fn http_server(&self, ip: &str, port: u16, dir: &std::path::Path) -> anyhow::Result<Background> {
         std::fs::write(dir.join("hello"), format!("hello from {ip}"))?;
         // busybox httpd: no reverse DNS lookup at start (python's http.server
         // stalls on one in a namespace whose resolver is unreachable).
         let server = self.spawn(
             "busybox",
-            &[
-                "httpd",
-                "-f",
-                "-p",
-                &format!("{ip}:{port}"),
-                "-h",
-                dir.to_str().context("path")?,
-            ],
+            &["httpd", "-f", "-p", &format!("{ip}:{port}"), "-h", dir.to_str().context("path")?],
         )?;
         let mut last = None;
         for _ in 0..100 {
@@ -167,10 +133,7 @@ impl Netns {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        bail!(
-            "HTTP server on {ip}:{port} in {} did not come up: {last:?}",
-            self.name
-        )
+        bail!("HTTP server on {ip}:{port} in {} did not come up: {last:?}", self.name)
     }
 }
 

@@ -16,14 +16,8 @@ use crate::netns::Netns;
 pub fn binary() -> PathBuf {
     let path = std::env::var_os("IMDS_SIDECAR_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kubevirt-imds")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo xtask test`",
-        path.display()
-    );
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kubevirt-imds"));
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
     path
 }
 
@@ -41,12 +35,7 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts the sidecar in `pod` and waits until it serves.
-    pub fn start(
-        pod: &Netns,
-        id: &Identity,
-        token_file: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
+    pub fn start(pod: &Netns, id: &Identity, token_file: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         Self::start_binary(&binary(), pod, id, token_file, extra)
     }
 
@@ -58,18 +47,37 @@ impl Sidecar {
         token_file: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::launch(pod.command(binary.to_str().context("non-UTF-8 binary path")?), id, token_file, extra)
+    }
+
+    /// Starts the sidecar as a pod would run it: no new privileges, and a
+    /// capability bounding set of exactly `capabilities` (e.g. `net_admin`).
+    pub fn start_confined(
+        pod: &Netns,
+        id: &Identity,
+        token_file: &Path,
+        capabilities: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bounding: Vec<String> =
+            std::iter::once("-all".to_owned()).chain(capabilities.iter().map(|c| format!("+{c}"))).collect();
+        let mut command = pod.command("setpriv");
+        command
+            .args(["--no-new-privs", "--inh-caps", "-all", "--bounding-set", &bounding.join(","), "--"])
+            .arg(binary());
+        Self::launch(command, id, token_file, &[])
+    }
+
+    fn launch(
+        mut command: Command,
+        id: &Identity,
+        token_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("sidecar.log");
         let stderr = File::create(&log)?;
-        let child = pod
-            .command(binary.to_str().context("non-UTF-8 binary path")?)
-            .args([
-                "sidecar",
-                "--namespace",
-                id.namespace,
-                "--service-account-name",
-                id.service_account,
-            ])
+        let child = command
+            .args(["sidecar", "--namespace", id.namespace, "--service-account-name", id.service_account])
             .args(["--vm-name", id.vm_name, "--token-file"])
             .arg(token_file)
             .args(extra)
@@ -79,11 +87,7 @@ impl Sidecar {
             .stderr(stderr)
             .spawn()
             .context("starting the sidecar")?;
-        let mut sidecar = Self {
-            child: Some(child),
-            log,
-            _log_dir: log_dir,
-        };
+        let mut sidecar = Self { child: Some(child), log, _log_dir: log_dir };
         sidecar.wait_for_log("IMDS serving", Duration::from_secs(15))?;
         sidecar.wait_for_log("program=\"imds_to_guest\"", Duration::from_secs(15))?;
         Ok(sidecar)
@@ -103,16 +107,10 @@ impl Sidecar {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!(
-                    "sidecar exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
+                bail!("sidecar exited ({status}) before logging {needle:?}:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "sidecar did not log {needle:?} within {timeout:?}:\n{}",
-                    self.log()
-                );
+                bail!("sidecar did not log {needle:?} within {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

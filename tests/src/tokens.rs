@@ -45,10 +45,7 @@ impl ProjectedVolume {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         symlink("..data/token", dir.join("token")).context("creating the token symlink")?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            generation: AtomicU64::new(0),
-        })
+        Ok(Self { dir: dir.to_owned(), generation: AtomicU64::new(0) })
     }
 
     /// Path the sidecar is given (`--token-file`).

@@ -74,10 +74,7 @@ impl PodLayout {
         pod.ip(&format!("link add {BRIDGE} type bridge"))?;
         match binding {
             Binding::Masquerade => {
-                pod.ip(&format!(
-                    "link add eth0 type veth peer name pod0 netns {}",
-                    node.name()
-                ))?;
+                pod.ip(&format!("link add eth0 type veth peer name pod0 netns {}", node.name()))?;
                 pod.ip("addr add 10.244.0.10/24 dev eth0")?;
                 pod.ip("link set eth0 up")?;
                 node.ip("addr add 10.244.0.1/24 dev pod0")?;
@@ -89,10 +86,7 @@ impl PodLayout {
                 // KubeVirt moves the pod IP to the VM and plugs the pod's
                 // interface into the bridge; the bridge keeps only a
                 // link-local address for its DHCP server.
-                pod.ip(&format!(
-                    "link add eth0-nic type veth peer name pod0 netns {}",
-                    node.name()
-                ))?;
+                pod.ip(&format!("link add eth0-nic type veth peer name pod0 netns {}", node.name()))?;
                 pod.ip(&format!("link set eth0-nic master {BRIDGE} up"))?;
                 node.ip("addr add 10.244.0.1/24 dev pod0")?;
                 node.ip("link set pod0 up")?;
@@ -101,15 +95,9 @@ impl PodLayout {
         }
         pod.ip(&format!("link set {BRIDGE} up"))?;
 
-        pod.ip(&format!(
-            "link add fport type veth peer name eth0 netns {}",
-            foreign.name()
-        ))?;
+        pod.ip(&format!("link add fport type veth peer name eth0 netns {}", foreign.name()))?;
         pod.ip(&format!("link set fport master {BRIDGE} up"))?;
-        foreign.ip(&format!(
-            "addr add {}/{} dev eth0",
-            addressing.foreign_ip, addressing.prefix_len
-        ))?;
+        foreign.ip(&format!("addr add {}/{} dev eth0", addressing.foreign_ip, addressing.prefix_len))?;
         foreign.ip("link set eth0 up")?;
         foreign.ip(&format!("route add default via {}", addressing.gateway_ip))?;
 
@@ -121,36 +109,21 @@ impl PodLayout {
             }
             GuestKind::Namespace => Some(attach_namespace_guest(&pod, TAP, &addressing)?),
         };
-        Ok(Self {
-            binding,
-            addressing,
-            pod,
-            node,
-            foreign,
-            guest,
-        })
+        Ok(Self { binding, addressing, pod, node, foreign, guest })
     }
 
     /// The namespace guest (panics for a QEMU layout: a test bug).
     pub fn guest(&self) -> &Netns {
-        self.guest
-            .as_ref()
-            .expect("this layout has a QEMU guest, not a namespace")
+        self.guest.as_ref().expect("this layout has a QEMU guest, not a namespace")
     }
 }
 
 /// Plugs a namespace guest into the bridge through a veth named `port`.
 pub fn attach_namespace_guest(pod: &Netns, port: &str, a: &Addressing) -> anyhow::Result<Netns> {
     let guest = Netns::new("guest")?;
-    pod.ip(&format!(
-        "link add {port} type veth peer name eth0 netns {}",
-        guest.name()
-    ))?;
+    pod.ip(&format!("link add {port} type veth peer name eth0 netns {}", guest.name()))?;
     pod.ip(&format!("link set {port} master {BRIDGE} up"))?;
-    guest.ip(&format!(
-        "addr add {}/{} dev eth0",
-        a.guest_ip, a.prefix_len
-    ))?;
+    guest.ip(&format!("addr add {}/{} dev eth0", a.guest_ip, a.prefix_len))?;
     guest.ip("link set eth0 up")?;
     guest.ip(&format!("route add default via {}", a.gateway_ip))?;
     Ok(guest)

@@ -107,10 +107,7 @@ impl GuestKit {
         if !base_initrd.is_file() {
             build_base(&modules, &base_initrd).context("building the guest initramfs")?;
         }
-        Ok(Self {
-            kernel,
-            base_initrd,
-        })
+        Ok(Self { kernel, base_initrd })
     }
 
     /// Boots the guest on `tap` (in `netns`) and runs `script`; see the
@@ -136,24 +133,13 @@ impl GuestKit {
         let mut qemu = Qemu(
             netns
                 .command("qemu-system-x86_64")
-                .args([
-                    "-accel",
-                    "tcg",
-                    "-m",
-                    "256",
-                    "-nographic",
-                    "-no-reboot",
-                    "-nodefaults",
-                ])
+                .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nodefaults"])
                 .args(["-serial", "stdio", "-kernel"])
                 .arg(&self.kernel)
                 .arg("-initrd")
                 .arg(&initrd)
                 .args(["-append", "console=ttyS0 quiet loglevel=0 panic=-1"])
-                .args([
-                    "-netdev",
-                    &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-                ])
+                .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
                 .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -170,9 +156,7 @@ impl GuestKit {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&buf[..n]);
+                sink.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
             }
         });
         let deadline = Instant::now() + timeout;
@@ -215,22 +199,16 @@ fn text_of(buf: &Arc<Mutex<Vec<u8>>>) -> String {
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
-    run(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-        .ok()
-        .map(|p| PathBuf::from(p.trim()))
+    run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).ok().map(|p| PathBuf::from(p.trim()))
 }
 
 /// IMDS_GUEST_KERNEL, else the newest /boot/vmlinuz-* with its modules.
 fn find_kernel() -> anyhow::Result<(PathBuf, String)> {
     if let Some(path) = std::env::var_os("IMDS_GUEST_KERNEL") {
         let path = PathBuf::from(path);
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let version = name
-            .strip_prefix("vmlinuz-")
-            .context("IMDS_GUEST_KERNEL must be a vmlinuz-<version>")?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let version =
+            name.strip_prefix("vmlinuz-").context("IMDS_GUEST_KERNEL must be a vmlinuz-<version>")?;
         return Ok((path.clone(), version.to_owned()));
     }
     let mut found: Vec<(PathBuf, String)> = std::fs::read_dir("/boot")
@@ -247,17 +225,13 @@ fn find_kernel() -> anyhow::Result<(PathBuf, String)> {
         })
         .collect();
     found.sort_by(|a, b| a.1.cmp(&b.1));
-    found
-        .pop()
-        .context("no /boot/vmlinuz-* with virtio modules: apt-get install linux-image-amd64")
+    found.pop().context("no /boot/vmlinuz-* with virtio modules: apt-get install linux-image-amd64")
 }
 
 fn build_base(modules: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = tempfile::tempdir()?;
     let root = staging.path();
-    for dir in [
-        "bin", "usr/bin", "sbin", "usr/sbin", "proc", "sys", "dev", "tmp", "modules", "etc",
-    ] {
+    for dir in ["bin", "usr/bin", "sbin", "usr/sbin", "proc", "sys", "dev", "tmp", "modules", "etc"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
     copy_file(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
@@ -289,11 +263,7 @@ fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
         .stderr(Stdio::inherit())
         .output()
         .context("running cpio")?;
-    ensure!(
-        out.status.success() && !out.stdout.is_empty(),
-        "cpio failed in {}",
-        dir.display()
-    );
+    ensure!(out.status.success() && !out.stdout.is_empty(), "cpio failed in {}", dir.display());
     Ok(out.stdout)
 }
 

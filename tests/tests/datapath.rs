@@ -13,11 +13,7 @@ use imds_tests::{
 };
 use serde_json::Value;
 
-const ID: Identity = Identity {
-    namespace: "vm-team",
-    service_account: "builder",
-    vm_name: "fedora-42",
-};
+const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
 const EXP: u64 = 1_795_000_000;
 const EXP_RFC3339: &str = "2026-11-18T11:06:40Z";
 
@@ -40,13 +36,7 @@ fn start(binding: Binding) -> Running {
     sidecar
         .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
         .expect("guest program attached");
-    Running {
-        layout,
-        volume,
-        token,
-        sidecar,
-        _dir: dir,
-    }
+    Running { layout, volume, token, sidecar, _dir: dir }
 }
 
 /// `curl` from `ns`; returns (HTTP status, body). Status 0: no connection.
@@ -80,10 +70,7 @@ fn served(binding: Binding) {
 
     let (status, body) = curl(guest, "/v1/token", &["Metadata: true"]);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        json(&body),
-        serde_json::json!({"token": r.token, "expirationTimestamp": EXP_RFC3339})
-    );
+    assert_eq!(json(&body), serde_json::json!({"token": r.token, "expirationTimestamp": EXP_RFC3339}));
 
     let (status, body) = curl(guest, "/v1/token", &[]);
     assert_eq!(status, 400, "{body}");
@@ -143,10 +130,7 @@ fn foreign_dropped(binding: Binding) {
     let _serial = exclusive();
     let r = start(binding);
     let foreign = &r.layout.foreign;
-    let before = (
-        bpf::counter("foreign_dropped").unwrap(),
-        bpf::counter("foreign_arp_dropped").unwrap(),
-    );
+    let before = (bpf::counter("foreign_dropped").unwrap(), bpf::counter("foreign_arp_dropped").unwrap());
 
     // Routed through the gateway (masquerade: the bridge's own address)…
     assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
@@ -155,32 +139,16 @@ fn foreign_dropped(binding: Binding) {
     assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
     // With a neighbour entry forged to the bridge's MAC.
     let (_, bridge_mac) = r.layout.pod.link("k6t-eth0").unwrap();
-    foreign
-        .ip(&format!(
-            "neigh replace 169.254.169.254 lladdr {bridge_mac} dev eth0 nud permanent"
-        ))
-        .unwrap();
+    foreign.ip(&format!("neigh replace 169.254.169.254 lladdr {bridge_mac} dev eth0 nud permanent")).unwrap();
     assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
 
-    let after = (
-        bpf::counter("foreign_dropped").unwrap(),
-        bpf::counter("foreign_arp_dropped").unwrap(),
-    );
+    let after = (bpf::counter("foreign_dropped").unwrap(), bpf::counter("foreign_arp_dropped").unwrap());
     if binding == Binding::Masquerade {
-        assert!(
-            after.0 > before.0,
-            "foreign IPv4 drops did not rise: {before:?} -> {after:?}"
-        );
+        assert!(after.0 > before.0, "foreign IPv4 drops did not rise: {before:?} -> {after:?}");
     } else {
-        assert!(
-            after.0 > before.0,
-            "forged-neighbour drops did not rise: {before:?} -> {after:?}"
-        );
+        assert!(after.0 > before.0, "forged-neighbour drops did not rise: {before:?} -> {after:?}");
     }
-    assert!(
-        after.1 > before.1,
-        "foreign ARP drops did not rise: {before:?} -> {after:?}"
-    );
+    assert!(after.1 > before.1, "foreign ARP drops did not rise: {before:?} -> {after:?}");
 
     // Processes of the pod itself do not reach the server either: it only
     // accepts what arrived through its veth.
@@ -206,40 +174,18 @@ fn ordinary_traffic(binding: Binding) {
     let guest = r.layout.guest();
     let www = tempfile::tempdir().unwrap();
 
-    guest
-        .sh(&format!("ping -c 2 -W 2 {}", a.gateway_ip))
-        .expect("guest pings its gateway");
-    guest
-        .sh(&format!("ping -c 2 -W 2 {}", a.foreign_ip))
-        .expect("guest pings its neighbour");
-    let _foreign_http = r
-        .layout
-        .foreign
-        .http_server(a.foreign_ip, 8080, www.path())
-        .unwrap();
-    let got = guest
-        .sh(&format!("curl -sf -m 3 http://{}:8080/hello", a.foreign_ip))
-        .unwrap();
+    guest.sh(&format!("ping -c 2 -W 2 {}", a.gateway_ip)).expect("guest pings its gateway");
+    guest.sh(&format!("ping -c 2 -W 2 {}", a.foreign_ip)).expect("guest pings its neighbour");
+    let _foreign_http = r.layout.foreign.http_server(a.foreign_ip, 8080, www.path()).unwrap();
+    let got = guest.sh(&format!("curl -sf -m 3 http://{}:8080/hello", a.foreign_ip)).unwrap();
     assert_eq!(got, format!("hello from {}", a.foreign_ip));
     let _guest_http = guest.http_server(a.guest_ip, 8081, www.path()).unwrap();
-    let got = r
-        .layout
-        .foreign
-        .sh(&format!("curl -sf -m 3 http://{}:8081/hello", a.guest_ip))
-        .unwrap();
+    let got = r.layout.foreign.sh(&format!("curl -sf -m 3 http://{}:8081/hello", a.guest_ip)).unwrap();
     assert_eq!(got, format!("hello from {}", a.guest_ip));
     // TCP to the gateway: the pod's bridge (masquerade) or the node (bridge).
-    let gateway_ns = if binding == Binding::Masquerade {
-        &r.layout.pod
-    } else {
-        &r.layout.node
-    };
-    let _gw_http = gateway_ns
-        .http_server(a.gateway_ip, 8082, www.path())
-        .unwrap();
-    let got = guest
-        .sh(&format!("curl -sf -m 3 http://{}:8082/hello", a.gateway_ip))
-        .unwrap();
+    let gateway_ns = if binding == Binding::Masquerade { &r.layout.pod } else { &r.layout.node };
+    let _gw_http = gateway_ns.http_server(a.gateway_ip, 8082, www.path()).unwrap();
+    let got = guest.sh(&format!("curl -sf -m 3 http://{}:8082/hello", a.gateway_ip)).unwrap();
     assert_eq!(got, format!("hello from {}", a.gateway_ip));
     assert_eq!(bpf::counter("guest_unsupported_dropped").unwrap(), 0);
 }
@@ -255,20 +201,11 @@ fn ordinary_guest_traffic_passes_bridge() {
 }
 
 fn count_everything(pod: &Netns) -> (usize, usize, usize, Vec<usize>) {
-    let veths: Vec<Value> =
-        serde_json::from_str(&pod.ip("-j link show type veth").unwrap()).unwrap();
+    let veths: Vec<Value> = serde_json::from_str(&pod.ip("-j link show type veth").unwrap()).unwrap();
     let named = |n: &str| veths.iter().filter(|l| l["ifname"] == n).count();
     let (sidecar_links, redirect_links) = (named("imds-sidecar"), named("imds-redirect"));
-    let rules = pod
-        .ip("rule show")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("169254"))
-        .count();
-    let programs = bpf::PROGRAMS
-        .iter()
-        .map(|p| bpf::programs_named(p).unwrap())
-        .collect();
+    let rules = pod.ip("rule show").unwrap().lines().filter(|l| l.contains("169254")).count();
+    let programs = bpf::PROGRAMS.iter().map(|p| bpf::programs_named(p).unwrap()).collect();
     (sidecar_links, redirect_links, rules, programs)
 }
 
@@ -282,13 +219,8 @@ fn sigkill_then_restart_leaves_exactly_one_of_everything() {
     assert_eq!((s, d, rules), (1, 1, 1), "leftovers expected after SIGKILL");
 
     let mut again = Sidecar::start(&r.layout.pod, &ID, &r.volume.token_path(), &[]).unwrap();
-    again
-        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(
-        curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0,
-        200
-    );
+    again.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    assert_eq!(curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0, 200);
     assert_eq!(count_everything(&r.layout.pod), (1, 1, 1, vec![1, 1, 1]));
     for p in bpf::PROGRAMS {
         assert_eq!(bpf::links_of(p).unwrap(), 1, "{p} attached more than once");
@@ -301,16 +233,9 @@ fn sigterm_removes_everything_it_made() {
     let mut r = start(Binding::Bridge);
     assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 200);
     let status = r.sidecar.terminate().unwrap();
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        r.sidecar.log()
-    );
+    assert!(status.success(), "exit status {status}:\n{}", r.sidecar.log());
     assert_eq!(count_everything(&r.layout.pod), (0, 0, 0, vec![0, 0, 0]));
-    assert!(
-        r.sidecar.log().contains("data path counters"),
-        "no counter summary on exit"
-    );
+    assert!(r.sidecar.log().contains("data path counters"), "no counter summary on exit");
     // Guest IMDS traffic is no longer intercepted: nothing answers.
     assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 0);
 }
@@ -334,21 +259,13 @@ fn token_rotation_is_atomic_under_a_looping_client() {
     let mut published = vec![r.token.clone()];
     for generation in 1..=5 {
         std::thread::sleep(Duration::from_millis(300));
-        let token = jwt(
-            ID.namespace,
-            ID.service_account,
-            EXP + generation * 3600,
-            &format!("gen{generation}"),
-        );
+        let token =
+            jwt(ID.namespace, ID.service_account, EXP + generation * 3600, &format!("gen{generation}"));
         r.volume.publish(&token).unwrap();
         // The very next request sees the new token.
         let (status, body) = curl(guest, "/v1/token", &["Metadata: true"]);
         assert_eq!(status, 200);
-        assert_eq!(
-            json(&body)["token"],
-            token,
-            "generation {generation} not served right after the swap"
-        );
+        assert_eq!(json(&body)["token"], token, "generation {generation} not served right after the swap");
         published.push(token);
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -357,29 +274,16 @@ fn token_rotation_is_atomic_under_a_looping_client() {
     let published: HashSet<&str> = published.iter().map(String::as_str).collect();
     let text = std::fs::read_to_string(&log).unwrap();
     let responses: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    assert!(
-        responses.len() >= 20,
-        "the looping client made only {} requests",
-        responses.len()
-    );
+    assert!(responses.len() >= 20, "the looping client made only {} requests", responses.len());
     let mut seen = HashSet::new();
     // The last line may have been cut by the kill; every other must be whole.
     for line in &responses[..responses.len() - 1] {
         let v = json(line);
-        let token = v["token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not a token response: {line}"));
-        assert!(
-            published.contains(token),
-            "served a token that was never published (torn?): {token}"
-        );
+        let token = v["token"].as_str().unwrap_or_else(|| panic!("not a token response: {line}"));
+        assert!(published.contains(token), "served a token that was never published (torn?): {token}");
         seen.insert(token.to_owned());
     }
-    assert!(
-        seen.len() >= 3,
-        "the loop saw only {} generations",
-        seen.len()
-    );
+    assert!(seen.len() >= 3, "the loop saw only {} generations", seen.len());
 }
 
 #[test]
@@ -390,25 +294,17 @@ fn bridges_and_taps_created_after_start_are_attached() {
     let pod = Netns::new("pod").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    volume
-        .publish(&jwt(ID.namespace, ID.service_account, EXP, "late"))
-        .unwrap();
+    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "late")).unwrap();
     let mut sidecar = Sidecar::start(&pod, &ID, &volume.token_path(), &[]).unwrap();
     assert!(sidecar.log().contains("no VM bridge yet"));
 
     pod.ip("link add k6t-eth0 type bridge").unwrap();
     pod.ip("addr add 10.0.2.1/24 dev k6t-eth0").unwrap();
     pod.ip("link set k6t-eth0 up").unwrap();
-    let a = Addressing {
-        guest_ip: "10.0.2.2",
-        prefix_len: 24,
-        gateway_ip: "10.0.2.1",
-        foreign_ip: "10.0.2.9",
-    };
+    let a =
+        Addressing { guest_ip: "10.0.2.2", prefix_len: 24, gateway_ip: "10.0.2.1", foreign_ip: "10.0.2.9" };
     let guest = attach_namespace_guest(&pod, "tap0", &a).unwrap();
-    sidecar
-        .wait_for_log("ifname=\"tap0\"", Duration::from_secs(5))
-        .unwrap();
+    sidecar.wait_for_log("ifname=\"tap0\"", Duration::from_secs(5)).unwrap();
     assert_eq!(curl(&guest, "/healthz", &[]).0, 200);
 
     // A second interface hot-plugged later (KubeVirt names its TAP tap<hash>).
@@ -416,25 +312,17 @@ fn bridges_and_taps_created_after_start_are_attached() {
     pod.ip("addr add 10.1.0.1/24 dev k6t-net1").unwrap();
     pod.ip("link set k6t-net1 up").unwrap();
     let guest2 = Netns::new("guest").unwrap();
-    pod.ip(&format!(
-        "link add tap1a2b3c type veth peer name eth0 netns {}",
-        guest2.name()
-    ))
-    .unwrap();
+    pod.ip(&format!("link add tap1a2b3c type veth peer name eth0 netns {}", guest2.name())).unwrap();
     pod.ip("link set tap1a2b3c master k6t-net1 up").unwrap();
     guest2.ip("addr add 10.1.0.2/24 dev eth0").unwrap();
     guest2.ip("link set eth0 up").unwrap();
     guest2.ip("route add default via 10.1.0.1").unwrap();
-    sidecar
-        .wait_for_log("ifname=\"tap1a2b3c\"", Duration::from_secs(5))
-        .unwrap();
+    sidecar.wait_for_log("ifname=\"tap1a2b3c\"", Duration::from_secs(5)).unwrap();
     assert_eq!(curl(&guest2, "/v1/identity", &["Metadata: true"]).0, 200);
 
     // Unplugged: detached, and the first VM interface is unaffected.
     pod.ip("link del tap1a2b3c").unwrap();
-    sidecar
-        .wait_for_log("detached", Duration::from_secs(5))
-        .unwrap();
+    sidecar.wait_for_log("detached", Duration::from_secs(5)).unwrap();
     assert_eq!(curl(&guest, "/healthz", &[]).0, 200);
 }
 
@@ -445,9 +333,7 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    volume
-        .publish(&jwt(ID.namespace, ID.service_account, EXP, "race"))
-        .unwrap();
+    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "race")).unwrap();
     let log = dir.path().join("codes");
     // A guest that polls from boot, like cloud-init does.
     let poller = layout
@@ -462,33 +348,46 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).unwrap();
-    sidecar
-        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
-        .unwrap();
+    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     drop(poller);
 
     let codes = std::fs::read_to_string(&log).unwrap();
     let codes: Vec<&str> = codes.lines().collect();
-    let first_ok = codes
-        .iter()
-        .position(|c| *c == "200")
-        .expect("never served");
-    let after: Vec<&&str> = codes[first_ok..codes.len() - 1]
-        .iter()
-        .filter(|c| **c != "200")
-        .collect();
-    assert!(
-        after.is_empty(),
-        "requests failed after the first success: {after:?} (all: {codes:?})"
-    );
-    assert!(
-        codes.len() - first_ok > 5,
-        "too few requests after startup: {codes:?}"
-    );
+    let first_ok = codes.iter().position(|c| *c == "200").expect("never served");
+    let after: Vec<&&str> = codes[first_ok..codes.len() - 1].iter().filter(|c| **c != "200").collect();
+    assert!(after.is_empty(), "requests failed after the first success: {after:?} (all: {codes:?})");
+    assert!(codes.len() - first_ok > 5, "too few requests after startup: {codes:?}");
     // The server was up before the first program was attached.
     let text = sidecar.log();
     let serving = text.find("IMDS serving").unwrap();
     let attached = text.find("attached").unwrap();
     assert!(serving < attached, "attached before serving:\n{text}");
+}
+
+/// The capabilities the injected container gets (README, "Security model"):
+/// everything works with exactly these and nothing else.
+#[test]
+fn works_with_only_net_admin_bpf_and_net_bind_service() {
+    let _serial = exclusive();
+    require_root();
+    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
+    let token = jwt(ID.namespace, ID.service_account, EXP, "confined");
+    volume.publish(&token).unwrap();
+    let mut sidecar = Sidecar::start_confined(
+        &layout.pod,
+        &ID,
+        &volume.token_path(),
+        &["net_admin", "bpf", "net_bind_service"],
+    )
+    .unwrap();
+    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    let (status, body) = curl(layout.guest(), "/v1/token", &["Metadata: true"]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["token"], token);
+    let status = sidecar.terminate().unwrap();
+    assert!(status.success(), "{status}:\n{}", sidecar.log());
+    assert_eq!(count_everything(&layout.pod), (0, 0, 0, vec![0, 0, 0]));
 }

@@ -12,11 +12,7 @@ use imds_tests::{
     vm::{GuestKit, default_cache_dir},
 };
 
-const ID: Identity = Identity {
-    namespace: "vm-team",
-    service_account: "builder",
-    vm_name: "fedora-42",
-};
+const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
 const GUEST_MAC: &str = "52:54:00:12:34:56";
 
 fn scenario(binding: Binding) {
@@ -30,14 +26,9 @@ fn scenario(binding: Binding) {
     let token = jwt(ID.namespace, ID.service_account, 1_795_000_000, "vm");
     volume.publish(&token).unwrap();
     let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).unwrap();
-    sidecar
-        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
-        .unwrap();
+    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     let www = tempfile::tempdir().unwrap();
-    let _neighbour_http = layout
-        .foreign
-        .http_server(a.foreign_ip, 8080, www.path())
-        .unwrap();
+    let _neighbour_http = layout.foreign.http_server(a.foreign_ip, 8080, www.path()).unwrap();
 
     let script = format!(
         r#"
@@ -59,29 +50,15 @@ section neigh ip neigh show 169.254.169.254
         gw = a.gateway_ip,
         foreign = a.foreign_ip,
     );
-    let run = kit
-        .run(
-            &layout.pod,
-            TAP,
-            GUEST_MAC,
-            &script,
-            Duration::from_secs(180),
-        )
-        .expect("guest run");
-    let section = |name: &str| {
-        run.section(name)
-            .unwrap_or_else(|| panic!("no section {name}:\n{}", run.console))
-    };
+    let run = kit.run(&layout.pod, TAP, GUEST_MAC, &script, Duration::from_secs(180)).expect("guest run");
+    let section =
+        |name: &str| run.section(name).unwrap_or_else(|| panic!("no section {name}:\n{}", run.console));
     assert_eq!(run.script_exit(), Some(0), "{}", run.console);
 
-    let expected_identity =
-        r#"{"namespace":"vm-team","serviceAccountName":"builder","vmName":"fedora-42"}"#;
+    let expected_identity = r#"{"namespace":"vm-team","serviceAccountName":"builder","vmName":"fedora-42"}"#;
     assert_eq!(section("identity"), expected_identity);
     let served: serde_json::Value = serde_json::from_str(&section("token")).expect("token JSON");
-    assert_eq!(
-        served,
-        serde_json::json!({"token": token, "expirationTimestamp": "2026-11-18T11:06:40Z"})
-    );
+    assert_eq!(served, serde_json::json!({"token": token, "expirationTimestamp": "2026-11-18T11:06:40Z"}));
     let noheader = section("noheader");
     assert!(noheader.ends_with("\n400"), "{noheader}");
     assert!(noheader.contains("metadata_header_missing"), "{noheader}");

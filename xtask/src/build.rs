@@ -6,28 +6,16 @@ use crate::cmd::{self, workspace_root};
 
 /// Where `cargo` puts artifacts (honours CARGO_TARGET_DIR like build.rs).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Builds the eBPF object; returns its path.
 pub fn ebpf() -> anyhow::Result<PathBuf> {
     let mut c = cmd::cargo(Some("nightly"));
-    c.args([
-        "build",
-        "--release",
-        "-p",
-        "imds-ebpf",
-        "--features",
-        "program",
-    ])
-    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-    // BTF lets bpftool print map keys and values by field name.
-    .env(
-        "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-        "-C debuginfo=2 -C link-arg=--btf",
-    );
+    c.args(["build", "--release", "-p", "imds-ebpf", "--features", "program"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        // BTF lets bpftool print map keys and values by field name.
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     cmd::run(&mut c)?;
     Ok(target_dir().join("bpfel-unknown-none/release/imds-ebpf"))
 }
@@ -36,13 +24,10 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
 pub fn all(release: bool) -> anyhow::Result<PathBuf> {
     let object = ebpf()?;
     let mut c = cmd::cargo(None);
-    c.args(["build", "-p", "imds-userspace", "--bin", "kubevirt-imds"])
-        .env("IMDS_EBPF_OBJECT", &object);
+    c.args(["build", "-p", "imds-userspace", "--bin", "kubevirt-imds"]).env("IMDS_EBPF_OBJECT", &object);
     if release {
         c.arg("--release");
     }
     cmd::run(&mut c)?;
-    Ok(target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("kubevirt-imds"))
+    Ok(target_dir().join(if release { "release" } else { "debug" }).join("kubevirt-imds"))
 }

@@ -12,11 +12,7 @@ use imds_tests::{
 
 use crate::{build, cmd, setup};
 
-const ID: Identity = Identity {
-    namespace: "demo",
-    service_account: "vm-builder",
-    vm_name: "fedora-demo",
-};
+const ID: Identity = Identity { namespace: "demo", service_account: "vm-builder", vm_name: "fedora-demo" };
 
 pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
@@ -28,9 +24,7 @@ pub fn run() -> anyhow::Result<()> {
     step("Preparing a guest VM image (Debian kernel, busybox, curl)");
     let kit = GuestKit::prepare(&default_cache_dir())?;
 
-    step(
-        "Laying out a virt-launcher pod: bridge k6t-eth0 (10.0.2.1), TAP tap0, masquerade binding",
-    );
+    step("Laying out a virt-launcher pod: bridge k6t-eth0 (10.0.2.1), TAP tap0, masquerade binding");
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Tap)?;
     let volume_dir = tempfile::tempdir()?;
     let volume = ProjectedVolume::new(&volume_dir.path().join("token"))?;
@@ -46,11 +40,7 @@ pub fn run() -> anyhow::Result<()> {
     step("Starting `kubevirt-imds sidecar` in the pod");
     let mut sidecar = Sidecar::start_binary(&binary, &layout.pod, &ID, &volume.token_path(), &[])?;
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
-    for line in sidecar
-        .log()
-        .lines()
-        .filter(|l| l.contains("attached") || l.contains("serving"))
-    {
+    for line in sidecar.log().lines().filter(|l| l.contains("attached") || l.contains("serving")) {
         println!("  {}", line.trim());
     }
 
@@ -63,38 +53,21 @@ section token curl -sS -m 20 -H 'Metadata: true' http://169.254.169.254/v1/token
 section no-header curl -sS -m 20 -w ' (HTTP %{http_code})' http://169.254.169.254/v1/token
 "#;
     let started = std::time::Instant::now();
-    let run = kit.run(
-        &layout.pod,
-        TAP,
-        "52:54:00:de:30:01",
-        script,
-        Duration::from_secs(180),
-    )?;
-    println!(
-        "  guest booted, ran its requests and powered off in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let run = kit.run(&layout.pod, TAP, "52:54:00:de:30:01", script, Duration::from_secs(180))?;
+    println!("  guest booted, ran its requests and powered off in {:.1} s", started.elapsed().as_secs_f64());
 
     step("What the guest got");
     for name in ["identity", "token", "no-header"] {
-        let body = run
-            .section(name)
-            .with_context(|| format!("guest printed no {name}:\n{}", run.console))?;
+        let body = run.section(name).with_context(|| format!("guest printed no {name}:\n{}", run.console))?;
         println!("  GET {name:<9} -> {}", body.trim());
     }
     let served = run.section("token").unwrap_or_default();
-    let matches = serde_json::from_str::<serde_json::Value>(&served)
-        .ok()
-        .is_some_and(|v| v["token"] == token.as_str());
+    let matches =
+        serde_json::from_str::<serde_json::Value>(&served).ok().is_some_and(|v| v["token"] == token.as_str());
     println!("  token served == token file: {matches}");
 
     step("Data path counters (bpftool map dump name IMDS_COUNTERS, summed)");
-    for counter in [
-        "guest_redirected",
-        "reply_forwarded",
-        "guest_arp_answered",
-        "foreign_dropped",
-    ] {
+    for counter in ["guest_redirected", "reply_forwarded", "guest_arp_answered", "foreign_dropped"] {
         println!("  {counter:<20} {}", imds_tests::bpf::counter(counter)?);
     }
 

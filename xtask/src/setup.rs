@@ -32,7 +32,6 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "linux-image-amd64", // its kernel and virtio modules
     "busybox-static",    // its userland
     "cpio",              // its initramfs
-    "python3",           // a plain HTTP server for the guest harness self-test
 ];
 
 /// Installs whatever is missing.
@@ -54,12 +53,8 @@ pub fn ensure() -> anyhow::Result<()> {
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    let out = output(
-        Command::new("rustc")
-            .arg(format!("+{NIGHTLY}"))
-            .args(["--print", "sysroot"]),
-    )
-    .context("the nightly toolchain is not installed (`rustup toolchain list`)")?;
+    let out = output(Command::new("rustc").arg(format!("+{NIGHTLY}")).args(["--print", "sysroot"]))
+        .context("the nightly toolchain is not installed (`rustup toolchain list`)")?;
     Ok(PathBuf::from(out.trim()))
 }
 
@@ -76,12 +71,8 @@ fn install_rust_src() -> anyhow::Result<()> {
 
 fn bpf_linker_works() -> bool {
     // Run outside rustup so a missing libLLVM shows up here, not mid-build.
-    output(
-        Command::new("bpf-linker")
-            .arg("--version")
-            .env_remove("LD_LIBRARY_PATH"),
-    )
-    .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+    output(Command::new("bpf-linker").arg("--version").env_remove("LD_LIBRARY_PATH"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
 }
 
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -89,19 +80,8 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut install = cmd::cargo(None);
-    install.args([
-        "install",
-        "bpf-linker",
-        "--force",
-        "--locked",
-        "--version",
-        BPF_LINKER_VERSION,
-    ]);
-    install.args([
-        "--no-default-features",
-        "--features",
-        &format!("llvm-{LLVM_MAJOR}"),
-    ]);
+    install.args(["install", "bpf-linker", "--force", "--locked", "--version", BPF_LINKER_VERSION]);
+    install.args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")]);
     let system_llvm = output(Command::new("llvm-config").arg("--version"))
         .is_some_and(|v| v.trim().split('.').next() == Some(LLVM_MAJOR));
     if !system_llvm {
@@ -153,10 +133,7 @@ fn rustc_llvm_prefix() -> anyhow::Result<PathBuf> {
         }
     }
     if !found {
-        bail!(
-            "no libLLVM in {}: is the nightly toolchain complete?",
-            sysroot_lib.display()
-        );
+        bail!("no libLLVM in {}: is the nightly toolchain complete?", sysroot_lib.display());
     }
     Ok(prefix)
 }
@@ -182,11 +159,7 @@ fn install_debian_packages() -> anyhow::Result<()> {
             "missing Debian packages {missing:?}; run `cargo xtask setup` as root (or apt-get install them)"
         );
     }
-    cmd::run(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    cmd::run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])

@@ -22,9 +22,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MetadataHeaderMissing | ApiError::MetadataHeaderInvalid => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::MetadataHeaderMissing | ApiError::MetadataHeaderInvalid => StatusCode::BAD_REQUEST,
             ApiError::ForwardedRequest => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -58,12 +56,9 @@ impl ApiError {
                     .into()
             }
             ApiError::NotFound => {
-                "no such endpoint; the API has GET /v1/token, GET /v1/identity and GET /healthz"
-                    .into()
+                "no such endpoint; the API has GET /v1/token, GET /v1/identity and GET /healthz".into()
             }
-            ApiError::MethodNotAllowed => {
-                "method not allowed: the API only answers GET (and HEAD)".into()
-            }
+            ApiError::MethodNotAllowed => "method not allowed: the API only answers GET (and HEAD)".into(),
             ApiError::TokenUnavailable(reason) => {
                 format!("the ServiceAccount token is unavailable ({reason}); retry shortly")
             }
@@ -76,9 +71,7 @@ impl IntoResponse for ApiError {
         let body = Json(json!({ "error": self.code(), "message": self.message() }));
         let mut response = (self.status(), body).into_response();
         if self == ApiError::MethodNotAllowed {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         response
     }

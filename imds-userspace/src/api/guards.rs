@@ -61,18 +61,9 @@ mod tests {
 
     #[test]
     fn metadata_header_rules() {
-        assert_eq!(
-            check_metadata_header(&headers(&[("Metadata", "true")])),
-            Ok(())
-        );
-        assert_eq!(
-            check_metadata_header(&headers(&[("metadata", "TRUE")])),
-            Ok(())
-        );
-        assert_eq!(
-            check_metadata_header(&headers(&[])),
-            Err(ApiError::MetadataHeaderMissing)
-        );
+        assert_eq!(check_metadata_header(&headers(&[("Metadata", "true")])), Ok(()));
+        assert_eq!(check_metadata_header(&headers(&[("metadata", "TRUE")])), Ok(()));
+        assert_eq!(check_metadata_header(&headers(&[])), Err(ApiError::MetadataHeaderMissing));
         for bad in ["false", "1", "", "true ", "yes"] {
             assert_eq!(
                 check_metadata_header(&headers(&[("Metadata", bad)])),

@@ -61,15 +61,10 @@ async fn identity(State(state): State<Arc<ImdsState>>) -> Json<Identity> {
 async fn token(State(state): State<Arc<ImdsState>>) -> Response {
     match state.token.read().await {
         Ok(token) => {
-            let body = TokenResponse {
-                expiration_timestamp: token.expiration_timestamp(),
-                token: token.jwt,
-            };
+            let body = TokenResponse { expiration_timestamp: token.expiration_timestamp(), token: token.jwt };
             let mut response = Json(body).into_response();
             // A credential: no cache along the way may keep it.
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
         Err(e) => {
@@ -84,9 +79,7 @@ fn public_reason(e: &TokenError) -> &'static str {
     match e {
         TokenError::Missing(_) => "the token file is not there yet",
         TokenError::Unreadable { .. } => "the token file cannot be read",
-        TokenError::TooLarge { .. } | TokenError::NotAJwt { .. } => {
-            "the token file does not hold a JWT"
-        }
+        TokenError::TooLarge { .. } | TokenError::NotAJwt { .. } => "the token file does not hold a JWT",
     }
 }
 
@@ -118,11 +111,7 @@ mod tests {
             },
             token: TokenFile::new(&token_path),
         };
-        Fixture {
-            app: router(Arc::new(state)),
-            token_path,
-            _dir: dir,
-        }
+        Fixture { app: router(Arc::new(state)), token_path, _dir: dir }
     }
 
     async fn call(
@@ -135,11 +124,7 @@ mod tests {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let response = app
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let response = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         (response.status(), response)
     }
 
@@ -155,10 +140,7 @@ mod tests {
         let f = fixture();
         let (status, response) = call(&f.app, Method::GET, "/healthz", &[]).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            &to_bytes(response.into_body(), 100).await.unwrap()[..],
-            b"OK"
-        );
+        assert_eq!(&to_bytes(response.into_body(), 100).await.unwrap()[..], b"OK");
     }
 
     #[tokio::test]
@@ -198,12 +180,7 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let body = json(response).await;
         assert_eq!(body["error"], "token_unavailable");
-        assert!(
-            !body["message"]
-                .as_str()
-                .unwrap()
-                .contains(f.token_path.to_str().unwrap())
-        );
+        assert!(!body["message"].as_str().unwrap().contains(f.token_path.to_str().unwrap()));
 
         std::fs::write(&f.token_path, "garbage").unwrap();
         let (status, _) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
@@ -225,8 +202,7 @@ mod tests {
             assert_eq!(body["error"], "metadata_header_missing");
             assert!(body["message"].as_str().unwrap().contains("Metadata: true"));
 
-            let (status, response) =
-                call(&f.app, Method::GET, path, &[("Metadata", "false")]).await;
+            let (status, response) = call(&f.app, Method::GET, path, &[("Metadata", "false")]).await;
             assert_eq!(status, StatusCode::BAD_REQUEST);
             assert_eq!(json(response).await["error"], "metadata_header_invalid");
         }
@@ -236,13 +212,8 @@ mod tests {
     async fn forwarded_requests_are_refused_everywhere() {
         let f = fixture();
         for path in ["/healthz", "/v1/token", "/v1/identity", "/nope"] {
-            let (status, response) = call(
-                &f.app,
-                Method::GET,
-                path,
-                &[MD, ("X-Forwarded-For", "1.2.3.4")],
-            )
-            .await;
+            let (status, response) =
+                call(&f.app, Method::GET, path, &[MD, ("X-Forwarded-For", "1.2.3.4")]).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
             assert_eq!(json(response).await["error"], "forwarded_request_refused");
         }
@@ -251,14 +222,8 @@ mod tests {
     #[tokio::test]
     async fn unknown_paths_and_methods_get_json_errors() {
         let f = fixture();
-        for path in [
-            "/",
-            "/v1",
-            "/v1/token/",
-            "/latest/meta-data/",
-            "/../../etc/passwd",
-            "/v1/%2e%2e/token",
-        ] {
+        for path in ["/", "/v1", "/v1/token/", "/latest/meta-data/", "/../../etc/passwd", "/v1/%2e%2e/token"]
+        {
             let (status, response) = call(&f.app, Method::GET, path, &[MD]).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
             assert_eq!(json(response).await["error"], "not_found");

@@ -10,8 +10,7 @@ use aya::{
     util::KernelVersion,
 };
 use imds_ebpf::abi::{
-    Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, PROG_FROM_GUEST, PROG_GUARD,
-    PROG_TO_GUEST,
+    Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST,
 };
 
 use super::plan::{Attachment, Changes, Role};
@@ -28,9 +27,7 @@ const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error(
-        "this kubevirt-imds binary was built without its eBPF object; build it with `cargo xtask build`"
-    )]
+    #[error("this kubevirt-imds binary was built without its eBPF object; build it with `cargo xtask build`")]
     NotEmbedded,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -99,33 +96,19 @@ impl Datapath {
         }
         let level = log_level.as_aya_level();
         let mut loader = EbpfLoader::new();
-        loader
-            .override_global(GLOBAL_CONFIG, config, true)
-            .override_global(LOG_LEVEL_GLOBAL, &level, true);
+        loader.override_global(GLOBAL_CONFIG, config, true).override_global(LOG_LEVEL_GLOBAL, &level, true);
         if log_level == EbpfLogLevel::Off {
             // Nothing is ever written: keep the ring at its minimum (a page).
             loader.map_max_entries(LOG_RING, 4096);
         }
         let mut ebpf = loader.load(OBJECT)?;
         for name in [PROG_TO_GUEST, PROG_GUARD, PROG_FROM_GUEST] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
         }
-        let log_reader = if log_level == EbpfLogLevel::Off {
-            None
-        } else {
-            Some(spawn_log_reader(&mut ebpf)?)
-        };
-        let legacy_tc = KernelVersion::current()
-            .map(|v| v < KernelVersion::new(6, 6, 0))
-            .unwrap_or(false);
-        Ok(Self {
-            ebpf,
-            attached: BTreeMap::new(),
-            legacy_tc,
-            _log_reader: log_reader,
-        })
+        let log_reader =
+            if log_level == EbpfLogLevel::Off { None } else { Some(spawn_log_reader(&mut ebpf)?) };
+        let legacy_tc = KernelVersion::current().map(|v| v < KernelVersion::new(6, 6, 0)).unwrap_or(false);
+        Ok(Self { ebpf, attached: BTreeMap::new(), legacy_tc, _log_reader: log_reader })
     }
 
     /// Kernel ids of the loaded programs, for the startup log line.
@@ -151,12 +134,7 @@ impl Datapath {
             if let Some((ifname, link)) = self.attached.remove(&key) {
                 // The interface is usually gone already, and its link with it.
                 let _ = classifier(&mut self.ebpf, key.0.program()).map(|p| p.detach(link));
-                tracing::info!(
-                    program = key.0.program(),
-                    ifname,
-                    ifindex = key.1,
-                    "detached"
-                );
+                tracing::info!(program = key.0.program(), ifname, ifindex = key.1, "detached");
             }
         }
         for attachment in changes.attach {
@@ -168,8 +146,7 @@ impl Datapath {
                         ifindex = attachment.ifindex,
                         "attached"
                     );
-                    self.attached
-                        .insert(attachment.key(), (attachment.ifname, link));
+                    self.attached.insert(attachment.key(), (attachment.ifname, link));
                 }
                 Err(e) => errors.push(e),
             }
@@ -186,19 +163,12 @@ impl Datapath {
         }
         classifier(&mut self.ebpf, program)?
             .attach(&a.ifname, TcAttachType::Ingress)
-            .map_err(|source| DatapathError::Attach {
-                program,
-                ifname: a.ifname.clone(),
-                source,
-            })
+            .map_err(|source| DatapathError::Attach { program, ifname: a.ifname.clone(), source })
     }
 
     pub fn detach_all(&mut self) {
         let all = self.attached.keys().copied().collect();
-        self.apply(Changes {
-            attach: Vec::new(),
-            detach: all,
-        });
+        self.apply(Changes { attach: Vec::new(), detach: all });
     }
 
     /// Current value of every counter, summed over CPUs.
@@ -206,21 +176,13 @@ impl Datapath {
         let map = self
             .ebpf
             .map(MAP_COUNTERS)
-            .ok_or(aya::maps::MapError::InvalidName {
-                name: MAP_COUNTERS.to_owned(),
-            })?;
+            .ok_or(aya::maps::MapError::InvalidName { name: MAP_COUNTERS.to_owned() })?;
         let per_cpu = PerCpuArray::<_, Counters>::try_from(map)?.get(&0, 0)?;
-        Ok(Counter::ALL
-            .into_iter()
-            .map(|c| (c, per_cpu.iter().map(|cpu| cpu.get(c)).sum()))
-            .collect())
+        Ok(Counter::ALL.into_iter().map(|c| (c, per_cpu.iter().map(|cpu| cpu.get(c)).sum())).collect())
     }
 }
 
-fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::MissingProgram(name))?
         .try_into()
@@ -229,14 +191,12 @@ fn classifier<'a>(
 
 /// Forwards aya-log records (through the `log` facade) into tracing.
 fn spawn_log_reader(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>, DatapathError> {
-    let logger =
-        aya_log::EbpfLogger::init(ebpf).map_err(|e| DatapathError::Logger(e.to_string()))?;
+    let logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| DatapathError::Logger(e.to_string()))?;
     // SAFETY: the logger owns the ring buffer's fd for as long as it lives,
     // and the AsyncFd owns the logger.
-    let mut logger = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| DatapathError::Logger(e.to_string()))?;
+    let mut logger =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+            .map_err(|e| DatapathError::Logger(e.to_string()))?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(mut guard) = logger.readable_mut().await else {

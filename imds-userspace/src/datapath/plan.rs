@@ -68,11 +68,8 @@ impl Selector {
 
 /// The attachments `links` call for, sorted in attach order.
 pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
-    let bridges: BTreeSet<u32> = links
-        .iter()
-        .filter(|l| selector.selects_bridge(l))
-        .map(|l| l.index)
-        .collect();
+    let bridges: BTreeSet<u32> =
+        links.iter().filter(|l| selector.selects_bridge(l)).map(|l| l.index).collect();
     let mut wanted: Vec<Attachment> = links
         .iter()
         .filter_map(|link| {
@@ -87,11 +84,7 @@ pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
             } else {
                 return None;
             };
-            Some(Attachment {
-                role,
-                ifindex: link.index,
-                ifname: link.name.clone(),
-            })
+            Some(Attachment { role, ifindex: link.index, ifname: link.name.clone() })
         })
         .collect();
     wanted.sort();
@@ -108,16 +101,8 @@ pub struct Changes {
 pub fn diff(attached: &BTreeSet<(Role, u32)>, wanted: &[Attachment]) -> Changes {
     let wanted_keys: BTreeSet<_> = wanted.iter().map(Attachment::key).collect();
     Changes {
-        attach: wanted
-            .iter()
-            .filter(|a| !attached.contains(&a.key()))
-            .cloned()
-            .collect(),
-        detach: attached
-            .iter()
-            .filter(|k| !wanted_keys.contains(k))
-            .copied()
-            .collect(),
+        attach: wanted.iter().filter(|a| !attached.contains(&a.key())).cloned().collect(),
+        detach: attached.iter().filter(|k| !wanted_keys.contains(k)).copied().collect(),
     }
 }
 
@@ -126,12 +111,7 @@ mod tests {
     use super::*;
 
     fn link(index: u32, name: &str, is_bridge: bool, controller: Option<u32>) -> LinkSummary {
-        LinkSummary {
-            index,
-            name: name.into(),
-            is_bridge,
-            controller,
-        }
+        LinkSummary { index, name: name.into(), is_bridge, controller }
     }
 
     fn selector(bridge: Option<&str>) -> Selector {
@@ -162,11 +142,7 @@ mod tests {
     fn masquerade_pod_gets_all_three_programs_in_order() {
         assert_eq!(
             roles(&plan(&masquerade(), &selector(None))),
-            vec![
-                (Role::ToGuest, "imds-redirect"),
-                (Role::Guard, "k6t-eth0"),
-                (Role::FromGuest, "tap0")
-            ]
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "k6t-eth0"), (Role::FromGuest, "tap0")]
         );
     }
 
@@ -181,24 +157,14 @@ mod tests {
         ];
         assert_eq!(
             roles(&plan(&links, &selector(None))),
-            vec![
-                (Role::ToGuest, "imds-redirect"),
-                (Role::Guard, "k6t-eth0"),
-                (Role::FromGuest, "tap0")
-            ]
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "k6t-eth0"), (Role::FromGuest, "tap0")]
         );
     }
 
     #[test]
     fn nothing_but_the_reply_path_before_kubevirt_builds_the_bridge() {
-        let links = vec![
-            link(2, "eth0", false, None),
-            link(9, "imds-redirect", false, None),
-        ];
-        assert_eq!(
-            roles(&plan(&links, &selector(None))),
-            vec![(Role::ToGuest, "imds-redirect")]
-        );
+        let links = vec![link(2, "eth0", false, None), link(9, "imds-redirect", false, None)];
+        assert_eq!(roles(&plan(&links, &selector(None))), vec![(Role::ToGuest, "imds-redirect")]);
     }
 
     #[test]
@@ -212,11 +178,7 @@ mod tests {
             ifindex: 21,
             ifname: "tapa1b2c3d4e5f".into()
         }));
-        assert!(p.contains(&Attachment {
-            role: Role::Guard,
-            ifindex: 20,
-            ifname: "k6t-a1b2c3d4e5f".into()
-        }));
+        assert!(p.contains(&Attachment { role: Role::Guard, ifindex: 20, ifname: "k6t-a1b2c3d4e5f".into() }));
     }
 
     #[test]
@@ -226,17 +188,10 @@ mod tests {
         links.push(link(31, "tap9", false, Some(30)));
         assert_eq!(
             roles(&plan(&links, &selector(Some("br-custom")))),
-            vec![
-                (Role::ToGuest, "imds-redirect"),
-                (Role::Guard, "br-custom"),
-                (Role::FromGuest, "tap9")
-            ]
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "br-custom"), (Role::FromGuest, "tap9")]
         );
         // A named interface that is not a bridge is not treated as one.
-        assert_eq!(
-            roles(&plan(&links, &selector(Some("eth0")))),
-            vec![(Role::ToGuest, "imds-redirect")]
-        );
+        assert_eq!(roles(&plan(&links, &selector(Some("eth0")))), vec![(Role::ToGuest, "imds-redirect")]);
     }
 
     #[test]
@@ -255,13 +210,8 @@ mod tests {
         let none = BTreeSet::new();
         assert_eq!(diff(&none, &wanted).attach, wanted);
 
-        let attached: BTreeSet<_> = [
-            (Role::ToGuest, 9),
-            (Role::Guard, 3),
-            (Role::FromGuest, 4),
-            (Role::FromGuest, 44),
-        ]
-        .into();
+        let attached: BTreeSet<_> =
+            [(Role::ToGuest, 9), (Role::Guard, 3), (Role::FromGuest, 4), (Role::FromGuest, 44)].into();
         let changes = diff(&attached, &wanted);
         assert!(changes.attach.is_empty());
         assert_eq!(changes.detach, vec![(Role::FromGuest, 44)]);

@@ -36,35 +36,20 @@ impl LinkSummary {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::Controller(c) => controller = Some(*c),
                 LinkAttribute::LinkInfo(infos) => {
-                    is_bridge |= infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                    is_bridge |= infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
                 }
                 _ => {}
             }
         }
-        Some(Self {
-            index: message.header.index,
-            name: name?,
-            is_bridge,
-            controller,
-        })
+        Some(Self { index: message.header.index, name: name?, is_bridge, controller })
     }
 }
 
 /// Every link of the network namespace.
 pub async fn dump(handle: &Handle) -> Result<Vec<LinkSummary>, NetlinkError> {
-    let messages: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("listing links")?;
-    Ok(messages
-        .iter()
-        .filter_map(LinkSummary::from_message)
-        .collect())
+    let messages: Vec<LinkMessage> =
+        handle.link().get().execute().try_collect().await.context("listing links")?;
+    Ok(messages.iter().filter_map(LinkSummary::from_message).collect())
 }
 
 /// Link events (created, changed, enslaved, deleted) of the namespace.
@@ -81,10 +66,7 @@ impl LinkEvents {
         let (mut connection, _handle, messages) = rtnetlink::new_connection()?;
         let groups = netlink_sys::SocketAddr::new(0, RTMGRP_LINK);
         connection.socket_mut().socket_mut().bind(&groups)?;
-        Ok(Self {
-            messages,
-            connection: tokio::spawn(connection),
-        })
+        Ok(Self { messages, connection: tokio::spawn(connection) })
     }
 
     /// Waits for the next event, then swallows the rest of its burst (a TAP
@@ -110,10 +92,7 @@ mod tests {
 
     fn message(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
         let mut m = LinkMessage::default();
-        m.header = LinkHeader {
-            index,
-            ..LinkHeader::default()
-        };
+        m.header = LinkHeader { index, ..LinkHeader::default() };
         m.attributes = attributes;
         m
     }
@@ -129,12 +108,7 @@ mod tests {
         );
         assert_eq!(
             LinkSummary::from_message(&bridge),
-            Some(LinkSummary {
-                index: 4,
-                name: "k6t-eth0".into(),
-                is_bridge: true,
-                controller: None
-            })
+            Some(LinkSummary { index: 4, name: "k6t-eth0".into(), is_bridge: true, controller: None })
         );
         let tap = message(
             5,
@@ -146,12 +120,7 @@ mod tests {
         );
         assert_eq!(
             LinkSummary::from_message(&tap),
-            Some(LinkSummary {
-                index: 5,
-                name: "tap0".into(),
-                is_bridge: false,
-                controller: Some(4)
-            })
+            Some(LinkSummary { index: 5, name: "tap0".into(), is_bridge: false, controller: Some(4) })
         );
         assert_eq!(LinkSummary::from_message(&message(6, vec![])), None);
     }

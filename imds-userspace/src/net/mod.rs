@@ -26,10 +26,7 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for Result<T, rtnetlink::Error> {
     fn context(self, what: impl Into<String>) -> Result<T, NetlinkError> {
-        self.map_err(|source| NetlinkError {
-            what: what.into(),
-            source,
-        })
+        self.map_err(|source| NetlinkError { what: what.into(), source })
     }
 }
 
@@ -37,10 +34,7 @@ impl<T> Context<T> for Result<T, rtnetlink::Error> {
 pub(crate) fn is_not_found(e: &rtnetlink::Error) -> bool {
     match e {
         rtnetlink::Error::NetlinkError(m) => {
-            matches!(
-                m.to_io().raw_os_error(),
-                Some(libc::ENOENT | libc::ENODEV | libc::ESRCH)
-            )
+            matches!(m.to_io().raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::ESRCH))
         }
         _ => false,
     }

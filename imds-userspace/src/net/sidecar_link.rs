@@ -22,9 +22,7 @@ use rtnetlink::{
     },
 };
 
-use super::{
-    Context as _, NetlinkError, REDIRECT_IF, ROUTE_TABLE, RULE_PRIORITY, SIDECAR_IF, is_not_found,
-};
+use super::{Context as _, NetlinkError, REDIRECT_IF, ROUTE_TABLE, RULE_PRIORITY, SIDECAR_IF, is_not_found};
 
 /// What the eBPF programs need to know about the veth pair.
 #[derive(Debug, Clone, Copy)]
@@ -55,9 +53,7 @@ pub async fn remove(handle: &Handle) -> Result<(), NetlinkError> {
         .await
         .context("listing ip rules")?;
     for rule in rules {
-        let ours = rule
-            .attributes
-            .contains(&RuleAttribute::Priority(RULE_PRIORITY))
+        let ours = rule.attributes.contains(&RuleAttribute::Priority(RULE_PRIORITY))
             && rule.attributes.contains(&RuleAttribute::Table(ROUTE_TABLE));
         if ours {
             match handle.rule().del(rule).execute().await {
@@ -84,9 +80,9 @@ pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, Netl
         // No IPv6 link-local address, so the stack never sends router
         // solicitations or DAD probes into the data path.
         let no_ipv6 = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
-            )]))
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+            ])]))
             .build();
         if let Err(e) = handle.link().set(no_ipv6).execute().await {
             tracing::debug!(link = name, error = %e, "could not turn off IPv6 address generation");
@@ -94,12 +90,7 @@ pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, Netl
         // NOARP: the peer is not a neighbour but the eBPF program, which
         // forwards by flow; frames simply carry the sender's own MAC.
         let up = LinkUnspec::new_with_index(index).arp(false).up().build();
-        handle
-            .link()
-            .set(up)
-            .execute()
-            .await
-            .context(format!("bringing {name} up"))?;
+        handle.link().set(up).execute().await.context(format!("bringing {name} up"))?;
     }
 
     handle
@@ -113,9 +104,12 @@ pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, Netl
         .scope(RouteScope::Link)
         .table_id(ROUTE_TABLE)
         .build();
-    handle.route().add(route).execute().await.context(format!(
-        "adding default route via {SIDECAR_IF} to table {ROUTE_TABLE}"
-    ))?;
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .context(format!("adding default route via {SIDECAR_IF} to table {ROUTE_TABLE}"))?;
     handle
         .rule()
         .add()
@@ -129,22 +123,11 @@ pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, Netl
         .context(format!("adding ip rule from {addr} lookup {ROUTE_TABLE}"))?;
 
     let sidecar_mac = mac_of(handle, sidecar_index).await?;
-    Ok(SidecarLink {
-        sidecar_index,
-        redirect_index,
-        sidecar_mac,
-    })
+    Ok(SidecarLink { sidecar_index, redirect_index, sidecar_mac })
 }
 
 async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
+    match handle.link().get().match_name(name.to_owned()).execute().try_next().await {
         Ok(found) => Ok(found.map(|m| m.header.index)),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e).context(format!("looking up link {name}")),

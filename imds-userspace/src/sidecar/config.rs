@@ -62,11 +62,7 @@ impl SidecarArgs {
 }
 
 fn non_empty(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(s.to_owned())
-    }
+    if s.trim().is_empty() { Err("must not be empty".into()) } else { Ok(s.to_owned()) }
 }
 
 /// Linux interface names: 1–15 bytes, no `/`, no whitespace, not `.`/`..`.
@@ -74,9 +70,7 @@ fn interface_name(s: &str) -> Result<String, String> {
     let ok = (1..=15).contains(&s.len())
         && s != "."
         && s != ".."
-        && !s
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+        && !s.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
     if ok {
         Ok(s.to_owned())
     } else {
@@ -85,8 +79,7 @@ fn interface_name(s: &str) -> Result<String, String> {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{e} (expected e.g. `10s` or `500ms`)"))?;
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. `10s` or `500ms`)"))?;
     if d.is_zero() || d > Duration::from_secs(3600) {
         return Err("must be between 1ms and 1h".into());
     }
@@ -105,15 +98,7 @@ mod tests {
     }
 
     fn parse(extra: &[&str]) -> Result<SidecarArgs, clap::Error> {
-        let base = [
-            "x",
-            "--namespace",
-            "ns",
-            "--service-account-name",
-            "sa",
-            "--vm-name",
-            "vm",
-        ];
+        let base = ["x", "--namespace", "ns", "--service-account-name", "sa", "--vm-name", "vm"];
         Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
     }
 

@@ -44,9 +44,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
-    sidecar_link::remove(&handle)
-        .await
-        .context("removing a previous run's leftovers")?;
+    sidecar_link::remove(&handle).await.context("removing a previous run's leftovers")?;
     let result = serve(&args, &handle, imds_ip, token).await;
     if let Err(e) = sidecar_link::remove(&handle).await {
         tracing::error!(error = %e, "could not remove the sidecar's veth and rule");
@@ -62,9 +60,7 @@ async fn serve(
     imds_ip: Ipv4Addr,
     token: TokenFile,
 ) -> anyhow::Result<()> {
-    let link = sidecar_link::create(handle, imds_ip)
-        .await
-        .context("creating the sidecar's veth")?;
+    let link = sidecar_link::create(handle, imds_ip).await.context("creating the sidecar's veth")?;
     let addr = SocketAddrV4::new(imds_ip, IMDS_PORT);
 
     let state = ImdsState {
@@ -95,8 +91,7 @@ async fn serve(
         imds_port: IMDS_PORT.to_be_bytes(),
         sidecar_mac: link.sidecar_mac,
     };
-    let mut datapath =
-        Datapath::load(&config, args.ebpf_log).context("loading the eBPF programs")?;
+    let mut datapath = Datapath::load(&config, args.ebpf_log).context("loading the eBPF programs")?;
     tracing::info!(programs = ?datapath.program_ids(), "eBPF programs loaded");
     let selector = Selector {
         bridge: args.bridge.clone(),
@@ -141,14 +136,8 @@ async fn follow_links(
             }
             Err(e) => tracing::warn!(error = %e, "could not list links"),
         }
-        if !datapath
-            .attached()
-            .iter()
-            .any(|(role, _)| *role == plan::Role::ToGuest)
-        {
-            anyhow::bail!(
-                "the reply program is not attached to {REDIRECT_IF} (was the veth deleted?)"
-            );
+        if !datapath.attached().iter().any(|(role, _)| *role == plan::Role::ToGuest) {
+            anyhow::bail!("the reply program is not attached to {REDIRECT_IF} (was the veth deleted?)");
         }
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
@@ -176,9 +165,6 @@ fn log_counters(datapath: &Datapath) {
 }
 
 fn log_counter_values(values: &[(imds_ebpf::abi::Counter, u64)]) {
-    let text: Vec<String> = values
-        .iter()
-        .map(|(c, v)| format!("{}={v}", c.name()))
-        .collect();
+    let text: Vec<String> = values.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
     tracing::info!(counters = %text.join(" "), "data path counters");
 }
