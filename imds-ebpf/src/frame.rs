@@ -47,24 +47,29 @@ pub struct Ipv4 {
     pub tcp_ports: Option<([u8; 2], [u8; 2])>,
 }
 
-/// Parses the Ethernet, IPv4/ARP and TCP port fields of `frame`.
+/// Ethernet plus a minimal IPv4 header: read in one go, it covers every
+/// field most packets need.
+const L2_L3_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN;
+
+/// Parses the Ethernet, IPv4/ARP and TCP port fields of `frame`. TCP ports
+/// are only read for packets from or to `watched` (the IMDS address): every
+/// other packet costs a single read.
 #[inline(always)]
-pub fn parse<F: Frame + ?Sized>(frame: &F) -> Packet {
-    let Some(ethertype) = frame.read::<2>(12) else {
+pub fn parse<F: Frame + ?Sized>(frame: &F, watched: [u8; 4]) -> Packet {
+    let Some(head) = frame.read::<L2_L3_LEN>(0) else {
+        // Shorter than any IPv4 packet, and than an ARP packet.
         return Packet::Other;
     };
-    match u16::from_be_bytes(ethertype) {
-        ETHERTYPE_IPV4 => parse_ipv4(frame),
+    match u16::from_be_bytes([head[12], head[13]]) {
+        ETHERTYPE_IPV4 => parse_ipv4(frame, &head, watched),
         ETHERTYPE_ARP => parse_arp(frame),
         _ => Packet::Other,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F) -> Packet {
-    let Some(ip) = frame.read::<IPV4_MIN_HLEN>(ETH_HLEN) else {
-        return Packet::Other;
-    };
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; L2_L3_LEN], watched: [u8; 4]) -> Packet {
+    let ip = &head[ETH_HLEN..];
     let mut header = Ipv4 {
         src: [ip[12], ip[13], ip[14], ip[15]],
         dst: [ip[16], ip[17], ip[18], ip[19]],
@@ -75,7 +80,8 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F) -> Packet {
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     // Any fragment (MF set or a non-zero offset) hides or lacks the ports.
     let fragmented = (u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff) != 0;
-    if version == 4 && ihl >= IPV4_MIN_HLEN && !fragmented && header.protocol == IPPROTO_TCP {
+    let watched_flow = header.dst == watched || header.src == watched;
+    if watched_flow && version == 4 && ihl >= IPV4_MIN_HLEN && !fragmented && header.protocol == IPPROTO_TCP {
         if let Some(p) = frame.read::<4>(ETH_HLEN + ihl) {
             header.tcp_ports = Some(([p[0], p[1]], [p[2], p[3]]));
         }
@@ -100,7 +106,7 @@ fn parse_arp<F: Frame + ?Sized>(frame: &F) -> Packet {
 /// Turns an Ethernet/IPv4 ARP request (its first [`ARP_FRAME_LEN`] bytes) into
 /// the reply `answer_mac` would send; `None` if it is not such a request.
 pub fn arp_reply(request: &[u8; ARP_FRAME_LEN], answer_mac: [u8; 6]) -> Option<[u8; ARP_FRAME_LEN]> {
-    let Packet::ArpRequest { target } = parse(&request[..]) else {
+    let Packet::ArpRequest { target } = parse_arp(&request[..]) else {
         return None;
     };
     let mut reply = *request;
@@ -153,10 +159,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ports_are_only_read_for_watched_flows() {
+        let f = tcp_frame([10, 0, 2, 2], [10, 0, 2, 1], 40000, 80);
+        let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
+        assert_eq!(ip.tcp_ports, None);
+        let Packet::Ipv4(ip) = parse(&f[..], [10, 0, 2, 1]) else { panic!("not ipv4") };
+        assert_eq!(ip.tcp_ports, Some((40000u16.to_be_bytes(), 80u16.to_be_bytes())));
+    }
+
+    #[test]
     fn parses_tcp_ports_and_addresses() {
         let f = tcp_frame([10, 0, 2, 2], [169, 254, 169, 254], 40000, 80);
         assert_eq!(
-            parse(&f[..]),
+            parse(&f[..], IMDS),
             Packet::Ipv4(Ipv4 {
                 src: [10, 0, 2, 2],
                 dst: [169, 254, 169, 254],
@@ -168,10 +183,10 @@ pub(crate) mod tests {
 
     #[test]
     fn honours_ip_options_when_locating_ports() {
-        let mut f = tcp_frame([10, 0, 2, 2], [1, 2, 3, 4], 1, 2);
+        let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 2);
         f[14] = 0x46; // IHL 6: four bytes of options before TCP
         f.splice(34..34, [1, 1, 1, 0]);
-        let Packet::Ipv4(ip) = parse(&f[..]) else { panic!("not ipv4") };
+        let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
         assert_eq!(ip.tcp_ports, Some((1u16.to_be_bytes(), 2u16.to_be_bytes())));
     }
 
@@ -180,7 +195,7 @@ pub(crate) mod tests {
         for (offset, value) in [(20usize, 0x20u8), (21, 0x01), (14, 0x44), (14, 0x65)] {
             let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
             f[offset] = value;
-            let Packet::Ipv4(ip) = parse(&f[..]) else { panic!("not ipv4") };
+            let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
             assert_eq!(ip.tcp_ports, None, "byte {offset} = {value:#x}");
         }
     }
@@ -190,18 +205,18 @@ pub(crate) mod tests {
     fn truncated_frames_never_panic() {
         let f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
         for len in 0..f.len() {
-            let _ = parse(&f[..len]);
+            let _ = parse(&f[..len], IMDS);
         }
-        assert_eq!(parse(&f[..13]), Packet::Other);
-        assert_eq!(parse(&f[..33]), Packet::Other);
-        let Packet::Ipv4(ip) = parse(&f[..36]) else { panic!() };
+        assert_eq!(parse(&f[..13], IMDS), Packet::Other);
+        assert_eq!(parse(&f[..33], IMDS), Packet::Other);
+        let Packet::Ipv4(ip) = parse(&f[..36], IMDS) else { panic!() };
         assert_eq!(ip.tcp_ports, None);
     }
 
     #[test]
     fn arp_requests_are_recognised_and_answered() {
         let req = arp_request([10, 0, 2, 2], IMDS);
-        assert_eq!(parse(&req[..]), Packet::ArpRequest { target: IMDS });
+        assert_eq!(parse(&req[..], IMDS), Packet::ArpRequest { target: IMDS });
         let ours = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
         let reply = arp_reply(&req, ours).expect("a request");
         assert_eq!(&reply[0..6], &GUEST_MAC);
@@ -212,7 +227,7 @@ pub(crate) mod tests {
         assert_eq!(&reply[32..38], &GUEST_MAC);
         assert_eq!(&reply[38..42], &[10, 0, 2, 2]);
         // A reply is not a request, so it is never answered.
-        assert_eq!(parse(&reply[..]), Packet::Other);
+        assert_eq!(parse(&reply[..], IMDS), Packet::Other);
         assert_eq!(arp_reply(&reply, ours), None);
     }
 
@@ -220,6 +235,6 @@ pub(crate) mod tests {
     fn non_ethernet_ipv4_arp_is_other() {
         let mut req = arp_request([10, 0, 2, 2], IMDS);
         req[15] = 6; // hardware type IEEE 802
-        assert_eq!(parse(&req[..]), Packet::Other);
+        assert_eq!(parse(&req[..], IMDS), Packet::Other);
     }
 }

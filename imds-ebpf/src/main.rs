@@ -15,7 +15,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use imds_ebpf::{
     abi::{Config, Counter, Counters, FLOWS_MAX_ENTRIES, FlowKey, FlowTarget},
-    frame::{ARP_FRAME_LEN, ETH_HLEN, Frame, arp_reply, parse},
+    frame::{ARP_FRAME_LEN, Frame, arp_reply, parse},
     rules::{self, GuardVerdict, GuestVerdict, ReplyVerdict},
 };
 
@@ -36,21 +36,16 @@ static IMDS_FLOWS: LruHashMap<FlowKey, FlowTarget, { FLOWS_MAX_ENTRIES as usize 
 const PASS: i32 = TC_ACT_UNSPEC;
 const DROP: i32 = TC_ACT_SHOT;
 
-/// Headers the rules may read: Ethernet, the longest IPv4 header, TCP ports.
-const HEADERS_LEN: u32 = (ETH_HLEN + 60 + 4) as u32;
-
-/// Direct packet access to the linear part of the skb.
+/// The frame, read through `bpf_skb_load_bytes`: it copes with non-linear
+/// skbs (GSO segments from a TAP) and variable offsets (IP options), and it
+/// needs no packet-pointer arithmetic, which the verifier only allows with
+/// CAP_PERFMON; the sidecar runs with CAP_BPF and CAP_NET_ADMIN alone.
 struct Skb<'a>(&'a TcContext);
 
 impl Frame for Skb<'_> {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.0.data();
-        if start + offset + N > self.0.data_end() {
-            return None;
-        }
-        // SAFETY: the bounds check above is the one the verifier requires.
-        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+        self.0.load::<[u8; N]>(offset).ok()
     }
 }
 
@@ -63,18 +58,6 @@ fn count(counter: Counter) {
     }
 }
 
-/// Headers of a non-linear skb (e.g. a GSO segment from a TAP) may sit in
-/// fragments; make them readable before parsing. Written as a pointer
-/// comparison: subtracting packet pointers needs CAP_PERFMON, which the
-/// sidecar does not have.
-#[inline(always)]
-fn linearize_headers(ctx: &TcContext) {
-    let want = if ctx.len() < HEADERS_LEN { ctx.len() } else { HEADERS_LEN };
-    if ctx.data() + want as usize > ctx.data_end() {
-        let _ = ctx.pull_data(want);
-    }
-}
-
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the context pointer the kernel passed in.
@@ -84,10 +67,9 @@ fn ifindex(ctx: &TcContext) -> u32 {
 /// Ingress of a VM's TAP: everything the guest sends.
 #[classifier]
 pub fn imds_from_guest(ctx: TcContext) -> i32 {
-    linearize_headers(&ctx);
     let config = IMDS_CONFIG.load();
     let frame = Skb(&ctx);
-    match rules::from_guest(&parse(&frame), &config) {
+    match rules::from_guest(&parse(&frame, config.imds_addr), &config) {
         GuestVerdict::Pass => PASS,
         GuestVerdict::Redirect(key) => redirect_to_sidecar(&ctx, &frame, key, &config),
         GuestVerdict::AnswerArp => answer_arp(&ctx, &frame, &config),
@@ -147,9 +129,8 @@ fn answer_arp(ctx: &TcContext, frame: &Skb, config: &Config) -> i32 {
 /// Ingress of the host end of the sidecar's veth: what the server sends.
 #[classifier]
 pub fn imds_to_guest(ctx: TcContext) -> i32 {
-    linearize_headers(&ctx);
     let config = IMDS_CONFIG.load();
-    match rules::to_guest(&parse(&Skb(&ctx)), &config) {
+    match rules::to_guest(&parse(&Skb(&ctx), config.imds_addr), &config) {
         ReplyVerdict::Forward(key) => {
             // SAFETY: the value is copied out before any other map operation.
             let Some(target) = (unsafe { IMDS_FLOWS.get(&key) }).copied() else {
@@ -178,9 +159,8 @@ pub fn imds_to_guest(ctx: TcContext) -> i32 {
 /// Ingress of the bridge device: what the bridge hands up to the pod's stack.
 #[classifier]
 pub fn imds_guard(ctx: TcContext) -> i32 {
-    linearize_headers(&ctx);
     let config = IMDS_CONFIG.load();
-    match rules::guard(&parse(&Skb(&ctx)), &config) {
+    match rules::guard(&parse(&Skb(&ctx), config.imds_addr), &config) {
         GuardVerdict::Pass => PASS,
         GuardVerdict::Drop(counter) => {
             count(counter);

@@ -102,7 +102,7 @@ mod tests {
     }
 
     fn guest(frame: &[u8]) -> GuestVerdict {
-        from_guest(&parse(frame), &config())
+        from_guest(&parse(frame, IMDS_ADDR), &config())
     }
 
     #[test]
@@ -149,7 +149,7 @@ mod tests {
     fn only_server_segments_go_back_to_the_guest() {
         let reply = tcp_frame(IMDS_ADDR, GUEST, 80, 41000);
         assert_eq!(
-            to_guest(&parse(&reply[..]), &config()),
+            to_guest(&parse(&reply[..], IMDS_ADDR), &config()),
             ReplyVerdict::Forward(FlowKey {
                 guest_addr: GUEST,
                 guest_port: 41000u16.to_be_bytes(),
@@ -158,15 +158,15 @@ mod tests {
         );
         let drop = ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped);
         let other_port = tcp_frame(IMDS_ADDR, GUEST, 8080, 41000);
-        assert_eq!(to_guest(&parse(&other_port[..]), &config()), drop);
+        assert_eq!(to_guest(&parse(&other_port[..], IMDS_ADDR), &config()), drop);
         let other_src = tcp_frame([10, 0, 2, 1], GUEST, 80, 41000);
-        assert_eq!(to_guest(&parse(&other_src[..]), &config()), drop);
-        assert_eq!(to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..]), &config()), drop);
+        assert_eq!(to_guest(&parse(&other_src[..], IMDS_ADDR), &config()), drop);
+        assert_eq!(to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..], IMDS_ADDR), &config()), drop);
     }
 
     #[test]
     fn guard_drops_foreign_imds_traffic_only() {
-        let g = |f: &[u8]| guard(&parse(f), &config());
+        let g = |f: &[u8]| guard(&parse(f, IMDS_ADDR), &config());
         assert_eq!(
             g(&tcp_frame([10, 0, 2, 9], IMDS_ADDR, 1, 80)),
             GuardVerdict::Drop(Counter::ForeignDropped)
