@@ -81,10 +81,14 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; L2_L3_LEN], watched: [u8
     // Any fragment (MF set or a non-zero offset) hides or lacks the ports.
     let fragmented = (u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff) != 0;
     let watched_flow = header.dst == watched || header.src == watched;
-    if watched_flow && version == 4 && ihl >= IPV4_MIN_HLEN && !fragmented && header.protocol == IPPROTO_TCP {
-        if let Some(p) = frame.read::<4>(ETH_HLEN + ihl) {
-            header.tcp_ports = Some(([p[0], p[1]], [p[2], p[3]]));
-        }
+    if watched_flow
+        && version == 4
+        && ihl >= IPV4_MIN_HLEN
+        && !fragmented
+        && header.protocol == IPPROTO_TCP
+        && let Some(p) = frame.read::<4>(ETH_HLEN + ihl)
+    {
+        header.tcp_ports = Some(([p[0], p[1]], [p[2], p[3]]));
     }
     Packet::Ipv4(header)
 }

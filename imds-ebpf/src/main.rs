@@ -92,7 +92,7 @@ fn redirect_to_sidecar(ctx: &TcContext, frame: &Skb, key: FlowKey, config: &Conf
         gateway_mac: [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]],
     };
     // Written on every segment, not just SYN, so an evicted flow heals itself.
-    if IMDS_FLOWS.insert(&key, &target, 0).is_err() || ctx.store(0, &config.sidecar_mac, 0).is_err() {
+    if IMDS_FLOWS.insert(key, target, 0).is_err() || ctx.store(0, &config.sidecar_mac, 0).is_err() {
         count(Counter::RewriteFailed);
         return DROP;
     }
@@ -133,7 +133,7 @@ pub fn imds_to_guest(ctx: TcContext) -> i32 {
     match rules::to_guest(&parse(&Skb(&ctx), config.imds_addr), &config) {
         ReplyVerdict::Forward(key) => {
             // SAFETY: the value is copied out before any other map operation.
-            let Some(target) = (unsafe { IMDS_FLOWS.get(&key) }).copied() else {
+            let Some(target) = (unsafe { IMDS_FLOWS.get(key) }).copied() else {
                 count(Counter::ReplyNoFlow);
                 debug!(&ctx, "sidecar reply for an unknown flow");
                 return DROP;

@@ -134,7 +134,7 @@ pub fn jwt_expiry(jwt: &str) -> Result<SystemTime, JwtError> {
     let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadJson)?;
     // NumericDate may carry a fraction (RFC 7519 §2); whole seconds suffice.
     let exp = claims.exp.as_ref().and_then(serde_json::Value::as_f64).ok_or(JwtError::MissingExp)?;
-    if !(exp.is_finite() && exp >= 0.0 && exp < 253_402_300_800.0) {
+    if !(0.0..253_402_300_800.0).contains(&exp) {
         // Beyond 9999-12-31 cannot be written as RFC 3339.
         return Err(JwtError::ExpOutOfRange);
     }

@@ -122,10 +122,14 @@ mod tests {
             &["--head-timeout", "0s"],
             &["--max-connections", "0"],
             &["--ebpf-log", "loud"],
-            &["--namespace", " "],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert!(err.to_string().contains("invalid value"), "{bad:?}: {err}");
         }
+        let blank = ["x", "--namespace", " ", "--service-account-name", "sa", "--vm-name", "vm"];
+        let err = Cli::try_parse_from(blank).err().expect("blank namespace accepted");
+        assert!(err.to_string().contains("must not be empty"), "{err}");
+        let missing = Cli::try_parse_from(["x", "--namespace", "ns"]).err().expect("missing names accepted");
+        assert!(missing.to_string().contains("--service-account-name"), "{missing}");
     }
 }
