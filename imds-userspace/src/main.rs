@@ -29,11 +29,17 @@ enum Command {
     Sidecar(sidecar::SidecarArgs),
 }
 
+/// aya-log records carry the eBPF crate's module path as their target.
+const EBPF_LOG_DIRECTIVE: &str = "imds_ebpf=trace";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // RUST_LOG overrides; the default keeps a sidecar per VM quiet.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The eBPF programs' own messages are gated by --ebpf-log at load time;
+    // once enabled there, show them whatever RUST_LOG says.
+    let filter = filter.add_directive(EBPF_LOG_DIRECTIVE.parse()?);
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

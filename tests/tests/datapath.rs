@@ -391,3 +391,30 @@ fn works_with_only_net_admin_bpf_and_net_bind_service() {
     assert!(status.success(), "{status}:\n{}", sidecar.log());
     assert_eq!(count_everything(&layout.pod), (0, 0, 0, vec![0, 0, 0]));
 }
+
+/// `--ebpf-log debug` turns on the programs' own messages, which reach the
+/// sidecar's log; by default (`off`) there are none.
+#[test]
+fn ebpf_log_messages_are_opt_in() {
+    let _serial = exclusive();
+    let quiet = start(Binding::Masquerade);
+    assert_eq!(curl(quiet.layout.guest(), "/healthz", &[]).0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !quiet.sidecar.log().contains("imds_ebpf"),
+        "eBPF messages without --ebpf-log:\n{}",
+        quiet.sidecar.log()
+    );
+    drop(quiet);
+
+    require_root();
+    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
+    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "log")).unwrap();
+    let mut sidecar =
+        Sidecar::start(&layout.pod, &ID, &volume.token_path(), &["--ebpf-log", "debug"]).unwrap();
+    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    assert_eq!(curl(layout.guest(), "/healthz", &[]).0, 200);
+    sidecar.wait_for_log("guest 10.0.2.2:", Duration::from_secs(5)).unwrap();
+}

@@ -36,6 +36,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
+    install_stable_components()?;
     install_rust_src()?;
     install_bpf_linker()?;
     install_debian_packages()?;
@@ -50,6 +51,15 @@ pub fn ensure() -> anyhow::Result<()> {
         return Ok(());
     }
     run()
+}
+
+/// rustfmt and clippy for the stable toolchain (CI checks both).
+fn install_stable_components() -> anyhow::Result<()> {
+    let present = |tool: &str| output(Command::new("cargo").args([tool, "--version"])).is_some();
+    if present("fmt") && present("clippy") {
+        return Ok(());
+    }
+    cmd::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy", "--toolchain", "stable"]))
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
