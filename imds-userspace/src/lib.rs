@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod datapath;
+pub mod errors;
 pub mod http_server;
 pub mod listener;
 pub mod metadata;

@@ -3,7 +3,7 @@
 use std::io::IsTerminal as _;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use imds_userspace::sidecar;
+use imds_userspace::{net, probe, sidecar};
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Debug, Parser)]
@@ -27,6 +27,13 @@ enum LogFormat {
 enum Command {
     /// Run in a virt-launcher pod: serve 169.254.169.254 to its VM.
     Sidecar(sidecar::SidecarArgs),
+    /// Exit 0 if this pod's IMDS answers `GET /healthz` (the container's
+    /// startup probe; needs CAP_NET_ADMIN, as the sidecar has).
+    Probe {
+        /// Give up after this long (e.g. `2s`).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// aya-log records carry the eBPF crate's module path as their target.
@@ -47,5 +54,11 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Sidecar(args) => sidecar::run(args).await,
+        Command::Probe { timeout } => {
+            let addr = std::net::SocketAddrV4::new(imds_ebpf::abi::IMDS_ADDR.into(), sidecar::IMDS_PORT);
+            probe::healthz(addr, net::SIDECAR_IF, timeout).await?;
+            println!("OK");
+            Ok(())
+        }
     }
 }

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("connecting to {addr} through {device}: {source}")]
+    #[error("connecting to {addr} through {device}")]
     Connect { addr: SocketAddrV4, device: String, source: std::io::Error },
     #[error("HTTP exchange with {addr}: {0}", addr = .1)]
     Http(String, SocketAddrV4),

@@ -29,7 +29,7 @@ const BASE64URL: GeneralPurpose = GeneralPurpose::new(
 pub enum TokenError {
     #[error("token file {0} does not exist (yet)")]
     Missing(PathBuf),
-    #[error("token file {path} cannot be read: {source}")]
+    #[error("token file {path} cannot be read")]
     Unreadable { path: PathBuf, source: io::Error },
     #[error("token file {path} is larger than {MAX_TOKEN_BYTES} bytes")]
     TooLarge { path: PathBuf },

@@ -232,12 +232,21 @@ fn sigterm_removes_everything_it_made() {
     let _serial = exclusive();
     let mut r = start(Binding::Bridge);
     assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 200);
+    let probe = |pod: &Netns| {
+        pod.command(imds_tests::sidecar::binary().to_str().unwrap())
+            .args(["probe", "--timeout", "1s"])
+            .output()
+            .unwrap()
+    };
+    let healthy = probe(&r.layout.pod);
+    assert!(healthy.status.success(), "probe failed: {}", String::from_utf8_lossy(&healthy.stderr));
     let status = r.sidecar.terminate().unwrap();
     assert!(status.success(), "exit status {status}:\n{}", r.sidecar.log());
     assert_eq!(count_everything(&r.layout.pod), (0, 0, 0, vec![0, 0, 0]));
     assert!(r.sidecar.log().contains("data path counters"), "no counter summary on exit");
     // Guest IMDS traffic is no longer intercepted: nothing answers.
     assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 0);
+    assert!(!probe(&r.layout.pod).status.success(), "probe passed with no sidecar");
 }
 
 #[test]

@@ -68,7 +68,7 @@ async fn token(State(state): State<Arc<ImdsState>>) -> Response {
             response
         }
         Err(e) => {
-            tracing::warn!(error = %e, "GET /v1/token answered 503");
+            tracing::warn!(error = %crate::errors::chain(&e), "GET /v1/token answered 503");
             ApiError::TokenUnavailable(public_reason(&e)).into_response()
         }
     }

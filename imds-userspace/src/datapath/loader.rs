@@ -29,24 +29,24 @@ const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
 pub enum DatapathError {
     #[error("this kubevirt-imds binary was built without its eBPF object; build it with `cargo xtask build`")]
     NotEmbedded,
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("attaching {program} to {ifname}: {source}")]
+    #[error("attaching {program} to {ifname}")]
     Attach {
         program: &'static str,
         ifname: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("reading eBPF map {MAP_COUNTERS}: {0}")]
+    #[error("reading eBPF map {MAP_COUNTERS}")]
     Counters(#[from] aya::maps::MapError),
     #[error("starting the eBPF log reader: {0}")]
     Logger(String),

@@ -13,7 +13,7 @@ pub const ROUTE_TABLE: u32 = 169_254;
 pub const RULE_PRIORITY: u32 = 169;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
+#[error("{what}")]
 pub struct NetlinkError {
     pub what: String,
     #[source]

@@ -24,6 +24,7 @@ use crate::{
         loader::Datapath,
         plan::{self, Selector},
     },
+    errors::chain,
     http_server, listener,
     metadata::Identity,
     net::{REDIRECT_IF, SIDECAR_IF, links, sidecar_link},
@@ -39,7 +40,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let imds_ip = Ipv4Addr::from(IMDS_ADDR);
     let token = TokenFile::new(&args.token_file);
     if let Err(e) = token.read().await {
-        tracing::warn!(error = %e, "token not readable yet; /v1/token answers 503 until it is");
+        tracing::warn!(error = %chain(&e), "token not readable yet; /v1/token answers 503 until it is");
     }
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
@@ -47,7 +48,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     sidecar_link::remove(&handle).await.context("removing a previous run's leftovers")?;
     let result = serve(&args, &handle, imds_ip, token).await;
     if let Err(e) = sidecar_link::remove(&handle).await {
-        tracing::error!(error = %e, "could not remove the sidecar's veth and rule");
+        tracing::error!(error = %chain(&e), "could not remove the sidecar's veth and rule");
     } else {
         tracing::info!("removed the sidecar's veth and rule");
     }
@@ -131,10 +132,10 @@ async fn follow_links(
                     warned_missing_bridge = true;
                 }
                 for e in datapath.apply(plan::diff(&datapath.attached(), &wanted)) {
-                    tracing::warn!(error = %e, "attach failed; retrying on the next link event");
+                    tracing::warn!(error = %chain(&e), "attach failed; retrying on the next link event");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not list links"),
+            Err(e) => tracing::warn!(error = %chain(&e), "could not list links"),
         }
         if !datapath.attached().iter().any(|(role, _)| *role == plan::Role::ToGuest) {
             anyhow::bail!("the reply program is not attached to {REDIRECT_IF} (was the veth deleted?)");
@@ -160,7 +161,7 @@ async fn follow_links(
 fn log_counters(datapath: &Datapath) {
     match datapath.counters() {
         Ok(values) => log_counter_values(&values),
-        Err(e) => tracing::warn!(error = %e, "could not read the counters"),
+        Err(e) => tracing::warn!(error = %chain(&e), "could not read the counters"),
     }
 }
 
