@@ -1,6 +1,7 @@
 //! kubevirt-imds: an instance metadata service for KubeVirt VMs.
 
 pub mod api;
+pub mod contract;
 pub mod datapath;
 pub mod errors;
 pub mod http_server;
@@ -10,3 +11,4 @@ pub mod net;
 pub mod probe;
 pub mod sidecar;
 pub mod token;
+pub mod webhook;

@@ -10,7 +10,7 @@ use tracing_subscriber::{EnvFilter, fmt};
 #[command(name = "kubevirt-imds", version, about = "Instance metadata service for KubeVirt VMs")]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "IMDS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = imds_userspace::contract::ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
     #[command(subcommand)]

@@ -5,33 +5,33 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::{datapath::loader::EbpfLogLevel, http_server::Limits};
+use crate::{contract, datapath::loader::EbpfLogLevel, http_server::Limits};
 
 /// Serve the IMDS to the VM of this virt-launcher pod.
 #[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
     /// Namespace of the VM.
-    #[arg(long, env = "IMDS_NAMESPACE", value_parser = non_empty)]
+    #[arg(long, env = contract::ENV_NAMESPACE, value_parser = non_empty)]
     pub namespace: String,
 
     /// ServiceAccount the VM's pod runs as.
-    #[arg(long, env = "IMDS_SERVICE_ACCOUNT_NAME", value_parser = non_empty)]
+    #[arg(long, env = contract::ENV_SERVICE_ACCOUNT_NAME, value_parser = non_empty)]
     pub service_account_name: String,
 
     /// Name of the VirtualMachine(Instance).
-    #[arg(long, env = "IMDS_VM_NAME", value_parser = non_empty)]
+    #[arg(long, env = contract::ENV_VM_NAME, value_parser = non_empty)]
     pub vm_name: String,
 
     /// The projected ServiceAccount token, re-read on every request.
-    #[arg(
-        long,
-        env = "IMDS_TOKEN_FILE",
-        default_value = "/var/run/secrets/kubevirt-imds/serviceaccount/token"
-    )]
+    #[arg(long, env = contract::ENV_TOKEN_FILE, default_value = contract::TOKEN_FILE)]
     pub token_file: PathBuf,
 
+    /// This pod's name, for log lines (downward API).
+    #[arg(long, env = contract::ENV_POD_NAME)]
+    pub pod_name: Option<String>,
+
     /// Serve only the VM behind this bridge instead of every `k6t-*` bridge.
-    #[arg(long, env = "IMDS_BRIDGE_NAME", value_parser = interface_name)]
+    #[arg(long, env = contract::ENV_BRIDGE_NAME, value_parser = interface_name)]
     pub bridge: Option<String>,
 
     /// Bridge ports whose names start with this are the VM's TAP devices.
@@ -65,17 +65,8 @@ fn non_empty(s: &str) -> Result<String, String> {
     if s.trim().is_empty() { Err("must not be empty".into()) } else { Ok(s.to_owned()) }
 }
 
-/// Linux interface names: 1–15 bytes, no `/`, no whitespace, not `.`/`..`.
 fn interface_name(s: &str) -> Result<String, String> {
-    let ok = (1..=15).contains(&s.len())
-        && s != "."
-        && s != ".."
-        && !s.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err("not a valid interface name (1-15 bytes, no '/', ':' or whitespace)".into())
-    }
+    contract::check_interface_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -1,0 +1,154 @@
+//! The `imds.kubevirt.io/*` annotations a user puts on a VM's template
+//! (KubeVirt copies them onto the virt-launcher pod), parsed and validated.
+
+use std::collections::BTreeMap;
+
+use crate::contract;
+
+pub const PREFIX: &str = "imds.kubevirt.io/";
+/// `"true"` (exactly) turns the IMDS on for the VM.
+pub const ENABLED: &str = "imds.kubevirt.io/enabled";
+/// Lifetime of the projected token, in seconds.
+pub const TOKEN_EXPIRATION_SECONDS: &str = "imds.kubevirt.io/token-expiration-seconds";
+/// Serve only the VM behind this bridge (default: every `k6t-*` bridge).
+pub const BRIDGE_NAME: &str = "imds.kubevirt.io/bridge-name";
+/// Set by the webhook on the pods it changed.
+pub const INJECTED: &str = "imds.kubevirt.io/injected";
+
+const KNOWN: [&str; 4] = [ENABLED, TOKEN_EXPIRATION_SECONDS, BRIDGE_NAME, INJECTED];
+
+/// Kubernetes' bounds for a projected token's `expirationSeconds`.
+pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+pub const MAX_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
+pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// What the annotations ask for, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsSettings {
+    pub token_expiration_seconds: i64,
+    pub bridge_name: Option<String>,
+}
+
+/// A malformed annotation: the message names it and the expected form, and
+/// reaches the user through the VMI's events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {annotation}: {value:?} is not valid: expected {expected}")]
+pub struct AnnotationError {
+    pub annotation: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// Whether the pod asks for the IMDS (the enabled annotation is exactly "true").
+pub fn enabled(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.get(ENABLED).is_some_and(|v| v == "true")
+}
+
+/// Parses the settings of an enabled pod.
+pub fn settings(annotations: &BTreeMap<String, String>) -> Result<ImdsSettings, AnnotationError> {
+    let token_expiration_seconds = match annotations.get(TOKEN_EXPIRATION_SECONDS) {
+        None => DEFAULT_TOKEN_EXPIRATION_SECONDS,
+        Some(value) => value
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|s| (MIN_TOKEN_EXPIRATION_SECONDS..=MAX_TOKEN_EXPIRATION_SECONDS).contains(s))
+            .ok_or_else(|| AnnotationError {
+                annotation: TOKEN_EXPIRATION_SECONDS,
+                value: value.clone(),
+                expected: format!(
+                    "a whole number of seconds from {MIN_TOKEN_EXPIRATION_SECONDS} to \
+                     {MAX_TOKEN_EXPIRATION_SECONDS} (Kubernetes' limits), e.g. \"3600\""
+                ),
+            })?,
+    };
+    let bridge_name = match annotations.get(BRIDGE_NAME) {
+        None => None,
+        Some(value) => {
+            contract::check_interface_name(value).map_err(|reason| AnnotationError {
+                annotation: BRIDGE_NAME,
+                value: value.clone(),
+                expected: format!("the name of the VM's bridge, e.g. \"k6t-eth0\" ({reason})"),
+            })?;
+            Some(value.clone())
+        }
+    };
+    Ok(ImdsSettings { token_expiration_seconds, bridge_name })
+}
+
+/// Advice for the user (returned as admission warnings, which kubectl
+/// prints): near misses that would otherwise be silently ignored.
+pub fn warnings(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(v) = annotations.get(ENABLED)
+        && v != "true"
+        && v != "false"
+        && v.trim().eq_ignore_ascii_case("true")
+    {
+        warnings.push(format!("annotation {ENABLED} is {v:?}: only exactly \"true\" enables the IMDS"));
+    }
+    for key in annotations.keys().filter(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str())) {
+        warnings.push(format!("annotation {key} is not one kubevirt-imds knows; it is ignored"));
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn only_exactly_true_enables() {
+        assert!(enabled(&annotations(&[(ENABLED, "true")])));
+        for v in ["false", "True", "TRUE", "yes", "1", "", " true"] {
+            assert!(!enabled(&annotations(&[(ENABLED, v)])), "{v:?}");
+        }
+        assert!(!enabled(&annotations(&[])));
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            settings(&annotations(&[(ENABLED, "true")])),
+            Ok(ImdsSettings { token_expiration_seconds: 3600, bridge_name: None })
+        );
+    }
+
+    #[test]
+    fn valid_values_are_taken() {
+        let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "600"), (BRIDGE_NAME, "k6t-net1")]);
+        assert_eq!(
+            settings(&a),
+            Ok(ImdsSettings { token_expiration_seconds: 600, bridge_name: Some("k6t-net1".into()) })
+        );
+        let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "4294967296")]);
+        assert_eq!(settings(&a).unwrap().token_expiration_seconds, 1 << 32);
+    }
+
+    #[test]
+    fn malformed_values_are_refused_naming_the_annotation_and_the_form() {
+        for bad in ["soon", "599", "0", "-3600", "3600s", "1e4", "4294967297", ""] {
+            let err = settings(&annotations(&[(TOKEN_EXPIRATION_SECONDS, bad)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(TOKEN_EXPIRATION_SECONDS) && text.contains("600"), "{text}");
+        }
+        for bad in ["", "a/b", "this-is-way-too-long", "k6t eth0", ".."] {
+            let err = settings(&annotations(&[(BRIDGE_NAME, bad)])).unwrap_err();
+            assert!(err.to_string().contains(BRIDGE_NAME), "{err}");
+        }
+    }
+
+    #[test]
+    fn near_misses_are_warned_about() {
+        let w = warnings(&annotations(&[(ENABLED, "True"), ("imds.kubevirt.io/token-expiry", "600")]));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("only exactly \"true\""));
+        assert!(w[1].contains("imds.kubevirt.io/token-expiry"));
+        assert!(warnings(&annotations(&[(ENABLED, "true"), (BRIDGE_NAME, "k6t-eth0")])).is_empty());
+        assert!(warnings(&annotations(&[(ENABLED, "false")])).is_empty());
+    }
+}

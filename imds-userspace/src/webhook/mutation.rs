@@ -1,0 +1,499 @@
+//! The admission decision, as a pure function from the request to the
+//! response: which pods change, and the JSONPatch that changes them.
+
+use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionResponse, Operation},
+};
+use serde_json::Value;
+
+use super::{
+    annotations::{self, ImdsSettings},
+    sidecar_spec::{self, InjectionMode, SidecarTemplate},
+};
+use crate::contract;
+
+pub const VIRT_LAUNCHER_LABEL: (&str, &str) = ("kubevirt.io", "virt-launcher");
+pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
+pub const DOMAIN_ANNOTATION: &str = "kubevirt.io/domain";
+
+/// What was decided, for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed as is.
+    Unchanged { reason: String },
+    /// Allowed with the sidecar added.
+    Injected { vm_name: String },
+    /// Denied; the message reaches the user.
+    Refused { message: String },
+}
+
+/// Answers one AdmissionReview request.
+pub fn review(
+    request: &AdmissionRequest<DynamicObject>,
+    template: &SidecarTemplate,
+) -> (AdmissionResponse, Outcome) {
+    let allow = AdmissionResponse::from(request);
+    let unchanged =
+        |reason: &str| (AdmissionResponse::from(request), Outcome::Unchanged { reason: reason.into() });
+    let is_pod =
+        request.kind.group.is_empty() && request.kind.kind == "Pod" && request.sub_resource.is_none();
+    if !is_pod {
+        return unchanged("not a pod");
+    }
+    if request.operation != Operation::Create {
+        return unchanged("not a creation");
+    }
+    let Some(object) = &request.object else {
+        return unchanged("no object in the request");
+    };
+    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(pod) => pod,
+        Err(e) => {
+            let message = format!("the object is not a valid Pod: {e}");
+            return (AdmissionResponse::from(request).deny(&message), Outcome::Refused { message });
+        }
+    };
+    let (decision, warnings) = decide(&pod, template);
+    let mut response = match &decision {
+        Decision::Unchanged(_) => allow,
+        Decision::Refuse(message) => allow.deny(message),
+        Decision::Inject { patch, .. } => match allow.with_patch(patch.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("internal error serialising the patch: {e}");
+                return (AdmissionResponse::from(request).deny(&message), Outcome::Refused { message });
+            }
+        },
+    };
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    let outcome = match decision {
+        Decision::Inject { vm_name, .. } => Outcome::Injected { vm_name },
+        Decision::Refuse(message) => Outcome::Refused { message },
+        Decision::Unchanged(reason) => Outcome::Unchanged { reason: reason.into() },
+    };
+    (response, outcome)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Unchanged(&'static str),
+    Inject { patch: Patch, vm_name: String },
+    Refuse(String),
+}
+
+/// The decision for one pod, and warnings for its author.
+pub fn decide(pod: &Pod, template: &SidecarTemplate) -> (Decision, Vec<String>) {
+    let empty = Default::default();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    if labels.get(VIRT_LAUNCHER_LABEL.0).map(String::as_str) != Some(VIRT_LAUNCHER_LABEL.1) {
+        return (Decision::Unchanged("not a virt-launcher pod"), Vec::new());
+    }
+    let warnings = annotations::warnings(annotations);
+    if !annotations::enabled(annotations) {
+        return (Decision::Unchanged("IMDS not enabled for this VM"), warnings);
+    }
+    let Some(spec) = &pod.spec else {
+        return (Decision::Refuse("the pod has no spec".into()), warnings);
+    };
+    let all_containers = || spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    if all_containers().any(|c| c.name == contract::CONTAINER_NAME) {
+        return (Decision::Unchanged("already injected"), warnings);
+    }
+    if spec.volumes.iter().flatten().any(|v| v.name == contract::TOKEN_VOLUME) {
+        let message = format!(
+            "the pod already has a volume named {:?}, which kubevirt-imds needs for its token",
+            contract::TOKEN_VOLUME
+        );
+        return (Decision::Refuse(message), warnings);
+    }
+    let settings = match annotations::settings(annotations) {
+        Ok(s) => s,
+        Err(e) => return (Decision::Refuse(e.to_string()), warnings),
+    };
+    let Some(vm_name) = labels
+        .get(VM_NAME_LABEL)
+        .or_else(|| annotations.get(DOMAIN_ANNOTATION))
+        .or_else(|| labels.get(DOMAIN_ANNOTATION))
+    else {
+        let message = format!(
+            "cannot tell the VM's name: the pod has neither the label {VM_NAME_LABEL} nor the \
+             annotation {DOMAIN_ANNOTATION}"
+        );
+        return (Decision::Refuse(message), warnings);
+    };
+    match patch(spec, template, &settings, vm_name) {
+        Ok(patch) => (Decision::Inject { patch, vm_name: vm_name.clone() }, warnings),
+        Err(e) => (Decision::Refuse(format!("internal error building the patch: {e}")), warnings),
+    }
+}
+
+fn patch(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    template: &SidecarTemplate,
+    settings: &ImdsSettings,
+    vm_name: &str,
+) -> Result<Patch, serde_json::Error> {
+    let container = serde_json::to_value(sidecar_spec::container(template, settings, vm_name))?;
+    let volume = serde_json::to_value(sidecar_spec::token_volume(settings))?;
+    let mut ops = Vec::new();
+    let (field, existing) = match template.mode {
+        // Last among the init containers: KubeVirt's own ones are not delayed.
+        InjectionMode::NativeSidecar => ("initContainers", spec.init_containers.is_some()),
+        InjectionMode::Container => ("containers", true),
+    };
+    ops.push(append(&["spec", field], existing, container));
+    ops.push(append(&["spec", "volumes"], spec.volumes.is_some(), volume));
+    ops.push(add(
+        &["metadata", "annotations", annotations::INJECTED],
+        Value::from(env!("CARGO_PKG_VERSION")),
+    ));
+    Ok(Patch(ops))
+}
+
+/// Appends to the array at `path`, creating it if the pod has none.
+fn append(path: &[&str], array_exists: bool, value: Value) -> PatchOperation {
+    if array_exists {
+        let mut tokens = path.to_vec();
+        tokens.push("-");
+        add(&tokens, value)
+    } else {
+        add(path, Value::Array(vec![value]))
+    }
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(path.iter().copied()), value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::annotations::{BRIDGE_NAME, ENABLED, INJECTED, TOKEN_EXPIRATION_SECONDS};
+    use kube::core::admission::AdmissionReview;
+    use serde_json::json;
+    use std::collections::HashSet;
+
+    const OPENSHIFT: &str = include_str!("../../../tests/fixtures/virt-launcher-pod-openshift.json");
+    const CAT8KV: &str = include_str!("../../../tests/fixtures/virt-launcher-pod-openshift-cat8kv.json");
+
+    fn template(mode: InjectionMode) -> SidecarTemplate {
+        SidecarTemplate {
+            image: "registry.example/kubevirt-imds:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            resources: SidecarTemplate::resources("5m", "16Mi", "64Mi"),
+            mode,
+        }
+    }
+
+    fn fixture(text: &str, annotations: &[(&str, &str)]) -> Value {
+        let mut pod: Value = serde_json::from_str(text).unwrap();
+        for (k, v) in annotations {
+            pod["metadata"]["annotations"][*k] = json!(v);
+        }
+        pod
+    }
+
+    fn enabled_fixtures() -> Vec<Value> {
+        vec![fixture(OPENSHIFT, &[(ENABLED, "true")]), fixture(CAT8KV, &[(ENABLED, "true")])]
+    }
+
+    fn request_for(
+        object: Value,
+        kind: (&str, &str, &str),
+        operation: &str,
+    ) -> AdmissionRequest<DynamicObject> {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
+                "resource": {"group": kind.0, "version": kind.1, "resource": "pods"},
+                "namespace": "default",
+                "operation": operation,
+                "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
+                "object": object,
+                "dryRun": false
+            }
+        });
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
+        review.try_into().unwrap()
+    }
+
+    fn run(pod: &Value, mode: InjectionMode) -> (AdmissionResponse, Outcome) {
+        review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &template(mode))
+    }
+
+    /// Applies the response's JSONPatch to `pod`.
+    fn apply(pod: &Value, response: &AdmissionResponse) -> Value {
+        let patch: Patch = serde_json::from_slice(response.patch.as_ref().expect("a patch")).unwrap();
+        let mut doc = pod.clone();
+        json_patch::patch(&mut doc, &patch).expect("the patch applies");
+        doc
+    }
+
+    /// What must hold for every pod the webhook returns.
+    fn check_valid(original: &Value, patched: &Value, mode: InjectionMode) {
+        let pod: Pod = serde_json::from_value(patched.clone()).expect("still a Pod");
+        let spec = pod.spec.as_ref().unwrap();
+        let containers: Vec<_> =
+            spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+        let names: HashSet<_> = containers.iter().map(|c| &c.name).collect();
+        assert_eq!(names.len(), containers.len(), "container names are not unique");
+        let volumes: Vec<_> = spec.volumes.iter().flatten().map(|v| &v.name).collect();
+        assert_eq!(
+            volumes.iter().collect::<HashSet<_>>().len(),
+            volumes.len(),
+            "volume names are not unique"
+        );
+        for c in &containers {
+            for m in c.volume_mounts.iter().flatten() {
+                assert!(volumes.contains(&&m.name), "{} mounts missing volume {}", c.name, m.name);
+                if m.name == contract::TOKEN_VOLUME {
+                    assert_eq!(c.name, contract::CONTAINER_NAME, "token volume mounted into {}", c.name);
+                }
+            }
+        }
+        // The original containers are untouched, byte for byte.
+        let original_containers = original["spec"]["containers"].as_array().unwrap();
+        let patched_containers = patched["spec"]["containers"].as_array().unwrap();
+        assert_eq!(&patched_containers[..original_containers.len()], &original_containers[..]);
+        if let Some(original_init) = original["spec"]["initContainers"].as_array() {
+            assert_eq!(
+                &patched["spec"]["initContainers"].as_array().unwrap()[..original_init.len()],
+                &original_init[..]
+            );
+        }
+        let sidecar =
+            containers.iter().find(|c| c.name == contract::CONTAINER_NAME).expect("sidecar injected");
+        let in_init = spec.init_containers.iter().flatten().any(|c| c.name == contract::CONTAINER_NAME);
+        assert_eq!(in_init, mode == InjectionMode::NativeSidecar);
+        assert_eq!(
+            sidecar.restart_policy.as_deref(),
+            (mode == InjectionMode::NativeSidecar).then_some("Always")
+        );
+        // Valid inside a pod whose context says runAsNonRoot/runAsUser 107.
+        let sc = sidecar.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_non_root), (Some(0), Some(false)));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(
+            caps.add.as_deref(),
+            Some(&["NET_ADMIN".to_owned(), "BPF".into(), "NET_BIND_SERVICE".into()][..])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert!(sidecar.startup_probe.is_some());
+        assert_eq!(patched["metadata"]["annotations"][INJECTED], env!("CARGO_PKG_VERSION"));
+    }
+
+    fn env_of(patched: &Value) -> Vec<(String, Value)> {
+        let pod: Pod = serde_json::from_value(patched.clone()).unwrap();
+        let spec = pod.spec.unwrap();
+        let sidecar = spec
+            .init_containers
+            .into_iter()
+            .flatten()
+            .chain(spec.containers)
+            .find(|c| c.name == contract::CONTAINER_NAME)
+            .unwrap();
+        sidecar
+            .env
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.name,
+                    e.value.map(Value::from).unwrap_or_else(|| serde_json::to_value(e.value_from).unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fixtures_get_the_sidecar_and_its_token_volume() {
+        for (pod, vm) in enabled_fixtures().iter().zip(["fedora02", "cat8kv-01"]) {
+            for mode in [InjectionMode::NativeSidecar, InjectionMode::Container] {
+                let (response, outcome) = run(pod, mode);
+                assert!(response.allowed, "{:?}", response.result);
+                assert_eq!(outcome, Outcome::Injected { vm_name: vm.into() });
+                let patched = apply(pod, &response);
+                check_valid(pod, &patched, mode);
+                let volume = patched["spec"]["volumes"].as_array().unwrap().last().unwrap().clone();
+                assert_eq!(
+                    volume,
+                    json!({"name": contract::TOKEN_VOLUME, "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}})
+                );
+                let env = env_of(&patched);
+                assert!(env.contains(&(contract::ENV_VM_NAME.into(), json!(vm))));
+                assert!(env.contains(&(
+                    contract::ENV_SERVICE_ACCOUNT_NAME.into(),
+                    json!({"fieldRef": {"fieldPath": "spec.serviceAccountName"}})
+                )));
+                assert!(env.contains(&(
+                    contract::ENV_NAMESPACE.into(),
+                    json!({"fieldRef": {"fieldPath": "metadata.namespace"}})
+                )));
+                assert!(env.contains(&(
+                    contract::ENV_POD_NAME.into(),
+                    json!({"fieldRef": {"fieldPath": "metadata.name"}})
+                )));
+                assert!(!env.iter().any(|(k, _)| k == contract::ENV_BRIDGE_NAME));
+            }
+        }
+    }
+
+    #[test]
+    fn applying_twice_changes_nothing_the_second_time() {
+        for pod in enabled_fixtures() {
+            let once = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+            let (response, outcome) = run(&once, InjectionMode::NativeSidecar);
+            assert!(response.allowed && response.patch.is_none());
+            assert_eq!(outcome, Outcome::Unchanged { reason: "already injected".into() });
+            // Also when the first injection was a plain container.
+            let once = apply(&pod, &run(&pod, InjectionMode::Container).0);
+            assert!(run(&once, InjectionMode::NativeSidecar).0.patch.is_none());
+        }
+    }
+
+    #[test]
+    fn pods_that_did_not_ask_are_allowed_untouched() {
+        let cases = [
+            fixture(OPENSHIFT, &[]),
+            fixture(OPENSHIFT, &[(ENABLED, "false")]),
+            fixture(OPENSHIFT, &[(ENABLED, "True")]),
+            fixture(OPENSHIFT, &[(ENABLED, "yes")]),
+            {
+                let mut p = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+                p["metadata"]["labels"].as_object_mut().unwrap().remove("kubevirt.io");
+                p
+            },
+            {
+                let mut p = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+                p["metadata"]["labels"]["kubevirt.io"] = json!("virt-handler");
+                p
+            },
+        ];
+        for pod in cases {
+            let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+            assert!(response.allowed && response.patch.is_none(), "{outcome:?}");
+            assert!(matches!(outcome, Outcome::Unchanged { .. }));
+        }
+        let (response, _) = run(&fixture(OPENSHIFT, &[(ENABLED, "True")]), InjectionMode::NativeSidecar);
+        assert!(response.warnings.unwrap()[0].contains("only exactly \"true\""));
+    }
+
+    #[test]
+    fn malformed_annotations_are_refused_with_the_annotation_named() {
+        for (annotation, value) in
+            [(TOKEN_EXPIRATION_SECONDS, "soon"), (TOKEN_EXPIRATION_SECONDS, "60"), (BRIDGE_NAME, "k6t/eth0")]
+        {
+            let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (annotation, value)]);
+            let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+            assert!(!response.allowed);
+            assert!(response.patch.is_none());
+            assert!(response.result.message.contains(annotation), "{}", response.result.message);
+            assert!(response.result.message.contains("expected"), "{}", response.result.message);
+            assert!(matches!(outcome, Outcome::Refused { .. }));
+        }
+    }
+
+    #[test]
+    fn settings_reach_the_sidecar() {
+        let pod = fixture(
+            CAT8KV,
+            &[(ENABLED, "true"), (TOKEN_EXPIRATION_SECONDS, "7200"), (BRIDGE_NAME, "k6t-net1")],
+        );
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        assert!(env_of(&patched).contains(&(contract::ENV_BRIDGE_NAME.into(), json!("k6t-net1"))));
+        let volume = patched["spec"]["volumes"].as_array().unwrap().last().unwrap();
+        assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 7200);
+    }
+
+    #[test]
+    fn existing_init_containers_and_volumes_are_kept_first() {
+        let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+        pod["spec"]["initContainers"] = json!([
+            {"name": "container-disk-binary", "image": "quay.io/kubevirt/virt-launcher:v1.1.0", "command": ["/usr/bin/cp"]},
+            {"name": "volumecontainerdisk-init", "image": "quay.io/containerdisks/fedora:39"}
+        ]);
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        let init = patched["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init.len(), 3);
+        assert_eq!(init[2]["name"], contract::CONTAINER_NAME);
+        let volumes = patched["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(volumes.len(), pod["spec"]["volumes"].as_array().unwrap().len() + 1);
+    }
+
+    #[test]
+    fn pods_without_init_containers_or_volumes_get_the_arrays() {
+        let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+        let spec = pod["spec"].as_object_mut().unwrap();
+        spec.remove("volumes");
+        spec.remove("initContainers");
+        for c in spec["containers"].as_array_mut().unwrap() {
+            c.as_object_mut().unwrap().remove("volumeMounts");
+        }
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn vm_name_falls_back_to_the_domain_annotation() {
+        let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (DOMAIN_ANNOTATION, "from-domain")]);
+        pod["metadata"]["labels"].as_object_mut().unwrap().remove(VM_NAME_LABEL);
+        let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+        assert_eq!(outcome, Outcome::Injected { vm_name: "from-domain".into() });
+        check_valid(&pod, &apply(&pod, &response), InjectionMode::NativeSidecar);
+
+        pod["metadata"]["annotations"].as_object_mut().unwrap().remove(DOMAIN_ANNOTATION);
+        pod["metadata"]["labels"].as_object_mut().unwrap().remove(DOMAIN_ANNOTATION);
+        let (response, _) = run(&pod, InjectionMode::NativeSidecar);
+        assert!(!response.allowed);
+        assert!(response.result.message.contains(VM_NAME_LABEL), "{}", response.result.message);
+    }
+
+    #[test]
+    fn a_conflicting_volume_name_is_refused() {
+        let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+        pod["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": contract::TOKEN_VOLUME, "emptyDir": {}}));
+        let (response, _) = run(&pod, InjectionMode::NativeSidecar);
+        assert!(!response.allowed);
+        assert!(response.result.message.contains(contract::TOKEN_VOLUME));
+    }
+
+    #[test]
+    fn other_kinds_and_operations_are_allowed_untouched() {
+        let pod = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}});
+        for request in [
+            request_for(deployment, ("apps", "v1", "Deployment"), "CREATE"),
+            request_for(pod.clone(), ("", "v1", "Pod"), "UPDATE"),
+            request_for(pod.clone(), ("", "v1", "Pod"), "DELETE"),
+        ] {
+            let (response, outcome) = review(&request, &template(InjectionMode::NativeSidecar));
+            assert!(response.allowed && response.patch.is_none(), "{outcome:?}");
+        }
+        // A pod-shaped object that is not a valid Pod is refused, not crashed on.
+        let broken = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": "nope"}});
+        let (response, _) = review(
+            &request_for(broken, ("", "v1", "Pod"), "CREATE"),
+            &template(InjectionMode::NativeSidecar),
+        );
+        assert!(!response.allowed);
+    }
+}

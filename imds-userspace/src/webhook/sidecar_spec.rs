@@ -1,0 +1,152 @@
+//! The container and volume the webhook adds to a virt-launcher pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, Probe,
+        ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+        ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+
+use super::annotations::ImdsSettings;
+use crate::contract;
+
+/// How the sidecar runs in the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectionMode {
+    /// An init container with `restartPolicy: Always` (Kubernetes >= 1.29):
+    /// started, and probed healthy, before the VM's `compute` container,
+    /// and stopped after it.
+    NativeSidecar,
+    /// A plain container, for older clusters: it starts alongside
+    /// `compute`, so a guest's very first request may race it.
+    Container,
+}
+
+/// The webhook's configuration of what it injects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarTemplate {
+    pub image: String,
+    pub image_pull_policy: String,
+    pub resources: ResourceRequirements,
+    pub mode: InjectionMode,
+}
+
+impl SidecarTemplate {
+    /// Requests and limits from quantities such as `5m`, `16Mi`.
+    pub fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+        let q = |s: &str| Quantity(s.to_owned());
+        ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), q(cpu_request)),
+                ("memory".into(), q(memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), q(memory_limit))])),
+            ..Default::default()
+        }
+    }
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The sidecar container for the VM `vm_name`.
+pub fn container(template: &SidecarTemplate, settings: &ImdsSettings, vm_name: &str) -> Container {
+    let mut env = vec![
+        env_field(contract::ENV_NAMESPACE, "metadata.namespace"),
+        env_field(contract::ENV_POD_NAME, "metadata.name"),
+        env_field(contract::ENV_SERVICE_ACCOUNT_NAME, "spec.serviceAccountName"),
+        env_value(contract::ENV_VM_NAME, vm_name),
+        env_value(contract::ENV_TOKEN_FILE, contract::TOKEN_FILE),
+        env_value(contract::ENV_LOG_FORMAT, "json"),
+    ];
+    if let Some(bridge) = &settings.bridge_name {
+        env.push(env_value(contract::ENV_BRIDGE_NAME, bridge));
+    }
+    Container {
+        name: contract::CONTAINER_NAME.into(),
+        image: Some(template.image.clone()),
+        image_pull_policy: Some(template.image_pull_policy.clone()),
+        args: Some(vec!["sidecar".into()]),
+        env: Some(env),
+        resources: Some(template.resources.clone()),
+        restart_policy: (template.mode == InjectionMode::NativeSidecar).then(|| "Always".into()),
+        // As a native sidecar, the kubelet starts `compute` (and so the VM)
+        // only after this succeeds: the guest's first request finds the IMDS.
+        startup_probe: Some(Probe {
+            exec: Some(ExecAction { command: Some(vec![contract::BINARY_PATH.into(), "probe".into()]) }),
+            period_seconds: Some(1),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(60),
+            ..Default::default()
+        }),
+        security_context: Some(security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: contract::TOKEN_VOLUME.into(),
+            mount_path: contract::TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// Least privilege for what the sidecar does (README, "Security model"):
+/// NET_ADMIN for the veth, route, rule, tc attachments and the probe's
+/// socket mark; BPF to load the programs; NET_BIND_SERVICE for port 80.
+/// Root, because Kubernetes grants added capabilities to root only (no
+/// ambient capabilities); this overrides the pod's `runAsNonRoot: true` /
+/// `runAsUser: 107` for this container alone.
+fn security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        run_as_non_root: Some(false),
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: Some(vec!["NET_ADMIN".into(), "BPF".into(), "NET_BIND_SERVICE".into()]),
+        }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// The projected ServiceAccount token, mounted into the sidecar only. It
+/// works whatever the pod's `automountServiceAccountToken` says (KubeVirt
+/// sets it to false).
+pub fn token_volume(settings: &ImdsSettings) -> Volume {
+    Volume {
+        name: contract::TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    path: contract::TOKEN_FILE_NAME.into(),
+                    expiration_seconds: Some(settings.token_expiration_seconds),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
