@@ -13,6 +13,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +42,15 @@ impl Default for Limits {
 }
 
 /// Accepts connections on `listener` until `shutdown` fires, then lets
-/// in-flight requests finish for up to `limits.drain_timeout`.
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
+/// in-flight requests finish for up to `limits.drain_timeout`. With `tls`,
+/// every connection is a TLS one; the handshake shares the head deadline.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout)
@@ -76,10 +84,27 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.head_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -106,7 +131,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/", get(|| async { "hi" }));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, app, limits, stop.clone()));
+        let task = tokio::spawn(serve(listener, app, limits, None, stop.clone()));
         (addr, stop, task)
     }
 

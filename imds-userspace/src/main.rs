@@ -3,7 +3,7 @@
 use std::io::IsTerminal as _;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use imds_userspace::{net, probe, sidecar};
+use imds_userspace::{net, probe, sidecar, webhook};
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Debug, Parser)]
@@ -27,6 +27,8 @@ enum LogFormat {
 enum Command {
     /// Run in a virt-launcher pod: serve 169.254.169.254 to its VM.
     Sidecar(sidecar::SidecarArgs),
+    /// Serve the mutating admission webhook that injects the sidecar.
+    Webhook(webhook::WebhookArgs),
     /// Exit 0 if this pod's IMDS answers `GET /healthz` (the container's
     /// startup probe; needs CAP_NET_ADMIN, as the sidecar has).
     Probe {
@@ -54,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Sidecar(args) => sidecar::run(args).await,
+        Command::Webhook(args) => webhook::run(args).await,
         Command::Probe { timeout } => {
             let addr = std::net::SocketAddrV4::new(imds_ebpf::abi::IMDS_ADDR.into(), sidecar::IMDS_PORT);
             probe::healthz(addr, net::SIDECAR_IF, timeout).await?;

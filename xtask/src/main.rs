@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the project's build, test and demo entry points.
 
 mod build;
+mod certs;
 mod cmd;
 mod demo;
 mod setup;
@@ -32,6 +33,22 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Write a CA, the webhook's TLS Secret and the caBundle patch (for
+    /// clusters without cert-manager).
+    GenerateCerts {
+        /// Namespace the webhook runs in.
+        #[arg(long, default_value = "kubevirt-imds")]
+        namespace: String,
+        /// Name of the webhook's Service.
+        #[arg(long, default_value = "kubevirt-imds-webhook")]
+        service: String,
+        /// Validity of the certificates.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Output directory (default: the self-signed overlay's).
+        #[arg(long, default_value = "deploy/overlays/self-signed/generated")]
+        out_dir: std::path::PathBuf,
+    },
     /// Boot a real VM in a virt-launcher-like namespace and show what it
     /// gets from 169.254.169.254 (needs root).
     Demo,
@@ -52,5 +69,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Demo => demo::run(),
+        Command::GenerateCerts { namespace, service, days, out_dir } => {
+            let out_dir = if out_dir.is_absolute() { out_dir } else { cmd::workspace_root().join(out_dir) };
+            certs::generate(&certs::Request {
+                namespace: &namespace,
+                service: &service,
+                days,
+                out_dir: &out_dir,
+            })
+        }
     }
 }

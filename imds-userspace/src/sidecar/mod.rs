@@ -79,6 +79,7 @@ async fn serve(
         listener,
         api::router(Arc::new(state)),
         args.limits(),
+        None,
         stop_server.clone(),
     ));
     probe::healthz(addr, SIDECAR_IF, Duration::from_secs(5))

@@ -2,5 +2,49 @@
 //! IMDS sidecar into virt-launcher pods of VMs that ask for it.
 
 pub mod annotations;
+pub mod config;
 pub mod mutation;
+pub mod server;
 pub mod sidecar_spec;
+pub mod tls;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::http_server::{self, Limits};
+pub use config::WebhookArgs;
+use tls::ReloadingCertificate;
+
+pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
+    let certificate =
+        ReloadingCertificate::load(args.certificate_files()).context("loading the TLS certificate")?;
+    let acceptor = TlsAcceptor::from(Arc::new(certificate.server_config()?));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let stop = CancellationToken::new();
+    tokio::spawn(certificate.clone().watch(args.cert_reload_interval, stop.clone()));
+    let limits = Limits { head_timeout: Duration::from_secs(10), max_connections: 512, ..Limits::default() };
+    let template = Arc::new(args.template());
+    tracing::info!(listen = %args.listen, image = %template.image, mode = ?template.mode, "webhook serving");
+    let server = tokio::spawn(http_server::serve(
+        listener,
+        server::router(template),
+        limits,
+        Some(acceptor),
+        stop.clone(),
+    ));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    stop.cancel();
+    let _ = server.await;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The webhook's HTTP routes: `POST /mutate` (AdmissionReview in and out),
+//! `GET /healthz` and `GET /readyz`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+};
+use serde_json::{Value, json};
+
+use super::{
+    mutation::{self, Outcome},
+    sidecar_spec::SidecarTemplate,
+};
+
+/// The API server sends objects of at most ~3 MiB; room for the envelope.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+
+pub fn router(template: Arc<SidecarTemplate>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/readyz", get(|| async { "OK" }))
+        .fallback(|| async {
+            error(StatusCode::NOT_FOUND, "no such endpoint; the webhook serves POST /mutate")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(template)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn mutate(State(template): State<Arc<SidecarTemplate>>, body: Bytes) -> Response {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a body that is not an AdmissionReview");
+            return error(StatusCode::BAD_REQUEST, &format!("the body is not an AdmissionReview: {e}"));
+        }
+    };
+    if review.types.api_version != ADMISSION_API_VERSION || review.types.kind != "AdmissionReview" {
+        let message = format!(
+            "expected kind AdmissionReview of apiVersion {ADMISSION_API_VERSION}, got {} {}",
+            review.types.kind, review.types.api_version
+        );
+        tracing::warn!(%message, "refused a request");
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the AdmissionReview carries no request"),
+    };
+    let (response, outcome) = mutation::review(&request, &template);
+    let pod =
+        request.object.as_ref().and_then(|o| o.metadata.name.clone().or(o.metadata.generate_name.clone()));
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    match &outcome {
+        Outcome::Injected { vm_name } => {
+            tracing::info!(uid = %request.uid, namespace, ?pod, vm = %vm_name, decision = "injected", "admission")
+        }
+        Outcome::Unchanged { reason } => {
+            tracing::info!(uid = %request.uid, namespace, ?pod, decision = "unchanged", reason, "admission")
+        }
+        Outcome::Refused { message } => {
+            tracing::warn!(uid = %request.uid, namespace, ?pod, decision = "refused", reason = message, "admission")
+        }
+    }
+    match wire_review(response) {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("serialising the response: {e}")),
+    }
+}
+
+/// The AdmissionReview response as the API server reads it. The API types
+/// `patch` as bytes, which JSON carries as a base64 string; kube-rs
+/// serialises its `Vec<u8>` as an array of numbers (kube-rs#1781), so the
+/// field is re-encoded here.
+pub fn wire_review(response: AdmissionResponse) -> Result<Value, serde_json::Error> {
+    let patch = response.patch.clone();
+    let mut review = serde_json::to_value(response.into_review())?;
+    if let Some(bytes) = patch {
+        review["response"]["patch"] = Value::String(STANDARD.encode(bytes));
+    }
+    Ok(review)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+
+    #[test]
+    fn patch_travels_as_base64() {
+        let patch = Patch(vec![PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "labels", "a"]),
+            value: json!("b"),
+        })]);
+        let response = AdmissionResponse::invalid("x").with_patch(patch.clone()).unwrap();
+        let wire = wire_review(response).unwrap();
+        assert_eq!(wire["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(wire["kind"], "AdmissionReview");
+        assert_eq!(wire["response"]["patchType"], "JSONPatch");
+        let b64 = wire["response"]["patch"].as_str().expect("a base64 string");
+        let decoded: Patch = serde_json::from_slice(&STANDARD.decode(b64).unwrap()).unwrap();
+        assert_eq!(decoded, patch);
+    }
+}

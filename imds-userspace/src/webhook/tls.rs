@@ -1,0 +1,133 @@
+//! The webhook's certificate, reloaded from its files when they change (a
+//! renewed cert-manager Secret) without a restart: new handshakes get the
+//! new certificate, connections already open keep theirs.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use rustls::{
+    ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{0} holds no PEM certificate")]
+    NoCertificate(PathBuf),
+    #[error("{0} is not a PEM certificate chain")]
+    BadCertificate(PathBuf, #[source] rustls::pki_types::pem::Error),
+    #[error("{0} is not a PEM private key")]
+    BadKey(PathBuf, #[source] rustls::pki_types::pem::Error),
+    #[error("the key in {key} does not fit the certificate in {cert}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("building the TLS configuration")]
+    Config(#[source] rustls::Error),
+}
+
+/// Where the certificate and key are (a mounted `kubernetes.io/tls` Secret).
+#[derive(Debug, Clone)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertificateFiles {
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.to_owned(), e));
+        Ok((read(&self.cert)?, read(&self.key)?))
+    }
+
+    fn parse(&self, cert: &[u8], key: &[u8], provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::BadCertificate(self.cert.clone(), e))?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate(self.cert.clone()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::BadKey(self.key.clone(), e))?;
+        CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Mismatch {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            source,
+        })
+    }
+}
+
+/// Hands the current certificate to every new handshake.
+#[derive(Debug)]
+pub struct ReloadingCertificate {
+    files: CertificateFiles,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<(Arc<CertifiedKey>, (Vec<u8>, Vec<u8>))>,
+}
+
+impl ReloadingCertificate {
+    /// Loads the files; fails if they are missing or invalid now.
+    pub fn load(files: CertificateFiles) -> Result<Arc<Self>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (cert, key) = files.read()?;
+        let certified = files.parse(&cert, &key, &provider)?;
+        Ok(Arc::new(Self { files, provider, current: RwLock::new((Arc::new(certified), (cert, key))) }))
+    }
+
+    pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Re-reads the files; swaps the certificate if they changed and are
+    /// valid. Returns whether it swapped. A broken new pair (e.g. the key
+    /// written before the certificate) keeps the old one until it is whole.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (cert, key) = self.files.read()?;
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if current.1.0 == cert && current.1.1 == key {
+                return Ok(false);
+            }
+        }
+        let certified = self.files.parse(&cert, &key, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(certified), (cert, key));
+        Ok(true)
+    }
+
+    /// Polls the files every `interval` until `stop`.
+    pub async fn watch(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => match self.reload() {
+                    Ok(true) => tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %crate::errors::chain(&e), "new TLS certificate not usable; keeping the current one"),
+                },
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone())
+    }
+}
