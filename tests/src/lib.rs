@@ -7,3 +7,4 @@ pub mod sidecar;
 pub mod tokens;
 pub mod topology;
 pub mod vm;
+pub mod webhook;

@@ -44,7 +44,6 @@ pub struct ProjectedVolume {
 impl ProjectedVolume {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        symlink("..data/token", dir.join("token")).context("creating the token symlink")?;
         Ok(Self { dir: dir.to_owned(), generation: AtomicU64::new(0) })
     }
 
@@ -55,11 +54,23 @@ impl ProjectedVolume {
 
     /// Publishes `token` atomically and removes the previous version.
     pub fn publish(&self, token: &str) -> anyhow::Result<()> {
+        self.publish_files(&[("token", token.as_bytes())])
+    }
+
+    /// Publishes a new version of every file at once (a Secret's `tls.crt`
+    /// and `tls.key` change together).
+    pub fn publish_files(&self, files: &[(&str, &[u8])]) -> anyhow::Result<()> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst);
         let version = format!("..2026_11_22_00_00_00.{generation:09}");
         let version_dir = self.dir.join(&version);
         std::fs::create_dir(&version_dir)?;
-        std::fs::write(version_dir.join("token"), token)?;
+        for (name, content) in files {
+            std::fs::write(version_dir.join(name), content)?;
+            let link = self.dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{name}"), &link).with_context(|| format!("linking {name}"))?;
+            }
+        }
         let previous = std::fs::read_link(self.dir.join("..data")).ok();
         let tmp = self.dir.join("..data_tmp");
         let _ = std::fs::remove_file(&tmp);

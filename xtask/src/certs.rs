@@ -29,7 +29,10 @@ pub fn generate(r: &Request) -> anyhow::Result<()> {
     let not_after = now + Duration::days(i64::from(r.days));
 
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = name(&format!("kubevirt-imds webhook CA ({})", r.namespace));
+    // A distinct name per CA: clients holding an old and a new CA during a
+    // rotation pick the issuer by name.
+    ca_params.distinguished_name =
+        name(&format!("kubevirt-imds webhook CA ({}) {}", r.namespace, now.unix_timestamp_nanos()));
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     (ca_params.not_before, ca_params.not_after) = (now - Duration::minutes(5), not_after);
@@ -47,6 +50,7 @@ pub fn generate(r: &Request) -> anyhow::Result<()> {
     params.distinguished_name = name(&dns[2]);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
     (params.not_before, params.not_after) = (now - Duration::minutes(5), not_after);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;

@@ -11,7 +11,9 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     setup::ensure()?;
     let sidecar = build::all(false)?;
     let mut c = cmd::cargo(None);
-    c.args(["test", "--workspace"]).env("IMDS_SIDECAR_BIN", &sidecar).env("IMDS_REQUIRE_PRIVILEGED", "1");
+    c.args(["test", "--workspace"]).env("IMDS_SIDECAR_BIN", &sidecar);
+    // The webhook tests get their certificates from `cargo xtask generate-certs`.
+    c.env("IMDS_XTASK_BIN", std::env::current_exe()?);
     c.args(cargo_args);
     cmd::run(&mut c)
 }

@@ -1,0 +1,119 @@
+//! The real `kubevirt-imds webhook` process, and an HTTPS client (curl)
+//! that verifies its certificate against a CA bundle.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::run;
+
+/// The name the generated certificates are for.
+pub const SERVICE_DNS: &str = "kubevirt-imds-webhook.kubevirt-imds.svc";
+
+/// `cargo xtask` itself: `cargo xtask test` passes its path.
+pub fn xtask_binary() -> PathBuf {
+    let path = std::env::var_os("IMDS_XTASK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xtask"));
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// `cargo xtask generate-certs --out-dir <dir>`.
+pub fn generate_certs(dir: &Path) -> anyhow::Result<()> {
+    run(Command::new(xtask_binary()).arg("generate-certs").arg("--out-dir").arg(dir)).map(drop)
+}
+
+pub struct Webhook {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Webhook {
+    /// Starts the webhook on 127.0.0.1 with the certificate in `tls_dir`
+    /// (`tls.crt`, `tls.key`) and waits until `ca` trusts what it serves.
+    pub fn start(tls_dir: &Path, ca: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log_dir = tempfile::tempdir()?;
+        let log = log_dir.path().join("webhook.log");
+        let child = Command::new(crate::sidecar::binary())
+            .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert-file")
+            .arg(tls_dir.join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(tls_dir.join("tls.key"))
+            .args(["--sidecar-image", "registry.example/kubevirt-imds:test"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("starting the webhook")?;
+        let mut webhook = Self { child, port, log, _log_dir: log_dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok((200, _)) = webhook.get("/readyz", ca) {
+                return Ok(webhook);
+            }
+            if let Some(status) = webhook.child.try_wait()? {
+                bail!("webhook exited ({status}):\n{}", webhook.log());
+            }
+            if Instant::now() > deadline {
+                bail!("webhook not ready within 10s:\n{}", webhook.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn curl(&self, ca: &Path) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(ca)
+            .args(["--resolve", &format!("{SERVICE_DNS}:{}:127.0.0.1", self.port)]);
+        c
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{SERVICE_DNS}:{}{path}", self.port)
+    }
+
+    /// GET over HTTPS verified against `ca`: (status, body).
+    pub fn get(&self, path: &str, ca: &Path) -> anyhow::Result<(u16, String)> {
+        status_and_body(run(self.curl(ca).arg(self.url(path)))?)
+    }
+
+    /// POST `body` over HTTPS verified against `ca`: (status, body).
+    pub fn post(&self, path: &str, body: &[u8], ca: &Path) -> anyhow::Result<(u16, String)> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), body)?;
+        let mut c = self.curl(ca);
+        c.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", file.path().display()))
+            .arg(self.url(path));
+        status_and_body(run(&mut c)?)
+    }
+}
+
+fn status_and_body(out: String) -> anyhow::Result<(u16, String)> {
+    let (body, status) = out.rsplit_once('\n').context("no status line from curl")?;
+    Ok((status.trim().parse()?, body.to_owned()))
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

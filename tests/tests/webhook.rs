@@ -1,0 +1,262 @@
+//! The real `kubevirt-imds webhook` over real TLS, with certificates from
+//! `cargo xtask generate-certs`, fed real virt-launcher pods.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use imds_tests::{
+    tokens::ProjectedVolume,
+    webhook::{Webhook, generate_certs},
+};
+use serde_json::{Value, json};
+
+const FIXTURES: [&str; 2] = [
+    include_str!("../fixtures/virt-launcher-pod-openshift.json"),
+    include_str!("../fixtures/virt-launcher-pod-openshift-cat8kv.json"),
+];
+
+fn review(object: Value, kind: &str, api_version: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": api_version,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "3b0a39a6-5c0c-4c3c-9d0e-1d5e8f6d2a11",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "vm-team",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
+            "object": object,
+            "dryRun": false
+        }
+    }))
+    .unwrap()
+}
+
+fn enabled(fixture: &str) -> Value {
+    let mut pod: Value = serde_json::from_str(fixture).unwrap();
+    pod["metadata"]["annotations"]["imds.kubevirt.io/enabled"] = json!("true");
+    pod
+}
+
+/// Certificates served from a directory laid out like a mounted Secret.
+struct Tls {
+    _dir: tempfile::TempDir,
+    first: std::path::PathBuf,
+    second: std::path::PathBuf,
+    both_cas: std::path::PathBuf,
+    mounted: ProjectedVolume,
+    mount_dir: std::path::PathBuf,
+}
+
+fn tls() -> Tls {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    generate_certs(&first).unwrap();
+    generate_certs(&second).unwrap();
+    let both_cas = dir.path().join("both-ca.crt");
+    let bundle =
+        [std::fs::read(first.join("ca.crt")).unwrap(), std::fs::read(second.join("ca.crt")).unwrap()]
+            .concat();
+    std::fs::write(&both_cas, bundle).unwrap();
+    let mount_dir = dir.path().join("secret");
+    let mounted = ProjectedVolume::new(&mount_dir).unwrap();
+    publish(&mounted, &first);
+    Tls { first, second, both_cas, mounted, mount_dir, _dir: dir }
+}
+
+fn publish(volume: &ProjectedVolume, from: &std::path::Path) {
+    let cert = std::fs::read(from.join("tls.crt")).unwrap();
+    let key = std::fs::read(from.join("tls.key")).unwrap();
+    volume.publish_files(&[("tls.crt", &cert), ("tls.key", &key)]).unwrap();
+}
+
+#[test]
+fn admission_round_trip_over_verified_tls() {
+    let tls = tls();
+    let webhook = Webhook::start(&tls.mount_dir, &tls.first.join("ca.crt"), &[]).unwrap();
+    let ca = tls.first.join("ca.crt");
+    for fixture in FIXTURES {
+        let pod = enabled(fixture);
+        let (status, body) =
+            webhook.post("/mutate", &review(pod.clone(), "Pod", "admission.k8s.io/v1"), &ca).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "3b0a39a6-5c0c-4c3c-9d0e-1d5e8f6d2a11");
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        let patch: json_patch::Patch =
+            serde_json::from_slice(&STANDARD.decode(response["patch"].as_str().unwrap()).unwrap()).unwrap();
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        let sidecar = patched["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "kubevirt-imds")
+            .expect("sidecar injected")
+            .clone();
+        assert_eq!(sidecar["image"], "registry.example/kubevirt-imds:test");
+        assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(patched["spec"]["containers"], pod["spec"]["containers"]);
+
+        // Applied a second time: allowed, nothing to change.
+        let (_, body) = webhook.post("/mutate", &review(patched, "Pod", "admission.k8s.io/v1"), &ca).unwrap();
+        let again: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(again["response"]["allowed"], true);
+        assert!(again["response"].get("patch").is_none());
+    }
+    // A malformed annotation is refused with a message naming it.
+    let mut pod = enabled(FIXTURES[0]);
+    pod["metadata"]["annotations"]["imds.kubevirt.io/token-expiration-seconds"] = json!("soon");
+    let (status, body) = webhook.post("/mutate", &review(pod, "Pod", "admission.k8s.io/v1"), &ca).unwrap();
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("imds.kubevirt.io/token-expiration-seconds"), "{message}");
+    let log = webhook.log();
+    assert!(
+        log.contains("decision=\"injected\"") && log.contains("decision=\"refused\""),
+        "decisions not logged:\n{log}"
+    );
+}
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart_or_a_failed_request() {
+    let tls = tls();
+    let webhook =
+        Webhook::start(&tls.mount_dir, &tls.first.join("ca.crt"), &["--cert-reload-interval", "200ms"])
+            .unwrap();
+    let port = webhook.port;
+
+    // A client trusting both CAs keeps calling throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, ok, failed, both) = (stop.clone(), ok.clone(), failed.clone(), tls.both_cas.clone());
+        let webhook_view = WebhookView { port };
+        std::thread::spawn(move || {
+            let body = review(enabled(FIXTURES[1]), "Pod", "admission.k8s.io/v1");
+            while !stop.load(Ordering::Relaxed) {
+                match webhook_view.post(&body, &both) {
+                    Some(200) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A half-written renewal (garbage) is ignored: the old certificate stays.
+    tls.mounted.publish_files(&[("tls.crt", b"not a certificate"), ("tls.key", b"nor a key")]).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(webhook.get("/healthz", &tls.first.join("ca.crt")).unwrap().0, 200);
+    assert!(webhook.log().contains("keeping the current one"), "{}", webhook.log());
+
+    publish(&tls.mounted, &tls.second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while webhook.get("/healthz", &tls.second.join("ca.crt")).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served within 5s:\n{}",
+            webhook.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        webhook.get("/healthz", &tls.first.join("ca.crt")).is_err(),
+        "the old certificate is still served"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the renewal ({} succeeded)",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 5, "too few requests during the renewal");
+}
+
+/// The HTTPS call of the looping client (a Webhook is not shared across threads).
+struct WebhookView {
+    port: u16,
+}
+
+impl WebhookView {
+    fn post(&self, body: &[u8], ca: &std::path::Path) -> Option<u16> {
+        let file = tempfile::NamedTempFile::new().ok()?;
+        std::fs::write(file.path(), body).ok()?;
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(ca)
+            .args(["--resolve", &format!("{}:{}:127.0.0.1", imds_tests::webhook::SERVICE_DNS, self.port)])
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", file.path().display()))
+            .arg(format!("https://{}:{}/mutate", imds_tests::webhook::SERVICE_DNS, self.port))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+#[test]
+fn hostile_input_gets_a_clear_answer_never_a_crash() {
+    let tls = tls();
+    let webhook = Webhook::start(&tls.mount_dir, &tls.first.join("ca.crt"), &[]).unwrap();
+    let ca = tls.first.join("ca.crt");
+
+    let (status, body) = webhook.post("/mutate", b"this is not json", &ca).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an AdmissionReview"), "{body}");
+
+    let (status, _) = webhook.post("/mutate", b"", &ca).unwrap();
+    assert_eq!(status, 400);
+
+    let (status, body) = webhook
+        .post("/mutate", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, &ca)
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no request"), "{body}");
+
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let (status, _) = webhook.post("/mutate", &huge, &ca).unwrap();
+    assert_eq!(status, 413);
+
+    let (status, body) = webhook
+        .post("/mutate", &review(enabled(FIXTURES[0]), "Pod", "admission.k8s.io/v1beta1"), &ca)
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("admission.k8s.io/v1"), "{body}");
+
+    // Another kind of object: allowed, untouched.
+    let config_map =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "b"}});
+    let (status, body) =
+        webhook.post("/mutate", &review(config_map, "ConfigMap", "admission.k8s.io/v1"), &ca).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none());
+
+    // Deeply nested JSON: refused, not a stack overflow.
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, _) = webhook.post("/mutate", nested.as_bytes(), &ca).unwrap();
+    assert_eq!(status, 400);
+
+    let (status, _) = webhook.get("/mutate", &ca).unwrap();
+    assert_eq!(status, 405);
+    // Still alive and well after all that.
+    assert_eq!(webhook.get("/healthz", &ca).unwrap(), (200, "OK".into()));
+}
