@@ -72,7 +72,15 @@ impl CertificateFiles {
 pub struct ReloadingCertificate {
     files: CertificateFiles,
     provider: Arc<CryptoProvider>,
-    current: RwLock<(Arc<CertifiedKey>, (Vec<u8>, Vec<u8>))>,
+    current: RwLock<Loaded>,
+}
+
+/// The certificate in use and the file contents it came from.
+#[derive(Debug)]
+struct Loaded {
+    certified: Arc<CertifiedKey>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
 }
 
 impl ReloadingCertificate {
@@ -80,8 +88,9 @@ impl ReloadingCertificate {
     pub fn load(files: CertificateFiles) -> Result<Arc<Self>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (cert, key) = files.read()?;
-        let certified = files.parse(&cert, &key, &provider)?;
-        Ok(Arc::new(Self { files, provider, current: RwLock::new((Arc::new(certified), (cert, key))) }))
+        let certified = Arc::new(files.parse(&cert, &key, &provider)?);
+        let current = RwLock::new(Loaded { certified, cert_pem: cert, key_pem: key });
+        Ok(Arc::new(Self { files, provider, current }))
     }
 
     pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
@@ -101,12 +110,13 @@ impl ReloadingCertificate {
         let (cert, key) = self.files.read()?;
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-            if current.1.0 == cert && current.1.1 == key {
+            if current.cert_pem == cert && current.key_pem == key {
                 return Ok(false);
             }
         }
-        let certified = self.files.parse(&cert, &key, &self.provider)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(certified), (cert, key));
+        let certified = Arc::new(self.files.parse(&cert, &key, &self.provider)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            Loaded { certified, cert_pem: cert, key_pem: key };
         Ok(true)
     }
 
@@ -128,6 +138,6 @@ impl ReloadingCertificate {
 
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone())
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).certified.clone())
     }
 }
