@@ -37,6 +37,14 @@ pub const IMDS_PORT: u16 = 80;
 const COUNTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespace = %args.namespace,
+        pod = args.pod_name.as_deref().unwrap_or("-"),
+        vm = %args.vm_name,
+        service_account = %args.service_account_name,
+        "kubevirt-imds sidecar starting"
+    );
     let imds_ip = Ipv4Addr::from(IMDS_ADDR);
     let token = TokenFile::new(&args.token_file);
     if let Err(e) = token.read().await {
