@@ -5,10 +5,44 @@
 pub const CONTAINER_NAME: &str = "kubevirt-imds";
 /// Name of the projected token volume.
 pub const TOKEN_VOLUME: &str = "kubevirt-imds-token";
-/// Where the token volume is mounted in the sidecar, and the file in it.
+/// Where the token volume is mounted in the sidecar.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kubevirt-imds/serviceaccount";
+/// The default token's file (audience: the API server).
 pub const TOKEN_FILE_NAME: &str = "token";
-pub const TOKEN_FILE: &str = "/var/run/secrets/kubevirt-imds/serviceaccount/token";
+
+/// The file of the `index`-th configured audience. Positional, so that no
+/// audience string ever becomes part of a path.
+pub fn audience_file_name(index: usize) -> String {
+    format!("audience-{index}")
+}
+
+/// At most this many audiences per VM (each is a token the kubelet mints
+/// and rotates).
+pub const MAX_AUDIENCES: usize = 8;
+/// Longest accepted audience, in bytes.
+pub const MAX_AUDIENCE_LEN: usize = 256;
+
+/// An audience as a projected token source takes it: non-empty, at most
+/// [`MAX_AUDIENCE_LEN`] bytes, no control characters, no comma (the
+/// separator of lists of audiences), no surrounding whitespace.
+pub fn check_audience(audience: &str) -> Result<(), String> {
+    if audience.is_empty() {
+        return Err("an audience is empty".into());
+    }
+    if audience.len() > MAX_AUDIENCE_LEN {
+        return Err(format!("an audience is longer than {MAX_AUDIENCE_LEN} bytes"));
+    }
+    if audience.chars().any(|c| c.is_control() || c == ',') {
+        return Err(format!("audience {audience:?} contains a control character or a comma"));
+    }
+    if audience.trim() != audience {
+        return Err(format!("audience {audience:?} has surrounding whitespace"));
+    }
+    Ok(())
+}
+
+/// The AWS IRSA audience when the ServiceAccount names none.
+pub const DEFAULT_AWS_AUDIENCE: &str = "sts.amazonaws.com";
 /// The binary's path in the image (the startup probe executes it).
 pub const BINARY_PATH: &str = "/usr/local/bin/kubevirt-imds";
 
@@ -17,7 +51,13 @@ pub const ENV_NAMESPACE: &str = "IMDS_NAMESPACE";
 pub const ENV_POD_NAME: &str = "IMDS_POD_NAME";
 pub const ENV_SERVICE_ACCOUNT_NAME: &str = "IMDS_SERVICE_ACCOUNT_NAME";
 pub const ENV_VM_NAME: &str = "IMDS_VM_NAME";
-pub const ENV_TOKEN_FILE: &str = "IMDS_TOKEN_FILE";
+pub const ENV_TOKEN_DIR: &str = "IMDS_TOKEN_DIR";
+/// Comma-separated, in file order (see [`audience_file_name`]).
+pub const ENV_TOKEN_AUDIENCES: &str = "IMDS_TOKEN_AUDIENCES";
+/// `false` when the API-server-audience token is not mounted.
+pub const ENV_DEFAULT_TOKEN: &str = "IMDS_DEFAULT_TOKEN";
+pub const ENV_AWS_ROLE_ARN: &str = "IMDS_AWS_ROLE_ARN";
+pub const ENV_AWS_AUDIENCE: &str = "IMDS_AWS_AUDIENCE";
 pub const ENV_BRIDGE_NAME: &str = "IMDS_BRIDGE_NAME";
 pub const ENV_LOG_FORMAT: &str = "IMDS_LOG_FORMAT";
 
@@ -34,8 +74,23 @@ pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn token_file_is_in_token_dir() {
-        assert_eq!(super::TOKEN_FILE, format!("{}/{}", super::TOKEN_DIR, super::TOKEN_FILE_NAME));
+    fn audience_rules() {
+        for ok in [
+            "sts.amazonaws.com",
+            "vault",
+            "https://kubernetes.default.svc",
+            "spiffe://example.org/ns/x",
+            "ünïcode",
+        ] {
+            assert_eq!(check_audience(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(MAX_AUDIENCE_LEN + 1);
+        for bad in ["", " vault", "vault ", "a,b", "a\u{0}b", "a\nb", long.as_str()] {
+            assert!(check_audience(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(audience_file_name(3), "audience-3");
     }
 }

@@ -32,7 +32,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_head_bytes: 8 * 1024,
+            max_head_bytes: 16 * 1024,
             max_headers: 32,
             head_timeout: Duration::from_secs(10),
             max_connections: 256,

@@ -44,6 +44,8 @@ const EBPF_LOG_DIRECTIVE: &str = "imds_ebpf=trace";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS provider for the whole process (the webhook's server, kube's client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG overrides; the default keeps a sidecar per VM quiet.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // The eBPF programs' own messages are gated by --ebpf-log at load time;

@@ -10,3 +10,12 @@ pub struct Identity {
     pub service_account_name: String,
     pub vm_name: String,
 }
+
+/// The ServiceAccount's AWS IRSA role, as `GET /v1/aws` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsRole {
+    pub role_arn: String,
+    /// The audience of the token to present to STS.
+    pub audience: String,
+}

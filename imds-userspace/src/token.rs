@@ -90,6 +90,47 @@ impl TokenFile {
     }
 }
 
+/// Every token a VM may be served, by audience: the API server's (unless
+/// turned off) and the extra audiences, each from its own file.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    default: Option<TokenFile>,
+    audiences: Vec<(String, TokenFile)>,
+}
+
+impl TokenSet {
+    /// The files in `dir`, named as the webhook mounts them.
+    pub fn new(dir: &Path, default: bool, audiences: &[String]) -> Self {
+        Self {
+            default: default.then(|| TokenFile::new(dir.join(crate::contract::TOKEN_FILE_NAME))),
+            audiences: audiences
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (a.clone(), TokenFile::new(dir.join(crate::contract::audience_file_name(i)))))
+                .collect(),
+        }
+    }
+
+    /// The API-server-audience token, if served.
+    pub fn default_token(&self) -> Option<&TokenFile> {
+        self.default.as_ref()
+    }
+
+    /// The token for `audience`, compared as a string: it never reaches a path.
+    pub fn for_audience(&self, audience: &str) -> Option<&TokenFile> {
+        self.audiences.iter().find(|(a, _)| a == audience).map(|(_, f)| f)
+    }
+
+    pub fn audiences(&self) -> Vec<String> {
+        self.audiences.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Every file, for the start-up check.
+    pub fn files(&self) -> impl Iterator<Item = &TokenFile> {
+        self.default.iter().chain(self.audiences.iter().map(|(_, f)| f))
+    }
+}
+
 fn read_token(path: &Path) -> Result<ServiceAccountToken, TokenError> {
     let file = std::fs::File::open(path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => TokenError::Missing(path.to_owned()),

@@ -2,6 +2,7 @@
 //! kubelet-style token volumes, and a real booted guest VM.
 
 pub mod bpf;
+pub mod fake_apiserver;
 pub mod netns;
 pub mod sidecar;
 pub mod tokens;

@@ -29,6 +29,13 @@ pub fn generate_certs(dir: &Path) -> anyhow::Result<()> {
     run(Command::new(xtask_binary()).arg("generate-certs").arg("--out-dir").arg(dir)).map(drop)
 }
 
+/// The same for another service: the certificate is for `<service>.<namespace>.svc`.
+pub fn generate_certs_for(dir: &Path, service: &str, namespace: &str) -> anyhow::Result<()> {
+    let mut c = Command::new(xtask_binary());
+    c.args(["generate-certs", "--service", service, "--namespace", namespace, "--out-dir"]).arg(dir);
+    run(&mut c).map(drop)
+}
+
 pub struct Webhook {
     child: Child,
     pub port: u16,
@@ -40,6 +47,16 @@ impl Webhook {
     /// Starts the webhook on 127.0.0.1 with the certificate in `tls_dir`
     /// (`tls.crt`, `tls.key`) and waits until `ca` trusts what it serves.
     pub fn start(tls_dir: &Path, ca: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(tls_dir, ca, extra, &[])
+    }
+
+    /// [`Webhook::start`] with extra environment (e.g. `KUBECONFIG`).
+    pub fn start_with_env(
+        tls_dir: &Path,
+        ca: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("webhook.log");
@@ -51,6 +68,7 @@ impl Webhook {
             .arg(tls_dir.join("tls.key"))
             .args(["--sidecar-image", "registry.example/kubevirt-imds:test"])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -17,6 +17,17 @@ pub enum ApiError {
     /// The token cannot be served right now; the reason is safe to show the
     /// guest (it names no host path).
     TokenUnavailable(&'static str),
+    /// The `audience` parameter is malformed (the reason says how).
+    AudienceInvalid(String),
+    /// No token is configured for this audience.
+    AudienceNotConfigured {
+        configured: Vec<String>,
+    },
+    /// `/v1/token` without `audience`, on a VM without the API-server token.
+    DefaultTokenDisabled {
+        configured: Vec<String>,
+    },
+    AwsNotConfigured,
 }
 
 impl ApiError {
@@ -24,7 +35,11 @@ impl ApiError {
         match self {
             ApiError::MetadataHeaderMissing | ApiError::MetadataHeaderInvalid => StatusCode::BAD_REQUEST,
             ApiError::ForwardedRequest => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound
+            | ApiError::AudienceNotConfigured { .. }
+            | ApiError::DefaultTokenDisabled { .. }
+            | ApiError::AwsNotConfigured => StatusCode::NOT_FOUND,
+            ApiError::AudienceInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TokenUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -39,6 +54,10 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TokenUnavailable(_) => "token_unavailable",
+            ApiError::AudienceInvalid(_) => "audience_invalid",
+            ApiError::AudienceNotConfigured { .. } => "audience_not_configured",
+            ApiError::DefaultTokenDisabled { .. } => "default_token_disabled",
+            ApiError::AwsNotConfigured => "aws_not_configured",
         }
     }
 
@@ -56,11 +75,27 @@ impl ApiError {
                     .into()
             }
             ApiError::NotFound => {
-                "no such endpoint; the API has GET /v1/token, GET /v1/identity and GET /healthz".into()
+                "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws \
+                                   and GET /healthz"
+                    .into()
             }
             ApiError::MethodNotAllowed => "method not allowed: the API only answers GET (and HEAD)".into(),
             ApiError::TokenUnavailable(reason) => {
                 format!("the ServiceAccount token is unavailable ({reason}); retry shortly")
+            }
+            ApiError::AudienceInvalid(reason) => format!("invalid `audience` parameter: {reason}"),
+            ApiError::AudienceNotConfigured { .. } => {
+                "no token is configured for this audience; configuredAudiences lists those that are \
+                 (annotation imds.kubevirt.io/token-audiences)"
+                    .into()
+            }
+            ApiError::DefaultTokenDisabled { .. } => {
+                "this VM gets no token for the Kubernetes API (annotation imds.kubevirt.io/default-token \
+                 is \"false\"); ask for one of configuredAudiences with ?audience="
+                    .into()
+            }
+            ApiError::AwsNotConfigured => {
+                "no AWS role: the VM's ServiceAccount has no eks.amazonaws.com/role-arn annotation".into()
             }
         }
     }
@@ -68,7 +103,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.code(), "message": self.message() }));
+        let mut body = json!({ "error": self.code(), "message": self.message() });
+        if let ApiError::AudienceNotConfigured { configured }
+        | ApiError::DefaultTokenDisabled { configured } = &self
+        {
+            body["configuredAudiences"] = json!(configured);
+        }
+        let body = Json(body);
         let mut response = (self.status(), body).into_response();
         if self == ApiError::MethodNotAllowed {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{RawQuery, State},
     http::{HeaderValue, header},
     middleware,
     response::{IntoResponse, Response},
@@ -17,8 +17,9 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
-    metadata::Identity,
-    token::{TokenError, TokenFile},
+    contract,
+    metadata::{AwsRole, Identity},
+    token::{TokenError, TokenSet},
 };
 use error::ApiError;
 
@@ -26,7 +27,19 @@ use error::ApiError;
 #[derive(Debug)]
 pub struct ImdsState {
     pub identity: Identity,
-    pub token: TokenFile,
+    pub tokens: TokenSet,
+    pub aws: Option<AwsRole>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IdentityResponse<'a> {
+    #[serde(flatten)]
+    identity: &'a Identity,
+    /// Extra audiences `/v1/token?audience=` serves.
+    audiences: Vec<String>,
+    /// Whether `/v1/token` (the Kubernetes API's audience) is served.
+    default_token: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,6 +53,7 @@ pub fn router(state: Arc<ImdsState>) -> Router {
     let metadata = Router::new()
         .route("/v1/token", get(token))
         .route("/v1/identity", get(identity))
+        .route("/v1/aws", get(aws))
         .route_layer(middleware::from_fn(guards::require_metadata_header));
     Router::new()
         .route("/healthz", get(healthz))
@@ -54,12 +68,56 @@ async fn healthz() -> &'static str {
     "OK"
 }
 
-async fn identity(State(state): State<Arc<ImdsState>>) -> Json<Identity> {
-    Json(state.identity.clone())
+async fn identity(State(state): State<Arc<ImdsState>>) -> Response {
+    let body = IdentityResponse {
+        identity: &state.identity,
+        audiences: state.tokens.audiences(),
+        default_token: state.tokens.default_token().is_some(),
+    };
+    Json(body).into_response()
 }
 
-async fn token(State(state): State<Arc<ImdsState>>) -> Response {
-    match state.token.read().await {
+async fn aws(State(state): State<Arc<ImdsState>>) -> Response {
+    match &state.aws {
+        Some(role) => Json(role).into_response(),
+        None => ApiError::AwsNotConfigured.into_response(),
+    }
+}
+
+/// The `audience` query parameter: absent, or one well-formed value.
+fn audience_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key != "audience" {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ApiError::AudienceInvalid("give `audience` once".into()));
+        }
+        contract::check_audience(&value).map_err(ApiError::AudienceInvalid)?;
+        found = Some(value.into_owned());
+    }
+    Ok(found)
+}
+
+async fn token(State(state): State<Arc<ImdsState>>, RawQuery(query): RawQuery) -> Response {
+    let audience = match audience_param(query.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let file = match &audience {
+        None => state.tokens.default_token(),
+        Some(a) => state.tokens.for_audience(a),
+    };
+    let Some(file) = file else {
+        let configured = state.tokens.audiences();
+        return match audience {
+            None => ApiError::DefaultTokenDisabled { configured },
+            Some(_) => ApiError::AudienceNotConfigured { configured },
+        }
+        .into_response();
+    };
+    match file.read().await {
         Ok(token) => {
             let body = TokenResponse { expiration_timestamp: token.expiration_timestamp(), token: token.jwt };
             let mut response = Json(body).into_response();
@@ -95,23 +153,29 @@ mod tests {
     use tower::ServiceExt as _;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
         token_path: std::path::PathBuf,
         app: Router,
     }
 
     fn fixture() -> Fixture {
+        fixture_with(true, &[], None)
+    }
+
+    fn fixture_with(default_token: bool, audiences: &[&str], aws: Option<AwsRole>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let token_path = dir.path().join("token");
+        let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
         let state = ImdsState {
             identity: Identity {
                 namespace: "vms".into(),
                 service_account_name: "builder".into(),
                 vm_name: "fedora-1".into(),
             },
-            token: TokenFile::new(&token_path),
+            tokens: TokenSet::new(dir.path(), default_token, &audiences),
+            aws,
         };
-        Fixture { app: router(Arc::new(state)), token_path, _dir: dir }
+        Fixture { app: router(Arc::new(state)), token_path, dir }
     }
 
     async fn call(
@@ -150,7 +214,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             json(response).await,
-            serde_json::json!({"namespace": "vms", "serviceAccountName": "builder", "vmName": "fedora-1"})
+            serde_json::json!({"namespace": "vms", "serviceAccountName": "builder", "vmName": "fedora-1",
+                               "audiences": [], "defaultToken": true})
         );
     }
 
@@ -236,5 +301,112 @@ mod tests {
         }
         let (status, _) = call(&f.app, Method::HEAD, "/healthz", &[]).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn each_audience_is_served_from_its_own_file() {
+        let f = fixture_with(true, &["sts.amazonaws.com", "vault"], None);
+        let tokens = [
+            ("token", jwt_with_claims(r#"{"exp":1,"aud":["https://kubernetes.default.svc"]}"#)),
+            ("audience-0", jwt_with_claims(r#"{"exp":2,"aud":["sts.amazonaws.com"]}"#)),
+            ("audience-1", jwt_with_claims(r#"{"exp":3,"aud":["vault"]}"#)),
+        ];
+        for (file, jwt) in &tokens {
+            std::fs::write(f.dir.path().join(file), jwt).unwrap();
+        }
+        for (uri, expected) in [
+            ("/v1/token", &tokens[0].1),
+            ("/v1/token?audience=sts.amazonaws.com", &tokens[1].1),
+            ("/v1/token?audience=vault", &tokens[2].1),
+            ("/v1/token?audience=vault&other=1", &tokens[2].1),
+            ("/v1/token?audience=%76ault", &tokens[2].1),
+        ] {
+            let (status, response) = call(&f.app, Method::GET, uri, &[MD]).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            assert_eq!(&json(response).await["token"], expected, "{uri}");
+        }
+        let (_, response) = call(&f.app, Method::GET, "/v1/identity", &[MD]).await;
+        let body = json(response).await;
+        assert_eq!(body["audiences"], serde_json::json!(["sts.amazonaws.com", "vault"]));
+        assert_eq!(body["defaultToken"], true);
+    }
+
+    #[tokio::test]
+    async fn unknown_and_hostile_audiences_never_reach_the_filesystem() {
+        let f = fixture_with(true, &["vault"], None);
+        std::fs::write(f.dir.path().join("token"), jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        // Files an audience-as-path bug would serve.
+        std::fs::write(f.dir.path().join("audience-1"), jwt_with_claims(r#"{"exp":9}"#)).unwrap();
+        std::fs::write(f.dir.path().join("sts"), jwt_with_claims(r#"{"exp":9}"#)).unwrap();
+        let long = format!("/v1/token?audience={}", "a".repeat(10_000));
+        let not_configured = [
+            "/v1/token?audience=sts",
+            "/v1/token?audience=audience-1",
+            "/v1/token?audience=token",
+            "/v1/token?audience=..%2F..%2Fetc%2Fpasswd",
+            "/v1/token?audience=%2e%2e%2f",
+            "/v1/token?audience=%2Fetc%2Fpasswd",
+            "/v1/token?audience=%FF%FE",
+            "/v1/token?audience=VAULT",
+        ];
+        for uri in not_configured {
+            let (status, response) = call(&f.app, Method::GET, uri, &[MD]).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+            let body = json(response).await;
+            assert_eq!(body["error"], "audience_not_configured", "{uri}");
+            assert_eq!(body["configuredAudiences"], serde_json::json!(["vault"]), "{uri}");
+        }
+        let invalid = [
+            "/v1/token?audience=",
+            "/v1/token?audience=a%00b",
+            "/v1/token?audience=a%0Ab",
+            "/v1/token?audience=vault&audience=vault",
+            long.as_str(),
+        ];
+        for uri in invalid {
+            let (status, response) = call(&f.app, Method::GET, uri, &[MD]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{}", &uri[..uri.len().min(60)]);
+            assert_eq!(json(response).await["error"], "audience_invalid");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_the_default_token_only_audiences_are_served() {
+        let f = fixture_with(false, &["vault"], None);
+        // Even if a file named like the default token exists, it is not served.
+        std::fs::write(f.dir.path().join("token"), jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        std::fs::write(f.dir.path().join("audience-0"), jwt_with_claims(r#"{"exp":2}"#)).unwrap();
+        let (status, response) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let body = json(response).await;
+        assert_eq!(body["error"], "default_token_disabled");
+        assert!(body["message"].as_str().unwrap().contains("imds.kubevirt.io/default-token"));
+        assert_eq!(body["configuredAudiences"], serde_json::json!(["vault"]));
+        let (status, _) = call(&f.app, Method::GET, "/v1/token?audience=vault", &[MD]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, response) = call(&f.app, Method::GET, "/v1/identity", &[MD]).await;
+        assert_eq!(json(response).await["defaultToken"], false);
+    }
+
+    #[tokio::test]
+    async fn aws_role_is_served_when_known() {
+        let f = fixture();
+        let (status, response) = call(&f.app, Method::GET, "/v1/aws", &[MD]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json(response).await["error"], "aws_not_configured");
+        let (status, _) = call(&f.app, Method::GET, "/v1/aws", &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let role = AwsRole {
+            role_arn: "arn:aws:iam::111122223333:role/vm".into(),
+            audience: "sts.amazonaws.com".into(),
+        };
+        let f = fixture_with(true, &["sts.amazonaws.com"], Some(role));
+        let (status, response) = call(&f.app, Method::GET, "/v1/aws", &[MD]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json(response).await,
+            serde_json::json!({"roleArn": "arn:aws:iam::111122223333:role/vm", "audience": "sts.amazonaws.com"})
+        );
     }
 }

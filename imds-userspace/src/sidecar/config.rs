@@ -22,9 +22,26 @@ pub struct SidecarArgs {
     #[arg(long, env = contract::ENV_VM_NAME, value_parser = non_empty)]
     pub vm_name: String,
 
-    /// The projected ServiceAccount token, re-read on every request.
-    #[arg(long, env = contract::ENV_TOKEN_FILE, default_value = contract::TOKEN_FILE)]
-    pub token_file: PathBuf,
+    /// The projected token volume: `token` (the API server's audience) and
+    /// `audience-<n>` for the n-th `--token-audience`; re-read on every request.
+    #[arg(long, env = contract::ENV_TOKEN_DIR, default_value = contract::TOKEN_DIR)]
+    pub token_dir: PathBuf,
+
+    /// Extra token audiences, in the order of their files (repeat, or comma-separate).
+    #[arg(long = "token-audience", env = contract::ENV_TOKEN_AUDIENCES, value_delimiter = ',', value_parser = audience)]
+    pub token_audiences: Vec<String>,
+
+    /// Whether the API-server-audience token (`token`) is served.
+    #[arg(long, env = contract::ENV_DEFAULT_TOKEN, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_token: bool,
+
+    /// The ServiceAccount's AWS IRSA role (`GET /v1/aws`).
+    #[arg(long, env = contract::ENV_AWS_ROLE_ARN, value_parser = non_empty)]
+    pub aws_role_arn: Option<String>,
+
+    /// The audience AWS STS expects in the web identity token.
+    #[arg(long, env = contract::ENV_AWS_AUDIENCE, default_value = contract::DEFAULT_AWS_AUDIENCE, value_parser = audience)]
+    pub aws_audience: String,
 
     /// This pod's name, for log lines (downward API).
     #[arg(long, env = contract::ENV_POD_NAME)]
@@ -67,6 +84,10 @@ fn non_empty(s: &str) -> Result<String, String> {
 
 fn interface_name(s: &str) -> Result<String, String> {
     contract::check_interface_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
+}
+
+fn audience(s: &str) -> Result<String, String> {
+    contract::check_audience(s).map(|()| s.to_owned())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

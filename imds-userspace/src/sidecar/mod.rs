@@ -26,10 +26,10 @@ use crate::{
     },
     errors::chain,
     http_server, listener,
-    metadata::Identity,
+    metadata::{AwsRole, Identity},
     net::{REDIRECT_IF, SIDECAR_IF, links, sidecar_link},
     probe,
-    token::TokenFile,
+    token::TokenSet,
 };
 pub use config::SidecarArgs;
 
@@ -46,15 +46,17 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         "kubevirt-imds sidecar starting"
     );
     let imds_ip = Ipv4Addr::from(IMDS_ADDR);
-    let token = TokenFile::new(&args.token_file);
-    if let Err(e) = token.read().await {
-        tracing::warn!(error = %chain(&e), "token not readable yet; /v1/token answers 503 until it is");
+    let tokens = TokenSet::new(&args.token_dir, args.default_token, &args.token_audiences);
+    for file in tokens.files() {
+        if let Err(e) = file.read().await {
+            tracing::warn!(error = %chain(&e), "token not readable yet; it is answered with 503 until it is");
+        }
     }
 
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
     sidecar_link::remove(&handle).await.context("removing a previous run's leftovers")?;
-    let result = serve(&args, &handle, imds_ip, token).await;
+    let result = serve(&args, &handle, imds_ip, tokens).await;
     if let Err(e) = sidecar_link::remove(&handle).await {
         tracing::error!(error = %chain(&e), "could not remove the sidecar's veth and rule");
     } else {
@@ -67,7 +69,7 @@ async fn serve(
     args: &SidecarArgs,
     handle: &rtnetlink::Handle,
     imds_ip: Ipv4Addr,
-    token: TokenFile,
+    tokens: TokenSet,
 ) -> anyhow::Result<()> {
     let link = sidecar_link::create(handle, imds_ip).await.context("creating the sidecar's veth")?;
     let addr = SocketAddrV4::new(imds_ip, IMDS_PORT);
@@ -78,7 +80,11 @@ async fn serve(
             service_account_name: args.service_account_name.clone(),
             vm_name: args.vm_name.clone(),
         },
-        token,
+        tokens,
+        aws: args
+            .aws_role_arn
+            .clone()
+            .map(|role_arn| AwsRole { role_arn, audience: args.aws_audience.clone() }),
     };
     let listener = listener::bind(addr, SIDECAR_IF, link.sidecar_index)
         .with_context(|| format!("listening on {addr} ({SIDECAR_IF})"))?;

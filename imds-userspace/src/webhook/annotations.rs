@@ -12,10 +12,15 @@ pub const ENABLED: &str = "imds.kubevirt.io/enabled";
 pub const TOKEN_EXPIRATION_SECONDS: &str = "imds.kubevirt.io/token-expiration-seconds";
 /// Serve only the VM behind this bridge (default: every `k6t-*` bridge).
 pub const BRIDGE_NAME: &str = "imds.kubevirt.io/bridge-name";
+/// Extra token audiences, comma separated (e.g. `sts.amazonaws.com,vault`).
+pub const TOKEN_AUDIENCES: &str = "imds.kubevirt.io/token-audiences";
+/// `"false"`: no token for the API server's audience (least exposure).
+pub const DEFAULT_TOKEN: &str = "imds.kubevirt.io/default-token";
 /// Set by the webhook on the pods it changed.
 pub const INJECTED: &str = "imds.kubevirt.io/injected";
 
-const KNOWN: [&str; 4] = [ENABLED, TOKEN_EXPIRATION_SECONDS, BRIDGE_NAME, INJECTED];
+const KNOWN: [&str; 6] =
+    [ENABLED, TOKEN_EXPIRATION_SECONDS, BRIDGE_NAME, TOKEN_AUDIENCES, DEFAULT_TOKEN, INJECTED];
 
 /// Kubernetes' bounds for a projected token's `expirationSeconds`.
 pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
@@ -27,6 +32,10 @@ pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 pub struct ImdsSettings {
     pub token_expiration_seconds: i64,
     pub bridge_name: Option<String>,
+    /// Extra audiences, deduplicated, in the order given.
+    pub audiences: Vec<String>,
+    /// Whether the API-server-audience token is mounted and served.
+    pub default_token: bool,
 }
 
 /// A malformed annotation: the message names it and the expected form, and
@@ -73,7 +82,47 @@ pub fn settings(annotations: &BTreeMap<String, String>) -> Result<ImdsSettings, 
             Some(value.clone())
         }
     };
-    Ok(ImdsSettings { token_expiration_seconds, bridge_name })
+    let audiences = match annotations.get(TOKEN_AUDIENCES) {
+        None => Vec::new(),
+        Some(value) => parse_audiences(value).map_err(|reason| AnnotationError {
+            annotation: TOKEN_AUDIENCES,
+            value: value.clone(),
+            expected: format!(
+                "a comma-separated list of at most {} audiences, each 1 to {} bytes without control \
+                 characters, e.g. \"sts.amazonaws.com,vault\" ({reason})",
+                contract::MAX_AUDIENCES,
+                contract::MAX_AUDIENCE_LEN
+            ),
+        })?,
+    };
+    let default_token = match annotations.get(DEFAULT_TOKEN).map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(AnnotationError {
+                annotation: DEFAULT_TOKEN,
+                value: other.to_owned(),
+                expected: "\"true\" (the default) or \"false\"".into(),
+            });
+        }
+    };
+    Ok(ImdsSettings { token_expiration_seconds, bridge_name, audiences, default_token })
+}
+
+/// `" sts.amazonaws.com , vault,vault"` → `["sts.amazonaws.com", "vault"]`.
+fn parse_audiences(value: &str) -> Result<Vec<String>, String> {
+    let mut audiences: Vec<String> = Vec::new();
+    for item in value.split(',') {
+        let audience = item.trim();
+        contract::check_audience(audience)?;
+        if !audiences.iter().any(|a| a == audience) {
+            audiences.push(audience.to_owned());
+        }
+    }
+    if audiences.len() > contract::MAX_AUDIENCES {
+        return Err(format!("{} audiences", audiences.len()));
+    }
+    Ok(audiences)
 }
 
 /// Advice for the user (returned as admission warnings, which kubectl
@@ -114,7 +163,12 @@ mod tests {
     fn defaults() {
         assert_eq!(
             settings(&annotations(&[(ENABLED, "true")])),
-            Ok(ImdsSettings { token_expiration_seconds: 3600, bridge_name: None })
+            Ok(ImdsSettings {
+                token_expiration_seconds: 3600,
+                bridge_name: None,
+                audiences: vec![],
+                default_token: true
+            })
         );
     }
 
@@ -123,7 +177,12 @@ mod tests {
         let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "600"), (BRIDGE_NAME, "k6t-net1")]);
         assert_eq!(
             settings(&a),
-            Ok(ImdsSettings { token_expiration_seconds: 600, bridge_name: Some("k6t-net1".into()) })
+            Ok(ImdsSettings {
+                token_expiration_seconds: 600,
+                bridge_name: Some("k6t-net1".into()),
+                audiences: vec![],
+                default_token: true
+            })
         );
         let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "4294967296")]);
         assert_eq!(settings(&a).unwrap().token_expiration_seconds, 1 << 32);
@@ -139,6 +198,37 @@ mod tests {
         for bad in ["", "a/b", "this-is-way-too-long", "k6t eth0", ".."] {
             let err = settings(&annotations(&[(BRIDGE_NAME, bad)])).unwrap_err();
             assert!(err.to_string().contains(BRIDGE_NAME), "{err}");
+        }
+    }
+
+    #[test]
+    fn audiences_are_trimmed_and_deduplicated() {
+        let a = annotations(&[(TOKEN_AUDIENCES, " sts.amazonaws.com , vault,vault,  spiffe://example.org ")]);
+        assert_eq!(settings(&a).unwrap().audiences, ["sts.amazonaws.com", "vault", "spiffe://example.org"]);
+        let eight: Vec<String> = (0..8).map(|i| format!("aud{i}")).collect();
+        let a = annotations(&[(TOKEN_AUDIENCES, &eight.join(","))]);
+        assert_eq!(settings(&a).unwrap().audiences.len(), 8);
+    }
+
+    #[test]
+    fn bad_audiences_are_refused() {
+        let nine: String = (0..9).map(|i| format!("aud{i}")).collect::<Vec<_>>().join(",");
+        let long = "a".repeat(300);
+        for bad in ["", "vault,,sts", ",", "a\tb", "a\u{7}", nine.as_str(), long.as_str()] {
+            let err = settings(&annotations(&[(TOKEN_AUDIENCES, bad)])).unwrap_err();
+            assert_eq!(err.annotation, TOKEN_AUDIENCES, "{bad:?}");
+            assert!(err.to_string().contains("comma-separated"), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_token_switch() {
+        assert!(settings(&annotations(&[])).unwrap().default_token);
+        assert!(settings(&annotations(&[(DEFAULT_TOKEN, "true")])).unwrap().default_token);
+        assert!(!settings(&annotations(&[(DEFAULT_TOKEN, "false")])).unwrap().default_token);
+        for bad in ["no", "False", "0", ""] {
+            let err = settings(&annotations(&[(DEFAULT_TOKEN, bad)])).unwrap_err();
+            assert_eq!(err.annotation, DEFAULT_TOKEN);
         }
     }
 

@@ -45,6 +45,15 @@ pub struct WebhookArgs {
     #[arg(long, env = "IMDS_SIDECAR_MEMORY_LIMIT", default_value = "64Mi", value_parser = quantity)]
     pub sidecar_memory_limit: String,
 
+    /// Read each injected pod's ServiceAccount for an AWS IRSA role
+    /// (`eks.amazonaws.com/role-arn`); needs `get serviceaccounts`.
+    #[arg(long, env = "IMDS_WEBHOOK_AWS_IRSA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub aws_irsa: bool,
+
+    /// How long a ServiceAccount read may take before the pod is admitted without it.
+    #[arg(long, env = "IMDS_WEBHOOK_API_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub api_timeout: Duration,
+
     /// `native-sidecar` (Kubernetes >= 1.29) or `container` for older clusters.
     #[arg(long, env = "IMDS_INJECTION_MODE", value_enum, default_value_t = InjectionMode::NativeSidecar)]
     pub injection_mode: InjectionMode,

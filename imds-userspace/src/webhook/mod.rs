@@ -2,6 +2,7 @@
 //! IMDS sidecar into virt-launcher pods of VMs that ask for it.
 
 pub mod annotations;
+pub mod aws;
 pub mod config;
 pub mod mutation;
 pub mod server;
@@ -29,11 +30,28 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     tokio::spawn(certificate.clone().watch(args.cert_reload_interval, stop.clone()));
     let limits = Limits { head_timeout: Duration::from_secs(10), max_connections: 512, ..Limits::default() };
-    let template = Arc::new(args.template());
-    tracing::info!(listen = %args.listen, image = %template.image, mode = ?template.mode, "webhook serving");
+    let service_accounts = if args.aws_irsa {
+        match aws::ServiceAccounts::connect(args.api_timeout).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %crate::errors::chain(&e), "no Kubernetes API access: AWS IRSA hints are off");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let state = Arc::new(server::WebhookState { template: args.template(), service_accounts });
+    tracing::info!(
+        listen = %args.listen,
+        image = %state.template.image,
+        mode = ?state.template.mode,
+        aws_irsa = state.service_accounts.is_some(),
+        "webhook serving"
+    );
     let server = tokio::spawn(http_server::serve(
         listener,
-        server::router(template),
+        server::router(state),
         limits,
         Some(acceptor),
         stop.clone(),

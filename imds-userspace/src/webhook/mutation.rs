@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     annotations::{self, ImdsSettings},
-    sidecar_spec::{self, InjectionMode, SidecarTemplate},
+    sidecar_spec::{self, AwsHint, InjectionMode, SidecarTemplate},
 };
 use crate::contract;
 
@@ -30,10 +30,32 @@ pub enum Outcome {
     Refused { message: String },
 }
 
-/// Answers one AdmissionReview request.
+/// Whether `review` may need the pod's ServiceAccount: only pods it would
+/// inject, so the API is not called for every virt-launcher pod. Returns
+/// the namespace and the ServiceAccount's name.
+pub fn wants_service_account(request: &AdmissionRequest<DynamicObject>) -> Option<(String, String)> {
+    let object = request.object.as_ref()?;
+    let labels = object.metadata.labels.as_ref()?;
+    let annotations = object.metadata.annotations.as_ref()?;
+    let wanted = request.operation == Operation::Create
+        && labels.get(VIRT_LAUNCHER_LABEL.0).map(String::as_str) == Some(VIRT_LAUNCHER_LABEL.1)
+        && annotations::enabled(annotations);
+    let namespace = request.namespace.clone()?;
+    let service_account = object
+        .data
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_owned();
+    wanted.then_some((namespace, service_account))
+}
+
+/// Answers one AdmissionReview request. `aws` is what the pod's
+/// ServiceAccount says about an IRSA role (looked up by the caller).
 pub fn review(
     request: &AdmissionRequest<DynamicObject>,
     template: &SidecarTemplate,
+    aws: Option<&AwsHint>,
 ) -> (AdmissionResponse, Outcome) {
     let allow = AdmissionResponse::from(request);
     let unchanged =
@@ -56,7 +78,7 @@ pub fn review(
             return (AdmissionResponse::from(request).deny(&message), Outcome::Refused { message });
         }
     };
-    let (decision, warnings) = decide(&pod, template);
+    let (decision, warnings) = decide(&pod, template, aws);
     let mut response = match &decision {
         Decision::Unchanged(_) => allow,
         Decision::Refuse(message) => allow.deny(message),
@@ -87,7 +109,7 @@ pub enum Decision {
 }
 
 /// The decision for one pod, and warnings for its author.
-pub fn decide(pod: &Pod, template: &SidecarTemplate) -> (Decision, Vec<String>) {
+pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (Decision, Vec<String>) {
     let empty = Default::default();
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
@@ -112,10 +134,26 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate) -> (Decision, Vec<String>) 
         );
         return (Decision::Refuse(message), warnings);
     }
-    let settings = match annotations::settings(annotations) {
+    let mut settings = match annotations::settings(annotations) {
         Ok(s) => s,
         Err(e) => return (Decision::Refuse(e.to_string()), warnings),
     };
+    // IRSA needs a token for the role's audience: mount it unasked.
+    if let Some(aws) = aws
+        && !settings.audiences.contains(&aws.audience)
+    {
+        if settings.audiences.len() >= contract::MAX_AUDIENCES {
+            let message = format!(
+                "the ServiceAccount's AWS role needs a token for audience {:?}, but annotation {} already \
+                 lists the maximum of {} audiences",
+                aws.audience,
+                annotations::TOKEN_AUDIENCES,
+                contract::MAX_AUDIENCES
+            );
+            return (Decision::Refuse(message), warnings);
+        }
+        settings.audiences.push(aws.audience.clone());
+    }
     let Some(vm_name) = labels
         .get(VM_NAME_LABEL)
         .or_else(|| annotations.get(DOMAIN_ANNOTATION))
@@ -127,7 +165,7 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate) -> (Decision, Vec<String>) 
         );
         return (Decision::Refuse(message), warnings);
     };
-    match patch(spec, template, &settings, vm_name) {
+    match patch(spec, template, &settings, vm_name, aws) {
         Ok(patch) => (Decision::Inject { patch, vm_name: vm_name.clone() }, warnings),
         Err(e) => (Decision::Refuse(format!("internal error building the patch: {e}")), warnings),
     }
@@ -138,9 +176,9 @@ fn patch(
     template: &SidecarTemplate,
     settings: &ImdsSettings,
     vm_name: &str,
+    aws: Option<&AwsHint>,
 ) -> Result<Patch, serde_json::Error> {
-    let container = serde_json::to_value(sidecar_spec::container(template, settings, vm_name))?;
-    let volume = serde_json::to_value(sidecar_spec::token_volume(settings))?;
+    let container = serde_json::to_value(sidecar_spec::container(template, settings, vm_name, aws))?;
     let mut ops = Vec::new();
     let (field, existing) = match template.mode {
         // Last among the init containers: KubeVirt's own ones are not delayed.
@@ -148,7 +186,9 @@ fn patch(
         InjectionMode::Container => ("containers", true),
     };
     ops.push(append(&["spec", field], existing, container));
-    ops.push(append(&["spec", "volumes"], spec.volumes.is_some(), volume));
+    if let Some(volume) = sidecar_spec::token_volume(settings) {
+        ops.push(append(&["spec", "volumes"], spec.volumes.is_some(), serde_json::to_value(volume)?));
+    }
     ops.push(add(
         &["metadata", "annotations", annotations::INJECTED],
         Value::from(env!("CARGO_PKG_VERSION")),
@@ -227,7 +267,7 @@ mod tests {
     }
 
     fn run(pod: &Value, mode: InjectionMode) -> (AdmissionResponse, Outcome) {
-        review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &template(mode))
+        review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &template(mode), None)
     }
 
     /// Applies the response's JSONPatch to `pod`.
@@ -485,7 +525,7 @@ mod tests {
             request_for(pod.clone(), ("", "v1", "Pod"), "UPDATE"),
             request_for(pod.clone(), ("", "v1", "Pod"), "DELETE"),
         ] {
-            let (response, outcome) = review(&request, &template(InjectionMode::NativeSidecar));
+            let (response, outcome) = review(&request, &template(InjectionMode::NativeSidecar), None);
             assert!(response.allowed && response.patch.is_none(), "{outcome:?}");
         }
         // A pod-shaped object that is not a valid Pod is refused, not crashed on.
@@ -493,7 +533,126 @@ mod tests {
         let (response, _) = review(
             &request_for(broken, ("", "v1", "Pod"), "CREATE"),
             &template(InjectionMode::NativeSidecar),
+            None,
         );
         assert!(!response.allowed);
+    }
+
+    fn sources(patched: &Value) -> Vec<Value> {
+        let volume = patched["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == contract::TOKEN_VOLUME)
+            .cloned();
+        volume.map(|v| v["projected"]["sources"].as_array().unwrap().clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn audiences_become_projected_sources_next_to_the_default_token() {
+        use crate::webhook::annotations::TOKEN_AUDIENCES;
+        let pod =
+            fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, " sts.amazonaws.com, vault ,vault")]);
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        assert_eq!(
+            sources(&patched),
+            vec![
+                json!({"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}),
+                json!({"serviceAccountToken": {"path": "audience-0", "audience": "sts.amazonaws.com", "expirationSeconds": 3600}}),
+                json!({"serviceAccountToken": {"path": "audience-1", "audience": "vault", "expirationSeconds": 3600}}),
+            ]
+        );
+        assert!(
+            env_of(&patched)
+                .contains(&(contract::ENV_TOKEN_AUDIENCES.into(), json!("sts.amazonaws.com,vault")))
+        );
+        // Still idempotent.
+        assert!(run(&patched, InjectionMode::NativeSidecar).0.patch.is_none());
+        // None without the annotation.
+        let plain = enabled_fixtures().remove(0);
+        let patched = apply(&plain, &run(&plain, InjectionMode::NativeSidecar).0);
+        assert_eq!(sources(&patched).len(), 1);
+        assert!(!env_of(&patched).iter().any(|(k, _)| k == contract::ENV_TOKEN_AUDIENCES));
+    }
+
+    #[test]
+    fn without_the_default_token_the_api_audience_is_not_mounted() {
+        use crate::webhook::annotations::{DEFAULT_TOKEN, TOKEN_AUDIENCES};
+        let pod =
+            fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, "vault"), (DEFAULT_TOKEN, "false")]);
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        assert_eq!(
+            sources(&patched),
+            vec![
+                json!({"serviceAccountToken": {"path": "audience-0", "audience": "vault", "expirationSeconds": 3600}})
+            ]
+        );
+        assert!(env_of(&patched).contains(&(contract::ENV_DEFAULT_TOKEN.into(), json!("false"))));
+
+        // No token at all: no volume and no mount, identity only.
+        let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (DEFAULT_TOKEN, "false")]);
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        let pod_typed: Pod = serde_json::from_value(patched.clone()).unwrap();
+        assert!(!pod_typed.spec.unwrap().volumes.unwrap().iter().any(|v| v.name == contract::TOKEN_VOLUME));
+    }
+
+    #[test]
+    fn malformed_audience_annotations_are_refused() {
+        use crate::webhook::annotations::{DEFAULT_TOKEN, TOKEN_AUDIENCES};
+        for (annotation, value) in
+            [(TOKEN_AUDIENCES, "vault,,sts"), (TOKEN_AUDIENCES, "a\u{1}b"), (DEFAULT_TOKEN, "no")]
+        {
+            let pod = fixture(CAT8KV, &[(ENABLED, "true"), (annotation, value)]);
+            let (response, _) = run(&pod, InjectionMode::NativeSidecar);
+            assert!(!response.allowed, "{annotation}={value:?}");
+            assert!(response.result.message.contains(annotation), "{}", response.result.message);
+        }
+    }
+
+    #[test]
+    fn an_irsa_role_reaches_the_sidecar_with_its_token() {
+        let aws = AwsHint {
+            role_arn: "arn:aws:iam::111122223333:role/vm".into(),
+            audience: "sts.amazonaws.com".into(),
+        };
+        let pod = enabled_fixtures().remove(1);
+        let request = request_for(pod.clone(), ("", "v1", "Pod"), "CREATE");
+        assert_eq!(wants_service_account(&request), Some(("default".into(), "default".into())));
+        let (response, _) = review(&request, &template(InjectionMode::NativeSidecar), Some(&aws));
+        let patched = apply(&pod, &response);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        let env = env_of(&patched);
+        assert!(
+            env.contains(&(contract::ENV_AWS_ROLE_ARN.into(), json!("arn:aws:iam::111122223333:role/vm")))
+        );
+        assert!(env.contains(&(contract::ENV_AWS_AUDIENCE.into(), json!("sts.amazonaws.com"))));
+        assert!(env.contains(&(contract::ENV_TOKEN_AUDIENCES.into(), json!("sts.amazonaws.com"))));
+        assert_eq!(sources(&patched)[1]["serviceAccountToken"]["audience"], "sts.amazonaws.com");
+
+        // Not added twice when the user listed it already.
+        use crate::webhook::annotations::TOKEN_AUDIENCES;
+        let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, "sts.amazonaws.com")]);
+        let (response, _) = review(
+            &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
+            &template(InjectionMode::NativeSidecar),
+            Some(&aws),
+        );
+        assert_eq!(sources(&apply(&pod, &response)).len(), 2);
+    }
+
+    #[test]
+    fn only_pods_to_inject_trigger_a_service_account_lookup() {
+        for pod in [fixture(OPENSHIFT, &[]), fixture(OPENSHIFT, &[(ENABLED, "false")])] {
+            assert_eq!(wants_service_account(&request_for(pod, ("", "v1", "Pod"), "CREATE")), None);
+        }
+        let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true")]);
+        pod["spec"]["serviceAccountName"] = json!("builder");
+        assert_eq!(
+            wants_service_account(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE")),
+            Some(("default".into(), "builder".into()))
+        );
+        assert_eq!(wants_service_account(&request_for(pod, ("", "v1", "Pod"), "UPDATE")), None);
     }
 }

@@ -19,6 +19,7 @@ use kube::core::{
 use serde_json::{Value, json};
 
 use super::{
+    aws::ServiceAccounts,
     mutation::{self, Outcome},
     sidecar_spec::SidecarTemplate,
 };
@@ -27,7 +28,14 @@ use super::{
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
-pub fn router(template: Arc<SidecarTemplate>) -> Router {
+/// What `/mutate` needs.
+pub struct WebhookState {
+    pub template: SidecarTemplate,
+    /// `None`: IRSA hints are off.
+    pub service_accounts: Option<ServiceAccounts>,
+}
+
+pub fn router(state: Arc<WebhookState>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(|| async { "OK" }))
@@ -36,14 +44,14 @@ pub fn router(template: Arc<SidecarTemplate>) -> Router {
             error(StatusCode::NOT_FOUND, "no such endpoint; the webhook serves POST /mutate")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(template)
+        .with_state(state)
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-async fn mutate(State(template): State<Arc<SidecarTemplate>>, body: Bytes) -> Response {
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -63,14 +71,33 @@ async fn mutate(State(template): State<Arc<SidecarTemplate>>, body: Bytes) -> Re
         Ok(r) => r,
         Err(_) => return error(StatusCode::BAD_REQUEST, "the AdmissionReview carries no request"),
     };
-    let (response, outcome) = mutation::review(&request, &template);
+    let aws = match (&state.service_accounts, mutation::wants_service_account(&request)) {
+        (Some(service_accounts), Some((namespace, name))) => {
+            match service_accounts.aws_hint(&namespace, &name).await {
+                Ok(hint) => hint,
+                Err(e) => {
+                    // Admitted all the same: the VM gets its IMDS, without the AWS hint.
+                    tracing::warn!(uid = %request.uid, error = %crate::errors::chain(&e), "admitting without the AWS role hint");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let (response, outcome) = mutation::review(&request, &state.template, aws.as_ref());
     let pod =
         request.object.as_ref().and_then(|o| o.metadata.name.clone().or(o.metadata.generate_name.clone()));
     let namespace = request.namespace.as_deref().unwrap_or_default();
     match &outcome {
-        Outcome::Injected { vm_name } => {
-            tracing::info!(uid = %request.uid, namespace, ?pod, vm = %vm_name, decision = "injected", "admission")
-        }
+        Outcome::Injected { vm_name } => tracing::info!(
+            uid = %request.uid,
+            namespace,
+            ?pod,
+            vm = %vm_name,
+            aws_role = aws.as_ref().map(|a| a.role_arn.as_str()).unwrap_or("-"),
+            decision = "injected",
+            "admission"
+        ),
         Outcome::Unchanged { reason } => {
             tracing::info!(uid = %request.uid, namespace, ?pod, decision = "unchanged", reason, "admission")
         }

@@ -65,19 +65,49 @@ fn env_field(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
+/// The ServiceAccount's AWS IRSA role, read by the webhook at admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsHint {
+    pub role_arn: String,
+    pub audience: String,
+}
+
 /// The sidecar container for the VM `vm_name`.
-pub fn container(template: &SidecarTemplate, settings: &ImdsSettings, vm_name: &str) -> Container {
+pub fn container(
+    template: &SidecarTemplate,
+    settings: &ImdsSettings,
+    vm_name: &str,
+    aws: Option<&AwsHint>,
+) -> Container {
     let mut env = vec![
         env_field(contract::ENV_NAMESPACE, "metadata.namespace"),
         env_field(contract::ENV_POD_NAME, "metadata.name"),
         env_field(contract::ENV_SERVICE_ACCOUNT_NAME, "spec.serviceAccountName"),
         env_value(contract::ENV_VM_NAME, vm_name),
-        env_value(contract::ENV_TOKEN_FILE, contract::TOKEN_FILE),
+        env_value(contract::ENV_TOKEN_DIR, contract::TOKEN_DIR),
         env_value(contract::ENV_LOG_FORMAT, "json"),
     ];
     if let Some(bridge) = &settings.bridge_name {
         env.push(env_value(contract::ENV_BRIDGE_NAME, bridge));
     }
+    if !settings.audiences.is_empty() {
+        env.push(env_value(contract::ENV_TOKEN_AUDIENCES, &settings.audiences.join(",")));
+    }
+    if !settings.default_token {
+        env.push(env_value(contract::ENV_DEFAULT_TOKEN, "false"));
+    }
+    if let Some(aws) = aws {
+        env.push(env_value(contract::ENV_AWS_ROLE_ARN, &aws.role_arn));
+        env.push(env_value(contract::ENV_AWS_AUDIENCE, &aws.audience));
+    }
+    let volume_mounts = has_tokens(settings).then(|| {
+        vec![VolumeMount {
+            name: contract::TOKEN_VOLUME.into(),
+            mount_path: contract::TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]
+    });
     Container {
         name: contract::CONTAINER_NAME.into(),
         image: Some(template.image.clone()),
@@ -96,12 +126,7 @@ pub fn container(template: &SidecarTemplate, settings: &ImdsSettings, vm_name: &
             ..Default::default()
         }),
         security_context: Some(security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: contract::TOKEN_VOLUME.into(),
-            mount_path: contract::TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts,
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
@@ -130,23 +155,35 @@ fn security_context() -> SecurityContext {
     }
 }
 
-/// The projected ServiceAccount token, mounted into the sidecar only. It
-/// works whatever the pod's `automountServiceAccountToken` says (KubeVirt
-/// sets it to false).
-pub fn token_volume(settings: &ImdsSettings) -> Volume {
-    Volume {
-        name: contract::TOKEN_VOLUME.into(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    path: contract::TOKEN_FILE_NAME.into(),
-                    expiration_seconds: Some(settings.token_expiration_seconds),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+fn has_tokens(settings: &ImdsSettings) -> bool {
+    settings.default_token || !settings.audiences.is_empty()
+}
+
+/// The projected ServiceAccount tokens (the API server's audience unless
+/// turned off, then one per extra audience, in order), mounted into the
+/// sidecar only. `None` when the VM asked for no token at all. It works
+/// whatever the pod's `automountServiceAccountToken` says (KubeVirt sets it
+/// to false).
+pub fn token_volume(settings: &ImdsSettings) -> Option<Volume> {
+    let source = |path: String, audience: Option<&String>| VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            path,
+            audience: audience.cloned(),
+            expiration_seconds: Some(settings.token_expiration_seconds),
             ..Default::default()
         }),
         ..Default::default()
+    };
+    let mut sources = Vec::new();
+    if settings.default_token {
+        sources.push(source(contract::TOKEN_FILE_NAME.into(), None));
     }
+    for (index, audience) in settings.audiences.iter().enumerate() {
+        sources.push(source(contract::audience_file_name(index), Some(audience)));
+    }
+    has_tokens(settings).then(|| Volume {
+        name: contract::TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource { sources: Some(sources), ..Default::default() }),
+        ..Default::default()
+    })
 }
