@@ -35,8 +35,8 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts the sidecar in `pod` and waits until it serves.
-    pub fn start(pod: &Netns, id: &Identity, token_file: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_binary(&binary(), pod, id, token_file, extra)
+    pub fn start(pod: &Netns, id: &Identity, token_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_binary(&binary(), pod, id, token_dir, extra)
     }
 
     /// [`Sidecar::start`] with an explicit binary.
@@ -44,10 +44,10 @@ impl Sidecar {
         binary: &Path,
         pod: &Netns,
         id: &Identity,
-        token_file: &Path,
+        token_dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        Self::launch(pod.command(binary.to_str().context("non-UTF-8 binary path")?), id, token_file, extra)
+        Self::launch(pod.command(binary.to_str().context("non-UTF-8 binary path")?), id, token_dir, extra)
     }
 
     /// Starts the sidecar as a pod would run it: no new privileges, and a
@@ -55,7 +55,7 @@ impl Sidecar {
     pub fn start_confined(
         pod: &Netns,
         id: &Identity,
-        token_file: &Path,
+        token_dir: &Path,
         capabilities: &[&str],
     ) -> anyhow::Result<Self> {
         let bounding: Vec<String> =
@@ -64,22 +64,17 @@ impl Sidecar {
         command
             .args(["--no-new-privs", "--inh-caps", "-all", "--bounding-set", &bounding.join(","), "--"])
             .arg(binary());
-        Self::launch(command, id, token_file, &[])
+        Self::launch(command, id, token_dir, &[])
     }
 
-    fn launch(
-        mut command: Command,
-        id: &Identity,
-        token_file: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
+    fn launch(mut command: Command, id: &Identity, token_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("sidecar.log");
         let stderr = File::create(&log)?;
         let child = command
             .args(["sidecar", "--namespace", id.namespace, "--service-account-name", id.service_account])
-            .args(["--vm-name", id.vm_name, "--token-file"])
-            .arg(token_file)
+            .args(["--vm-name", id.vm_name, "--token-dir"])
+            .arg(token_dir)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

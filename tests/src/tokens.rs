@@ -47,7 +47,12 @@ impl ProjectedVolume {
         Ok(Self { dir: dir.to_owned(), generation: AtomicU64::new(0) })
     }
 
-    /// Path the sidecar is given (`--token-file`).
+    /// The directory the sidecar is given (`--token-dir`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The default token's file.
     pub fn token_path(&self) -> PathBuf {
         self.dir.join("token")
     }

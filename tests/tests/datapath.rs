@@ -32,7 +32,7 @@ fn start(binding: Binding) -> Running {
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     let token = jwt(ID.namespace, ID.service_account, EXP, "first");
     volume.publish(&token).unwrap();
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).expect("sidecar");
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &[]).expect("sidecar");
     sidecar
         .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
         .expect("guest program attached");
@@ -218,7 +218,7 @@ fn sigkill_then_restart_leaves_exactly_one_of_everything() {
     let (s, d, rules, _) = count_everything(&r.layout.pod);
     assert_eq!((s, d, rules), (1, 1, 1), "leftovers expected after SIGKILL");
 
-    let mut again = Sidecar::start(&r.layout.pod, &ID, &r.volume.token_path(), &[]).unwrap();
+    let mut again = Sidecar::start(&r.layout.pod, &ID, r.volume.dir(), &[]).unwrap();
     again.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     assert_eq!(curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0, 200);
     assert_eq!(count_everything(&r.layout.pod), (1, 1, 1, vec![1, 1, 1]));
@@ -304,7 +304,7 @@ fn bridges_and_taps_created_after_start_are_attached() {
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "late")).unwrap();
-    let mut sidecar = Sidecar::start(&pod, &ID, &volume.token_path(), &[]).unwrap();
+    let mut sidecar = Sidecar::start(&pod, &ID, volume.dir(), &[]).unwrap();
     assert!(sidecar.log().contains("no VM bridge yet"));
 
     pod.ip("link add k6t-eth0 type bridge").unwrap();
@@ -356,7 +356,7 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).unwrap();
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     drop(poller);
@@ -385,13 +385,9 @@ fn works_with_only_net_admin_bpf_and_net_bind_service() {
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     let token = jwt(ID.namespace, ID.service_account, EXP, "confined");
     volume.publish(&token).unwrap();
-    let mut sidecar = Sidecar::start_confined(
-        &layout.pod,
-        &ID,
-        &volume.token_path(),
-        &["net_admin", "bpf", "net_bind_service"],
-    )
-    .unwrap();
+    let mut sidecar =
+        Sidecar::start_confined(&layout.pod, &ID, volume.dir(), &["net_admin", "bpf", "net_bind_service"])
+            .unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     let (status, body) = curl(layout.guest(), "/v1/token", &["Metadata: true"]);
     assert_eq!(status, 200, "{body}");
@@ -421,8 +417,7 @@ fn ebpf_log_messages_are_opt_in() {
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "log")).unwrap();
-    let mut sidecar =
-        Sidecar::start(&layout.pod, &ID, &volume.token_path(), &["--ebpf-log", "debug"]).unwrap();
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &["--ebpf-log", "debug"]).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     assert_eq!(curl(layout.guest(), "/healthz", &[]).0, 200);
     sidecar.wait_for_log("guest 10.0.2.2:", Duration::from_secs(5)).unwrap();

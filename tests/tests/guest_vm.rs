@@ -25,7 +25,7 @@ fn scenario(binding: Binding) {
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     let token = jwt(ID.namespace, ID.service_account, 1_795_000_000, "vm");
     volume.publish(&token).unwrap();
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, &volume.token_path(), &[]).unwrap();
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     let www = tempfile::tempdir().unwrap();
     let _neighbour_http = layout.foreign.http_server(a.foreign_ip, 8080, www.path()).unwrap();

@@ -38,7 +38,7 @@ pub fn run() -> anyhow::Result<()> {
     );
 
     step("Starting `kubevirt-imds sidecar` in the pod");
-    let mut sidecar = Sidecar::start_binary(&binary, &layout.pod, &ID, &volume.token_path(), &[])?;
+    let mut sidecar = Sidecar::start_binary(&binary, &layout.pod, &ID, volume.dir(), &[])?;
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
     for line in sidecar.log().lines().filter(|l| l.contains("attached") || l.contains("serving")) {
         println!("  {}", line.trim());
