@@ -65,7 +65,7 @@ fn served(binding: Binding) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         json(&body),
-        serde_json::json!({"namespace": "vm-team", "serviceAccountName": "builder", "vmName": "fedora-42"})
+        serde_json::json!({"namespace": "vm-team", "serviceAccountName": "builder", "vmName": "fedora-42", "audiences": [], "defaultToken": true})
     );
 
     let (status, body) = curl(guest, "/v1/token", &["Metadata: true"]);

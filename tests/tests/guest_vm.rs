@@ -55,7 +55,7 @@ section neigh ip neigh show 169.254.169.254
         |name: &str| run.section(name).unwrap_or_else(|| panic!("no section {name}:\n{}", run.console));
     assert_eq!(run.script_exit(), Some(0), "{}", run.console);
 
-    let expected_identity = r#"{"namespace":"vm-team","serviceAccountName":"builder","vmName":"fedora-42"}"#;
+    let expected_identity = r#"{"namespace":"vm-team","serviceAccountName":"builder","vmName":"fedora-42","audiences":[],"defaultToken":true}"#;
     assert_eq!(section("identity"), expected_identity);
     let served: serde_json::Value = serde_json::from_str(&section("token")).expect("token JSON");
     assert_eq!(served, serde_json::json!({"token": token, "expirationTimestamp": "2026-11-18T11:06:40Z"}));
