@@ -41,6 +41,66 @@ pub fn check_audience(audience: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The metadata formats a VM can ask for besides the IMDS's own API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Flavor {
+    /// NoCloud over HTTP at `/nocloud/` (`ds=nocloud;s=http://169.254.169.254/nocloud/`).
+    Nocloud,
+    /// The OpenStack metadata service at `/openstack/` (with its EC2-compatible tree).
+    Openstack,
+    /// The EC2 instance metadata service at `/latest/` and dated versions, with IMDSv2 sessions.
+    Ec2,
+}
+
+impl Flavor {
+    pub const ALL: [Flavor; 3] = [Flavor::Nocloud, Flavor::Openstack, Flavor::Ec2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Nocloud => "nocloud",
+            Flavor::Openstack => "openstack",
+            Flavor::Ec2 => "ec2",
+        }
+    }
+}
+
+/// `"nocloud, ec2"` → `[Nocloud, Ec2]` (trimmed, deduplicated, sorted).
+pub fn parse_flavors(list: &str) -> Result<Vec<Flavor>, String> {
+    let mut flavors = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let flavor = Flavor::ALL
+            .into_iter()
+            .find(|f| f.name() == item)
+            .ok_or_else(|| format!("unknown flavour {item:?}"))?;
+        flavors.push(flavor);
+    }
+    flavors.sort();
+    flavors.dedup();
+    Ok(flavors)
+}
+
+/// IMDSv2 sessions of the EC2 flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Imdsv2 {
+    /// Requests without a session token are served (cloud-init off AWS
+    /// asks for none); a presented token must still be valid.
+    Optional,
+    /// Every request needs a session token (`PUT /latest/api/token`).
+    Required,
+}
+
+/// Where the webhook mounts user-data, for the sidecar.
+pub const USER_DATA_DIR: &str = "/var/run/kubevirt-imds/user-data";
+pub const NETWORK_DATA_DIR: &str = "/var/run/kubevirt-imds/network-data";
+/// Volume the webhook adds for `imds.kubevirt.io/user-data-secret`.
+pub const USER_DATA_VOLUME: &str = "kubevirt-imds-user-data";
+
+pub const ENV_METADATA_FLAVORS: &str = "IMDS_METADATA_FLAVORS";
+pub const ENV_HOSTNAME: &str = "IMDS_HOSTNAME";
+pub const ENV_USER_DATA_DIR: &str = "IMDS_USER_DATA_DIR";
+pub const ENV_NETWORK_DATA_DIR: &str = "IMDS_NETWORK_DATA_DIR";
+pub const ENV_EC2_IMDSV2: &str = "IMDS_EC2_IMDSV2";
+
 /// The AWS IRSA audience when the ServiceAccount names none.
 pub const DEFAULT_AWS_AUDIENCE: &str = "sts.amazonaws.com";
 /// The binary's path in the image (the startup probe executes it).
@@ -92,5 +152,14 @@ mod tests {
             assert!(check_audience(bad).is_err(), "{bad:?}");
         }
         assert_eq!(audience_file_name(3), "audience-3");
+    }
+
+    #[test]
+    fn flavour_lists() {
+        assert_eq!(parse_flavors(""), Ok(vec![]));
+        assert_eq!(parse_flavors(" ec2 ,nocloud,ec2"), Ok(vec![Flavor::Nocloud, Flavor::Ec2]));
+        assert_eq!(parse_flavors("nocloud,openstack,ec2"), Ok(Flavor::ALL.to_vec()));
+        assert!(parse_flavors("gce").unwrap_err().contains("gce"));
+        assert!(parse_flavors("NoCloud").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! kubevirt-imds: an instance metadata service for KubeVirt VMs.
 
 pub mod api;
+pub mod cloud;
 pub mod contract;
 pub mod datapath;
 pub mod errors;

@@ -28,6 +28,14 @@ pub enum ApiError {
         configured: Vec<String>,
     },
     AwsNotConfigured,
+    /// The EC2 TTL header of a session request is missing or out of range.
+    Ec2TtlInvalid(crate::cloud::imdsv2::TtlError),
+    /// The presented IMDSv2 session token is unknown or expired.
+    Ec2SessionInvalid,
+    /// IMDSv2 is required for this VM and no session token was presented.
+    Ec2SessionRequired,
+    /// User-, vendor- or network-data could not be read.
+    MetadataUnavailable,
 }
 
 impl ApiError {
@@ -39,7 +47,9 @@ impl ApiError {
             | ApiError::AudienceNotConfigured { .. }
             | ApiError::DefaultTokenDisabled { .. }
             | ApiError::AwsNotConfigured => StatusCode::NOT_FOUND,
-            ApiError::AudienceInvalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::AudienceInvalid(_) | ApiError::Ec2TtlInvalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Ec2SessionInvalid | ApiError::Ec2SessionRequired => StatusCode::UNAUTHORIZED,
+            ApiError::MetadataUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TokenUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -58,6 +68,10 @@ impl ApiError {
             ApiError::AudienceNotConfigured { .. } => "audience_not_configured",
             ApiError::DefaultTokenDisabled { .. } => "default_token_disabled",
             ApiError::AwsNotConfigured => "aws_not_configured",
+            ApiError::Ec2TtlInvalid(_) => "ec2_token_ttl_invalid",
+            ApiError::Ec2SessionInvalid => "ec2_session_invalid",
+            ApiError::Ec2SessionRequired => "ec2_session_required",
+            ApiError::MetadataUnavailable => "metadata_unavailable",
         }
     }
 
@@ -97,6 +111,16 @@ impl ApiError {
             ApiError::AwsNotConfigured => {
                 "no AWS role: the VM's ServiceAccount has no eks.amazonaws.com/role-arn annotation".into()
             }
+            ApiError::Ec2TtlInvalid(e) => e.to_string(),
+            ApiError::Ec2SessionInvalid => {
+                "the X-aws-ec2-metadata-token is unknown or expired; get a new one with PUT /latest/api/token"
+                    .into()
+            }
+            ApiError::Ec2SessionRequired => "this VM requires IMDSv2: PUT /latest/api/token with \
+                                             X-aws-ec2-metadata-token-ttl-seconds, then send the token in \
+                                             X-aws-ec2-metadata-token"
+                .into(),
+            ApiError::MetadataUnavailable => "the metadata cannot be read right now; retry shortly".into(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API, as an axum [`Router`] over [`ImdsState`]. No sockets here:
 //! [`crate::http_server`] serves it, tests call it in-process.
 
+pub mod cloud;
 pub mod error;
 mod guards;
 
@@ -29,6 +30,7 @@ pub struct ImdsState {
     pub identity: Identity,
     pub tokens: TokenSet,
     pub aws: Option<AwsRole>,
+    pub cloud: cloud::CloudState,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,7 +60,7 @@ pub fn router(state: Arc<ImdsState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(metadata)
-        .fallback(|| async { ApiError::NotFound })
+        .fallback(cloud::dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn(guards::refuse_forwarded))
         .with_state(state)
@@ -174,6 +176,40 @@ mod tests {
             },
             tokens: TokenSet::new(dir.path(), default_token, &audiences),
             aws,
+            cloud: cloud_state(&[], contract::Imdsv2::Optional, None),
+        };
+        Fixture { app: router(Arc::new(state)), token_path, dir }
+    }
+
+    fn cloud_state(
+        flavors: &[contract::Flavor],
+        imdsv2: contract::Imdsv2,
+        data_dir: Option<&std::path::Path>,
+    ) -> cloud::CloudState {
+        cloud::CloudState {
+            facts: crate::cloud::InstanceFacts::new("fedora-1", "vms", Some("web-1")),
+            flavors: flavors.iter().copied().collect(),
+            data: crate::cloud::data::DataSources { user_dir: data_dir.map(Into::into), network_dir: None },
+            imdsv2,
+            sessions: Default::default(),
+        }
+    }
+
+    /// An app serving the given flavours, its user-data Secret in `dir/userdata`.
+    fn cloud_fixture(flavors: &[contract::Flavor], imdsv2: contract::Imdsv2) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("token");
+        let data_dir = dir.path().join("userdata-secret");
+        std::fs::create_dir(&data_dir).unwrap();
+        let state = ImdsState {
+            identity: Identity {
+                namespace: "vms".into(),
+                service_account_name: "builder".into(),
+                vm_name: "fedora-1".into(),
+            },
+            tokens: TokenSet::new(dir.path(), true, &[]),
+            aws: None,
+            cloud: cloud_state(flavors, imdsv2, Some(&data_dir)),
         };
         Fixture { app: router(Arc::new(state)), token_path, dir }
     }
@@ -408,5 +444,180 @@ mod tests {
             json(response).await,
             serde_json::json!({"roleArn": "arn:aws:iam::111122223333:role/vm", "audience": "sts.amazonaws.com"})
         );
+    }
+
+    async fn text(response: Response) -> String {
+        String::from_utf8(to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap()
+    }
+
+    use contract::{Flavor, Imdsv2};
+
+    #[tokio::test]
+    async fn flavours_are_off_unless_asked_for() {
+        let f = cloud_fixture(&[], Imdsv2::Optional);
+        for path in ["/nocloud/meta-data", "/openstack", "/latest/meta-data/", "/", "/latest/api/token"] {
+            assert_eq!(call(&f.app, Method::GET, path, &[]).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
+        let only_nocloud = cloud_fixture(&[Flavor::Nocloud], Imdsv2::Optional);
+        assert_eq!(call(&only_nocloud.app, Method::GET, "/nocloud/meta-data", &[]).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&only_nocloud.app, Method::GET, "/latest/meta-data/", &[]).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn nocloud_serves_the_seed_and_follows_the_secret() {
+        let f = cloud_fixture(&[Flavor::Nocloud], Imdsv2::Optional);
+        let (status, response) = call(&f.app, Method::GET, "/nocloud/meta-data", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            text(response).await,
+            "instance-id: \"fedora-1.vms\"\nlocal-hostname: \"web-1\"\nhostname: \"web-1\"\n"
+        );
+        // No user-data yet: an empty 200 (cloud-init retries a 404 for seconds).
+        let (status, response) = call(&f.app, Method::GET, "/nocloud/user-data", &[]).await;
+        assert_eq!((status, text(response).await), (StatusCode::OK, String::new()));
+        assert_eq!(call(&f.app, Method::GET, "/nocloud/network-config", &[]).await.0, StatusCode::NOT_FOUND);
+        let secret = f.dir.path().join("userdata-secret");
+        std::fs::write(secret.join("userdata"), "#cloud-config\nhostname: x\n").unwrap();
+        std::fs::write(secret.join("networkdata"), "version: 2\n").unwrap();
+        let (_, response) = call(&f.app, Method::GET, "/nocloud/user-data", &[]).await;
+        assert_eq!(text(response).await, "#cloud-config\nhostname: x\n");
+        let (_, response) = call(&f.app, Method::GET, "/nocloud/network-config", &[]).await;
+        assert_eq!(text(response).await, "version: 2\n");
+        // HEAD: headers only.
+        let (status, response) = call(&f.app, Method::HEAD, "/nocloud/user-data", &[]).await;
+        assert_eq!((status, text(response).await), (StatusCode::OK, String::new()));
+        assert_eq!(
+            call(&f.app, Method::POST, "/nocloud/user-data", &[]).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn openstack_serves_what_cloud_init_reads() {
+        let f = cloud_fixture(&[Flavor::Openstack], Imdsv2::Optional);
+        let (_, response) = call(&f.app, Method::GET, "/openstack", &[]).await;
+        assert!(text(response).await.contains("2018-08-27"));
+        let (_, response) = call(&f.app, Method::GET, "/openstack/2018-08-27/meta_data.json", &[]).await;
+        let md = json(response).await;
+        assert_eq!((md["uuid"].as_str(), md["hostname"].as_str()), (Some("fedora-1.vms"), Some("web-1")));
+        assert_eq!(
+            call(&f.app, Method::GET, "/openstack/latest/user_data", &[]).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (_, response) = call(&f.app, Method::GET, "/openstack/latest/vendor_data.json", &[]).await;
+        assert_eq!(json(response).await, serde_json::json!({}));
+        let secret = f.dir.path().join("userdata-secret");
+        std::fs::write(secret.join("vendordata"), "#cloud-config\n").unwrap();
+        std::fs::write(secret.join("networkdata"), "version: 2\n").unwrap();
+        let (_, response) = call(&f.app, Method::GET, "/openstack/latest/vendor_data.json", &[]).await;
+        assert_eq!(json(response).await, serde_json::json!({"cloud-init": "#cloud-config\n"}));
+        assert_eq!(
+            call(&f.app, Method::GET, "/openstack/latest/network_data.json", &[]).await.0,
+            StatusCode::NOT_FOUND
+        );
+        std::fs::write(secret.join("networkdata"), r#"{"links": [], "networks": [], "services": []}"#)
+            .unwrap();
+        assert_eq!(
+            call(&f.app, Method::GET, "/openstack/latest/network_data.json", &[]).await.0,
+            StatusCode::OK
+        );
+        // OpenStack brings the EC2-compatible tree along.
+        let (_, response) = call(&f.app, Method::GET, "/latest/meta-data/instance-id", &[]).await;
+        assert_eq!(text(response).await, "fedora-1.vms");
+    }
+
+    const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+    const TOKEN: &str = "x-aws-ec2-metadata-token";
+
+    async fn session(app: &Router, ttl: &str) -> String {
+        let (status, response) = call(app, Method::PUT, "/latest/api/token", &[(TTL, ttl)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(response.headers()[TTL], ttl);
+        text(response).await
+    }
+
+    #[tokio::test]
+    async fn imdsv2_sessions_answer_as_aws_does() {
+        let f = cloud_fixture(&[Flavor::Ec2], Imdsv2::Optional);
+        let token = session(&f.app, "21600").await;
+        let path = "/latest/meta-data/instance-id";
+        let (status, response) = call(&f.app, Method::GET, path, &[(TOKEN, &token)]).await;
+        assert_eq!((status, text(response).await), (StatusCode::OK, "fedora-1.vms".into()));
+        // Optional sessions: no token is fine, a wrong one is not.
+        assert_eq!(call(&f.app, Method::GET, path, &[]).await.0, StatusCode::OK);
+        assert_eq!(call(&f.app, Method::GET, path, &[(TOKEN, "forged")]).await.0, StatusCode::UNAUTHORIZED);
+        // TTL rules.
+        for bad in ["0", "21601", "abc", "", "-5", "3600.5"] {
+            let (status, response) = call(&f.app, Method::PUT, "/latest/api/token", &[(TTL, bad)]).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert_eq!(json(response).await["error"], "ec2_token_ttl_invalid");
+        }
+        assert_eq!(call(&f.app, Method::PUT, "/latest/api/token", &[]).await.0, StatusCode::BAD_REQUEST);
+        // XFF on the token request: refused.
+        let (status, _) =
+            call(&f.app, Method::PUT, "/latest/api/token", &[(TTL, "60"), ("X-Forwarded-For", "1.2.3.4")])
+                .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // Only PUT on the token route; only GET/HEAD elsewhere.
+        assert_eq!(
+            call(&f.app, Method::GET, "/latest/api/token", &[]).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            call(&f.app, Method::PUT, "/latest/meta-data/", &[(TTL, "60")]).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        // Expiry.
+        let short = session(&f.app, "1").await;
+        assert_eq!(call(&f.app, Method::GET, path, &[(TOKEN, &short)]).await.0, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(call(&f.app, Method::GET, path, &[(TOKEN, &short)]).await.0, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn required_imdsv2_refuses_tokenless_requests() {
+        let f = cloud_fixture(&[Flavor::Ec2], Imdsv2::Required);
+        let path = "/2021-03-23/meta-data/instance-id";
+        let (status, response) = call(&f.app, Method::GET, path, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(json(response).await["error"], "ec2_session_required");
+        let token = session(&f.app, "60").await;
+        assert_eq!(call(&f.app, Method::GET, path, &[(TOKEN, &token)]).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn odd_and_hostile_paths_are_clean_4xx_and_the_token_never_leaks() {
+        let f = cloud_fixture(&Flavor::ALL, Imdsv2::Optional);
+        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        let huge = format!("/latest/meta-data/{}", "a".repeat(10_000));
+        for path in [
+            "/latest/meta-data/../user-data",
+            "/latest//meta-data/",
+            "/nocloud//meta-data",
+            "/nocloud/%2e%2e/meta-data",
+            "/openstack/latest/../../v1/token",
+            "/latest/meta-data/iam/security-credentials/",
+            "/2001-01-01/meta-data/",
+            huge.as_str(),
+        ] {
+            let (status, response) = call(&f.app, Method::GET, path, &[]).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{}", &path[..path.len().min(60)]);
+            assert!(!text(response).await.contains("eyJ"));
+        }
+        // Query strings are ignored, as on the real services.
+        assert_eq!(
+            call(&f.app, Method::GET, "/latest/meta-data/instance-id?x=1", &[]).await.0,
+            StatusCode::OK
+        );
+        for path in
+            ["/", "/latest/", "/latest/meta-data/", "/openstack/latest/meta_data.json", "/nocloud/meta-data"]
+        {
+            let (status, response) = call(&f.app, Method::GET, path, &[]).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(!text(response).await.contains("eyJ"), "{path} exposes a JWT");
+        }
     }
 }

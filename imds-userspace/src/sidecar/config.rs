@@ -43,6 +43,26 @@ pub struct SidecarArgs {
     #[arg(long, env = contract::ENV_AWS_AUDIENCE, default_value = contract::DEFAULT_AWS_AUDIENCE, value_parser = audience)]
     pub aws_audience: String,
 
+    /// Cloud metadata formats to serve besides `/v1` (repeat, or comma-separate).
+    #[arg(long = "metadata-flavor", env = contract::ENV_METADATA_FLAVORS, value_delimiter = ',', value_enum)]
+    pub metadata_flavors: Vec<contract::Flavor>,
+
+    /// The guest's hostname in the metadata (default: the VM name).
+    #[arg(long, env = contract::ENV_HOSTNAME, value_parser = non_empty)]
+    pub hostname: Option<String>,
+
+    /// Directory of the user-data Secret (`userdata`, `vendordata`, `networkdata`).
+    #[arg(long, env = contract::ENV_USER_DATA_DIR)]
+    pub user_data_dir: Option<PathBuf>,
+
+    /// Directory of a separate network-data Secret (`networkdata`).
+    #[arg(long, env = contract::ENV_NETWORK_DATA_DIR)]
+    pub network_data_dir: Option<PathBuf>,
+
+    /// IMDSv2 sessions of the EC2 flavour: `optional` or `required`.
+    #[arg(long, env = contract::ENV_EC2_IMDSV2, value_enum, default_value_t = contract::Imdsv2::Optional)]
+    pub ec2_imdsv2: contract::Imdsv2,
+
     /// This pod's name, for log lines (downward API).
     #[arg(long, env = contract::ENV_POD_NAME)]
     pub pod_name: Option<String>,

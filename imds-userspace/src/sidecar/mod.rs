@@ -19,7 +19,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ImdsState},
+    api::{self, ImdsState, cloud::CloudState},
+    cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions},
     datapath::{
         loader::Datapath,
         plan::{self, Selector},
@@ -85,6 +86,16 @@ async fn serve(
             .aws_role_arn
             .clone()
             .map(|role_arn| AwsRole { role_arn, audience: args.aws_audience.clone() }),
+        cloud: CloudState {
+            facts: InstanceFacts::new(&args.vm_name, &args.namespace, args.hostname.as_deref()),
+            flavors: args.metadata_flavors.iter().copied().collect(),
+            data: DataSources {
+                user_dir: args.user_data_dir.clone(),
+                network_dir: args.network_data_dir.clone(),
+            },
+            imdsv2: args.ec2_imdsv2,
+            sessions: Sessions::default(),
+        },
     };
     let listener = listener::bind(addr, SIDECAR_IF, link.sidecar_index)
         .with_context(|| format!("listening on {addr} ({SIDECAR_IF})"))?;

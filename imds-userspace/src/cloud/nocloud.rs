@@ -1,0 +1,62 @@
+//! NoCloud over HTTP: `ds=nocloud;s=http://169.254.169.254/nocloud/` (in the
+//! SMBIOS serial or on the kernel command line) makes cloud-init's NoCloud
+//! datasource read `meta-data`, `user-data` and `vendor-data` here (newer
+//! releases also `network-config`).
+
+use super::{InstanceFacts, Missing, Resource, Segments, listing};
+
+pub const PREFIX: &str = "nocloud";
+
+pub fn resolve(path: &Segments, facts: &InstanceFacts) -> Option<Resource> {
+    match (path.parts.as_slice(), path.trailing_slash) {
+        ([PREFIX], _) => {
+            Some(Resource::Text(listing(&["meta-data", "user-data", "vendor-data", "network-config"])))
+        }
+        ([PREFIX, "meta-data"], false) => Some(Resource::Text(meta_data(facts))),
+        ([PREFIX, "user-data"], false) => Some(Resource::UserData(Missing::Empty)),
+        ([PREFIX, "vendor-data"], false) => Some(Resource::VendorData(Missing::Empty)),
+        ([PREFIX, "network-config"], false) => Some(Resource::NetworkConfig),
+        _ => None,
+    }
+}
+
+/// YAML with JSON-quoted values (valid YAML whatever the names contain).
+pub fn meta_data(facts: &InstanceFacts) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "instance-id: {}\nlocal-hostname: {}\nhostname: {}\n",
+        q(&facts.instance_id),
+        q(&facts.hostname),
+        q(&facts.hostname)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(path: &str) -> Option<Resource> {
+        resolve(&Segments::parse(path)?, &InstanceFacts::new("vm", "ns", None))
+    }
+
+    #[test]
+    fn the_seed_files() {
+        assert_eq!(
+            at("/nocloud/meta-data"),
+            Some(Resource::Text("instance-id: \"vm.ns\"\nlocal-hostname: \"vm\"\nhostname: \"vm\"\n".into()))
+        );
+        assert_eq!(at("/nocloud/user-data"), Some(Resource::UserData(Missing::Empty)));
+        assert_eq!(at("/nocloud/vendor-data"), Some(Resource::VendorData(Missing::Empty)));
+        assert_eq!(at("/nocloud/network-config"), Some(Resource::NetworkConfig));
+        assert!(matches!(at("/nocloud/"), Some(Resource::Text(_))));
+        for bad in [
+            "/nocloud/meta-data/",
+            "/nocloud/../meta-data",
+            "/nocloud/x",
+            "/nocloud/meta-data/x",
+            "/nocloudx/meta-data",
+        ] {
+            assert_eq!(at(bad), None, "{bad}");
+        }
+    }
+}
