@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::contract;
+use crate::contract::{self, Flavor, Imdsv2};
 
 pub const PREFIX: &str = "imds.kubevirt.io/";
 /// `"true"` (exactly) turns the IMDS on for the VM.
@@ -16,11 +16,26 @@ pub const BRIDGE_NAME: &str = "imds.kubevirt.io/bridge-name";
 pub const TOKEN_AUDIENCES: &str = "imds.kubevirt.io/token-audiences";
 /// `"false"`: no token for the API server's audience (least exposure).
 pub const DEFAULT_TOKEN: &str = "imds.kubevirt.io/default-token";
+/// Cloud metadata formats to serve, comma separated (`nocloud,openstack,ec2`).
+pub const METADATA_FLAVORS: &str = "imds.kubevirt.io/metadata-flavors";
+/// A Secret (keys `userdata`, `vendordata`, `networkdata`) the flavours serve.
+pub const USER_DATA_SECRET: &str = "imds.kubevirt.io/user-data-secret";
+/// `required` makes the EC2 flavour demand IMDSv2 sessions.
+pub const EC2_IMDSV2: &str = "imds.kubevirt.io/ec2-imdsv2";
 /// Set by the webhook on the pods it changed.
 pub const INJECTED: &str = "imds.kubevirt.io/injected";
 
-const KNOWN: [&str; 6] =
-    [ENABLED, TOKEN_EXPIRATION_SECONDS, BRIDGE_NAME, TOKEN_AUDIENCES, DEFAULT_TOKEN, INJECTED];
+const KNOWN: [&str; 9] = [
+    ENABLED,
+    TOKEN_EXPIRATION_SECONDS,
+    BRIDGE_NAME,
+    TOKEN_AUDIENCES,
+    DEFAULT_TOKEN,
+    METADATA_FLAVORS,
+    USER_DATA_SECRET,
+    EC2_IMDSV2,
+    INJECTED,
+];
 
 /// Kubernetes' bounds for a projected token's `expirationSeconds`.
 pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
@@ -36,6 +51,10 @@ pub struct ImdsSettings {
     pub audiences: Vec<String>,
     /// Whether the API-server-audience token is mounted and served.
     pub default_token: bool,
+    /// Cloud metadata formats, sorted, deduplicated.
+    pub flavors: Vec<Flavor>,
+    pub user_data_secret: Option<String>,
+    pub ec2_imdsv2: Imdsv2,
 }
 
 /// A malformed annotation: the message names it and the expected form, and
@@ -106,7 +125,57 @@ pub fn settings(annotations: &BTreeMap<String, String>) -> Result<ImdsSettings, 
             });
         }
     };
-    Ok(ImdsSettings { token_expiration_seconds, bridge_name, audiences, default_token })
+    let flavors = match annotations.get(METADATA_FLAVORS) {
+        None => Vec::new(),
+        Some(value) => contract::parse_flavors(value).map_err(|reason| AnnotationError {
+            annotation: METADATA_FLAVORS,
+            value: value.clone(),
+            expected: format!(
+                "a comma-separated subset of nocloud, openstack, ec2, e.g. \"nocloud,ec2\" ({reason})"
+            ),
+        })?,
+    };
+    let user_data_secret = match annotations.get(USER_DATA_SECRET) {
+        None => None,
+        Some(value) => {
+            check_object_name(value).map_err(|reason| AnnotationError {
+                annotation: USER_DATA_SECRET,
+                value: value.clone(),
+                expected: format!("the name of a Secret in the VM's namespace ({reason})"),
+            })?;
+            Some(value.clone())
+        }
+    };
+    let ec2_imdsv2 = match annotations.get(EC2_IMDSV2).map(String::as_str) {
+        None | Some("optional") => Imdsv2::Optional,
+        Some("required") => Imdsv2::Required,
+        Some(other) => {
+            return Err(AnnotationError {
+                annotation: EC2_IMDSV2,
+                value: other.to_owned(),
+                expected: "\"optional\" (the default) or \"required\"".into(),
+            });
+        }
+    };
+    Ok(ImdsSettings {
+        token_expiration_seconds,
+        bridge_name,
+        audiences,
+        default_token,
+        flavors,
+        user_data_secret,
+        ec2_imdsv2,
+    })
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): 1–253 of `a-z0-9-.`,
+/// alphanumeric at both ends.
+fn check_object_name(name: &str) -> Result<(), &'static str> {
+    let valid = (1..=253).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid { Ok(()) } else { Err("lowercase letters, digits, '-' and '.', at most 253") }
 }
 
 /// `" sts.amazonaws.com , vault,vault"` → `["sts.amazonaws.com", "vault"]`.
@@ -135,6 +204,16 @@ pub fn warnings(annotations: &BTreeMap<String, String>) -> Vec<String> {
         && v.trim().eq_ignore_ascii_case("true")
     {
         warnings.push(format!("annotation {ENABLED} is {v:?}: only exactly \"true\" enables the IMDS"));
+    }
+    let flavors =
+        annotations.get(METADATA_FLAVORS).and_then(|f| contract::parse_flavors(f).ok()).unwrap_or_default();
+    if annotations.contains_key(USER_DATA_SECRET) && flavors.is_empty() {
+        warnings.push(format!("annotation {USER_DATA_SECRET} has no effect without {METADATA_FLAVORS}"));
+    }
+    if annotations.contains_key(EC2_IMDSV2)
+        && !flavors.iter().any(|f| matches!(f, Flavor::Ec2 | Flavor::Openstack))
+    {
+        warnings.push(format!("annotation {EC2_IMDSV2} has no effect without the ec2 or openstack flavour"));
     }
     for key in annotations.keys().filter(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str())) {
         warnings.push(format!("annotation {key} is not one kubevirt-imds knows; it is ignored"));
@@ -167,7 +246,10 @@ mod tests {
                 token_expiration_seconds: 3600,
                 bridge_name: None,
                 audiences: vec![],
-                default_token: true
+                default_token: true,
+                flavors: vec![],
+                user_data_secret: None,
+                ec2_imdsv2: Imdsv2::Optional
             })
         );
     }
@@ -181,7 +263,10 @@ mod tests {
                 token_expiration_seconds: 600,
                 bridge_name: Some("k6t-net1".into()),
                 audiences: vec![],
-                default_token: true
+                default_token: true,
+                flavors: vec![],
+                user_data_secret: None,
+                ec2_imdsv2: Imdsv2::Optional
             })
         );
         let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "4294967296")]);
@@ -230,6 +315,33 @@ mod tests {
             let err = settings(&annotations(&[(DEFAULT_TOKEN, bad)])).unwrap_err();
             assert_eq!(err.annotation, DEFAULT_TOKEN);
         }
+    }
+
+    #[test]
+    fn metadata_annotations() {
+        let a = annotations(&[
+            (METADATA_FLAVORS, "ec2, nocloud"),
+            (USER_DATA_SECRET, "my-vm.userdata"),
+            (EC2_IMDSV2, "required"),
+        ]);
+        let s = settings(&a).unwrap();
+        assert_eq!(s.flavors, [Flavor::Nocloud, Flavor::Ec2]);
+        assert_eq!(s.user_data_secret.as_deref(), Some("my-vm.userdata"));
+        assert_eq!(s.ec2_imdsv2, Imdsv2::Required);
+        for (annotation, bad) in [
+            (METADATA_FLAVORS, "nocloud,gce"),
+            (METADATA_FLAVORS, "EC2"),
+            (USER_DATA_SECRET, "My_Secret"),
+            (USER_DATA_SECRET, "-x"),
+            (USER_DATA_SECRET, ""),
+            (EC2_IMDSV2, "v2"),
+        ] {
+            let err = settings(&annotations(&[(annotation, bad)])).unwrap_err();
+            assert_eq!(err.annotation, annotation, "{bad:?}");
+            assert!(err.to_string().contains("expected"), "{err}");
+        }
+        let w = warnings(&annotations(&[(USER_DATA_SECRET, "s"), (EC2_IMDSV2, "required")]));
+        assert_eq!(w.len(), 2, "{w:?}");
     }
 
     #[test]

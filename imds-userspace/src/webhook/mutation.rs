@@ -2,7 +2,7 @@
 //! response: which pods change, and the JSONPatch that changes them.
 
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, Operation},
@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     annotations::{self, ImdsSettings},
-    sidecar_spec::{self, AwsHint, InjectionMode, SidecarTemplate},
+    sidecar_spec::{self, AwsHint, DataVolumes, InjectionMode, PodInfo, SidecarTemplate},
 };
 use crate::contract;
 
@@ -127,12 +127,11 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
     if all_containers().any(|c| c.name == contract::CONTAINER_NAME) {
         return (Decision::Unchanged("already injected"), warnings);
     }
-    if spec.volumes.iter().flatten().any(|v| v.name == contract::TOKEN_VOLUME) {
-        let message = format!(
-            "the pod already has a volume named {:?}, which kubevirt-imds needs for its token",
-            contract::TOKEN_VOLUME
-        );
-        return (Decision::Refuse(message), warnings);
+    for ours in [contract::TOKEN_VOLUME, contract::USER_DATA_VOLUME] {
+        if spec.volumes.iter().flatten().any(|v| v.name == ours) {
+            let message = format!("the pod already has a volume named {ours:?}, which kubevirt-imds needs");
+            return (Decision::Refuse(message), warnings);
+        }
     }
     let mut settings = match annotations::settings(annotations) {
         Ok(s) => s,
@@ -165,20 +164,60 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
         );
         return (Decision::Refuse(message), warnings);
     };
-    match patch(spec, template, &settings, vm_name, aws) {
+    let mut data = kubevirt_cloud_init_volumes(spec);
+    if sidecar_spec::user_data_volume(&settings).is_some() {
+        data.user = Some(contract::USER_DATA_VOLUME.into());
+    }
+    let mut warnings = warnings;
+    if !settings.flavors.is_empty() && data.user.is_none() {
+        warnings.push(format!(
+            "metadata flavours without user-data: set {} or use a cloudInitNoCloud userDataSecretRef \
+             (inline userData is not in the pod)",
+            annotations::USER_DATA_SECRET
+        ));
+    }
+    let pod_info = PodInfo {
+        vm_name: vm_name.clone(),
+        hostname: spec.hostname.clone().unwrap_or_else(|| vm_name.clone()),
+        data,
+    };
+    match patch(spec, template, &settings, &pod_info, aws) {
         Ok(patch) => (Decision::Inject { patch, vm_name: vm_name.clone() }, warnings),
         Err(e) => (Decision::Refuse(format!("internal error building the patch: {e}")), warnings),
     }
 }
 
+/// KubeVirt mounts a cloud-init `userDataSecretRef`/`networkDataSecretRef`
+/// (NoCloud or ConfigDrive) into `compute` as subPaths `userdata`/`userData`
+/// (`networkdata`/`networkData`) of a Secret volume under this directory.
+const KUBEVIRT_SECRET_DIR: &str = "/var/run/kubevirt-private/secret/";
+
+fn kubevirt_cloud_init_volumes(spec: &PodSpec) -> DataVolumes {
+    let is_secret_volume =
+        |name: &str| spec.volumes.iter().flatten().any(|v| v.name == name && v.secret.is_some());
+    let mut found = DataVolumes::default();
+    for mount in spec.containers.iter().flat_map(|c| c.volume_mounts.iter().flatten()) {
+        if !mount.mount_path.starts_with(KUBEVIRT_SECRET_DIR) || !is_secret_volume(&mount.name) {
+            continue;
+        }
+        let slot = match mount.sub_path.as_deref() {
+            Some("userdata" | "userData") => &mut found.user,
+            Some("networkdata" | "networkData") => &mut found.network,
+            _ => continue,
+        };
+        slot.get_or_insert_with(|| mount.name.clone());
+    }
+    found
+}
+
 fn patch(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
+    spec: &PodSpec,
     template: &SidecarTemplate,
     settings: &ImdsSettings,
-    vm_name: &str,
+    pod: &PodInfo,
     aws: Option<&AwsHint>,
 ) -> Result<Patch, serde_json::Error> {
-    let container = serde_json::to_value(sidecar_spec::container(template, settings, vm_name, aws))?;
+    let container = serde_json::to_value(sidecar_spec::container(template, settings, pod, aws))?;
     let mut ops = Vec::new();
     let (field, existing) = match template.mode {
         // Last among the init containers: KubeVirt's own ones are not delayed.
@@ -186,8 +225,12 @@ fn patch(
         InjectionMode::Container => ("containers", true),
     };
     ops.push(append(&["spec", field], existing, container));
-    if let Some(volume) = sidecar_spec::token_volume(settings) {
-        ops.push(append(&["spec", "volumes"], spec.volumes.is_some(), serde_json::to_value(volume)?));
+    let mut volumes_exist = spec.volumes.is_some();
+    for volume in
+        [sidecar_spec::token_volume(settings), sidecar_spec::user_data_volume(settings)].into_iter().flatten()
+    {
+        ops.push(append(&["spec", "volumes"], volumes_exist, serde_json::to_value(volume)?));
+        volumes_exist = true;
     }
     ops.push(add(
         &["metadata", "annotations", annotations::INJECTED],
@@ -654,5 +697,134 @@ mod tests {
             Some(("default".into(), "builder".into()))
         );
         assert_eq!(wants_service_account(&request_for(pod, ("", "v1", "Pod"), "UPDATE")), None);
+    }
+
+    fn sidecar_of(patched: &Value) -> k8s_openapi::api::core::v1::Container {
+        let pod: Pod = serde_json::from_value(patched.clone()).unwrap();
+        let spec = pod.spec.unwrap();
+        spec.init_containers
+            .into_iter()
+            .flatten()
+            .chain(spec.containers)
+            .find(|c| c.name == contract::CONTAINER_NAME)
+            .unwrap()
+    }
+
+    fn mounts_of(patched: &Value) -> Vec<(String, String)> {
+        sidecar_of(patched).volume_mounts.unwrap().into_iter().map(|m| (m.name, m.mount_path)).collect()
+    }
+
+    /// A fixture as KubeVirt renders a VM with cloudInitNoCloud
+    /// `userDataSecretRef` and `networkDataSecretRef` (rendervolumes.go).
+    fn with_kubevirt_cloud_init(mut pod: Value) -> Value {
+        pod["spec"]["volumes"].as_array_mut().unwrap().extend([
+            json!({"name": "cloudinitdisk-udata", "secret": {"secretName": "vm-userdata"}}),
+            json!({"name": "cloudinitdisk-ndata", "secret": {"secretName": "vm-networkdata"}}),
+        ]);
+        let compute = &mut pod["spec"]["containers"][0]["volumeMounts"];
+        for (volume, key) in [
+            ("cloudinitdisk-udata", "userdata"),
+            ("cloudinitdisk-udata", "userData"),
+            ("cloudinitdisk-ndata", "networkdata"),
+            ("cloudinitdisk-ndata", "networkData"),
+        ] {
+            compute.as_array_mut().unwrap().push(json!({
+                "name": volume, "mountPath": format!("/var/run/kubevirt-private/secret/cloudinitdisk/{key}"),
+                "subPath": key, "readOnly": true}));
+        }
+        pod
+    }
+
+    #[test]
+    fn the_user_data_secret_is_mounted_into_the_sidecar_only() {
+        use crate::webhook::annotations::{METADATA_FLAVORS, USER_DATA_SECRET};
+        let pod = fixture(
+            OPENSHIFT,
+            &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud,ec2"), (USER_DATA_SECRET, "fedora02-userdata")],
+        );
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        let volume = patched["spec"]["volumes"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            volume,
+            json!({"name": contract::USER_DATA_VOLUME, "secret": {"secretName": "fedora02-userdata"}})
+        );
+        assert!(
+            mounts_of(&patched)
+                .contains(&(contract::USER_DATA_VOLUME.into(), contract::USER_DATA_DIR.into()))
+        );
+        let env = env_of(&patched);
+        for (k, v) in [
+            (contract::ENV_METADATA_FLAVORS, "nocloud,ec2"),
+            (contract::ENV_HOSTNAME, "fedora02"),
+            (contract::ENV_USER_DATA_DIR, contract::USER_DATA_DIR),
+        ] {
+            assert!(env.contains(&(k.into(), json!(v))), "{k}: {env:?}");
+        }
+        // Nothing else changed: the original volumes are all still there, first and as they were.
+        let original = pod["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(&patched["spec"]["volumes"].as_array().unwrap()[..original.len()], &original[..]);
+        // Still idempotent.
+        assert!(run(&patched, InjectionMode::NativeSidecar).0.patch.is_none());
+    }
+
+    #[test]
+    fn kubevirts_own_cloud_init_secrets_are_mounted_whole_into_the_sidecar() {
+        use crate::webhook::annotations::{EC2_IMDSV2, METADATA_FLAVORS};
+        let pod = with_kubevirt_cloud_init(fixture(
+            CAT8KV,
+            &[(ENABLED, "true"), (METADATA_FLAVORS, "openstack"), (EC2_IMDSV2, "required")],
+        ));
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        let mounts = mounts_of(&patched);
+        assert!(
+            mounts.contains(&("cloudinitdisk-udata".into(), contract::USER_DATA_DIR.into())),
+            "{mounts:?}"
+        );
+        assert!(
+            mounts.contains(&("cloudinitdisk-ndata".into(), contract::NETWORK_DATA_DIR.into())),
+            "{mounts:?}"
+        );
+        // Whole volumes: no subPath, so Secret updates reach the sidecar.
+        assert!(sidecar_of(&patched).volume_mounts.unwrap().iter().all(|m| m.sub_path.is_none()));
+        let env = env_of(&patched);
+        assert!(env.contains(&(contract::ENV_NETWORK_DATA_DIR.into(), json!(contract::NETWORK_DATA_DIR))));
+        assert!(env.contains(&(contract::ENV_EC2_IMDSV2.into(), json!("required"))));
+        // No new volume but the token's.
+        assert_eq!(
+            patched["spec"]["volumes"].as_array().unwrap().len(),
+            pod["spec"]["volumes"].as_array().unwrap().len() + 1
+        );
+    }
+
+    #[test]
+    fn without_flavours_no_user_data_is_mounted() {
+        use crate::webhook::annotations::USER_DATA_SECRET;
+        let pod = with_kubevirt_cloud_init(fixture(OPENSHIFT, &[(ENABLED, "true"), (USER_DATA_SECRET, "s")]));
+        let (response, _) = run(&pod, InjectionMode::NativeSidecar);
+        let patched = apply(&pod, &response);
+        assert_eq!(
+            mounts_of(&patched),
+            vec![(contract::TOKEN_VOLUME.to_owned(), contract::TOKEN_DIR.to_owned())]
+        );
+        assert!(!env_of(&patched).iter().any(|(k, _)| k == contract::ENV_METADATA_FLAVORS));
+        assert!(response.warnings.unwrap().iter().any(|w| w.contains("no effect")));
+    }
+
+    #[test]
+    fn flavours_without_any_user_data_are_warned_about() {
+        use crate::webhook::annotations::METADATA_FLAVORS;
+        let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
+        let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+        assert!(matches!(outcome, Outcome::Injected { .. }));
+        assert!(response.warnings.unwrap().iter().any(|w| w.contains("without user-data")));
+        let bad = fixture(OPENSHIFT, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud,azure")]);
+        let (response, _) = run(&bad, InjectionMode::NativeSidecar);
+        assert!(!response.allowed);
+        assert!(
+            response.result.message.contains(METADATA_FLAVORS)
+                && response.result.message.contains("nocloud, openstack, ec2")
+        );
     }
 }

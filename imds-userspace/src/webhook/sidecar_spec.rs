@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, Probe,
-        ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+        ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
         ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::api::resource::Quantity,
@@ -72,18 +72,36 @@ pub struct AwsHint {
     pub audience: String,
 }
 
-/// The sidecar container for the VM `vm_name`.
+/// What the webhook learned about the pod, for the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub vm_name: String,
+    /// The guest's hostname (the pod's `spec.hostname`, which KubeVirt sets
+    /// from the VMI).
+    pub hostname: String,
+    /// Pod volumes holding user-data and network-data, to mount whole.
+    pub data: DataVolumes,
+}
+
+/// Names of pod volumes to mount into the sidecar for the metadata flavours.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataVolumes {
+    pub user: Option<String>,
+    pub network: Option<String>,
+}
+
+/// The sidecar container for the VM of `pod`.
 pub fn container(
     template: &SidecarTemplate,
     settings: &ImdsSettings,
-    vm_name: &str,
+    pod: &PodInfo,
     aws: Option<&AwsHint>,
 ) -> Container {
     let mut env = vec![
         env_field(contract::ENV_NAMESPACE, "metadata.namespace"),
         env_field(contract::ENV_POD_NAME, "metadata.name"),
         env_field(contract::ENV_SERVICE_ACCOUNT_NAME, "spec.serviceAccountName"),
-        env_value(contract::ENV_VM_NAME, vm_name),
+        env_value(contract::ENV_VM_NAME, &pod.vm_name),
         env_value(contract::ENV_TOKEN_DIR, contract::TOKEN_DIR),
         env_value(contract::ENV_LOG_FORMAT, "json"),
     ];
@@ -100,14 +118,35 @@ pub fn container(
         env.push(env_value(contract::ENV_AWS_ROLE_ARN, &aws.role_arn));
         env.push(env_value(contract::ENV_AWS_AUDIENCE, &aws.audience));
     }
-    let volume_mounts = has_tokens(settings).then(|| {
-        vec![VolumeMount {
-            name: contract::TOKEN_VOLUME.into(),
-            mount_path: contract::TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]
-    });
+    let mount = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let mut mounts = Vec::new();
+    if has_tokens(settings) {
+        mounts.push(mount(contract::TOKEN_VOLUME, contract::TOKEN_DIR));
+    }
+    if !settings.flavors.is_empty() {
+        let names: Vec<&str> = settings.flavors.iter().map(|f| f.name()).collect();
+        env.push(env_value(contract::ENV_METADATA_FLAVORS, &names.join(",")));
+        env.push(env_value(contract::ENV_HOSTNAME, &pod.hostname));
+        if settings.ec2_imdsv2 == contract::Imdsv2::Required {
+            env.push(env_value(contract::ENV_EC2_IMDSV2, "required"));
+        }
+        // Whole volumes, not subPaths: the kubelet updates those when the
+        // Secret changes, so a new user-data is served without a restart.
+        if let Some(volume) = &pod.data.user {
+            mounts.push(mount(volume, contract::USER_DATA_DIR));
+            env.push(env_value(contract::ENV_USER_DATA_DIR, contract::USER_DATA_DIR));
+        }
+        if let Some(volume) = &pod.data.network {
+            mounts.push(mount(volume, contract::NETWORK_DATA_DIR));
+            env.push(env_value(contract::ENV_NETWORK_DATA_DIR, contract::NETWORK_DATA_DIR));
+        }
+    }
+    let volume_mounts = (!mounts.is_empty()).then_some(mounts);
     Container {
         name: contract::CONTAINER_NAME.into(),
         image: Some(template.image.clone()),
@@ -153,6 +192,17 @@ fn security_context() -> SecurityContext {
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
         ..Default::default()
     }
+}
+
+/// The Secret of `imds.kubevirt.io/user-data-secret`, when the VM asked
+/// for metadata flavours.
+pub fn user_data_volume(settings: &ImdsSettings) -> Option<Volume> {
+    let secret = settings.user_data_secret.as_ref().filter(|_| !settings.flavors.is_empty())?;
+    Some(Volume {
+        name: contract::USER_DATA_VOLUME.into(),
+        secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..Default::default() }),
+        ..Default::default()
+    })
 }
 
 fn has_tokens(settings: &ImdsSettings) -> bool {
