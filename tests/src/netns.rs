@@ -2,6 +2,7 @@
 //! in them.
 
 use std::{
+    path::Path,
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -25,6 +26,13 @@ impl Netns {
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self { name };
         ns.ip("link set lo up")?;
+        // `ip netns exec` mounts /etc/netns/<name>/resolv.conf over the
+        // host's: a resolver on lo that refuses at once, instead of one
+        // across an unreachable network that times out (cloud-init and
+        // python probe DNS before using IP literals).
+        let etc = Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&etc)?;
+        std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
         Ok(ns)
     }
 
@@ -71,6 +79,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Processes started in the namespace by a test are the test's to stop.
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 

@@ -32,6 +32,17 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "linux-image-amd64", // its kernel and virtio modules
     "busybox-static",    // its userland
     "cpio",              // its initramfs
+    // cloud-init's dependencies: the tests run its real datasources against
+    // the sidecar (cloud-init itself is unpacked, not installed: see below).
+    "python3-yaml",
+    "python3-requests",
+    "python3-jinja2",
+    "python3-configobj",
+    "python3-jsonpatch",
+    "python3-jsonschema",
+    "python3-netifaces",
+    "python3-oauthlib",
+    "python3-serial",
 ];
 
 /// Installs whatever is missing.
@@ -41,6 +52,7 @@ pub fn run() -> anyhow::Result<()> {
     install_rust_src()?;
     install_bpf_linker()?;
     install_debian_packages()?;
+    unpack_cloud_init()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -48,7 +60,12 @@ pub fn run() -> anyhow::Result<()> {
 /// Quick check used by the other commands; runs the full setup only when
 /// something is missing.
 pub fn ensure() -> anyhow::Result<()> {
-    if rust_src_present() && bpf_linker_works() && missing_packages().is_empty() && python_tools_present() {
+    if rust_src_present()
+        && bpf_linker_works()
+        && missing_packages().is_empty()
+        && python_tools_present()
+        && cloud_init_present()
+    {
         return Ok(());
     }
     run()
@@ -82,6 +99,35 @@ fn install_python_tools() -> anyhow::Result<()> {
     let venv = venv()?;
     cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     cmd::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(PYTHON_TOOLS))
+}
+
+/// Debian's cloud-init, unpacked (not installed: installing would make this
+/// machine a cloud-init host); its Python package goes on PYTHONPATH.
+pub fn cloud_init_pythonpath() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/kubevirt-imds/cloud-init/root/usr/lib/python3/dist-packages"))
+}
+
+fn cloud_init_present() -> bool {
+    cloud_init_pythonpath().is_ok_and(|p| p.join("cloudinit/sources/DataSourceEc2.py").is_file())
+}
+
+fn unpack_cloud_init() -> anyhow::Result<()> {
+    if cloud_init_present() {
+        return Ok(());
+    }
+    let pythonpath = cloud_init_pythonpath()?;
+    // <base>/root/usr/lib/python3/dist-packages
+    let base = pythonpath.ancestors().nth(5).context("cloud-init cache path")?.to_owned();
+    let download = base.join("download");
+    std::fs::create_dir_all(&download)?;
+    cmd::run(Command::new("apt-get").args(["download", "cloud-init"]).current_dir(&download))?;
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download cloud-init produced no .deb")?;
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(base.join("root")))
 }
 
 /// rustfmt and clippy for the stable toolchain (CI checks both).

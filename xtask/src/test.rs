@@ -16,6 +16,8 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.env("IMDS_XTASK_BIN", std::env::current_exe()?);
     // Pods the webhook patched are validated against the Pod schema too.
     c.env("IMDS_KUBERNETES_VALIDATE", setup::venv_tool("kubernetes-validate")?);
+    // cloud-init's datasources crawl the sidecar's metadata flavours.
+    c.env("IMDS_CLOUD_INIT_PYTHONPATH", setup::cloud_init_pythonpath()?);
     c.args(cargo_args);
     cmd::run(&mut c)?;
     crate::manifests::run()

@@ -1,0 +1,166 @@
+//! Real cloud-init (Debian's, its datasources unmodified) crawls the
+//! sidecar's NoCloud, OpenStack and EC2 flavours through the eBPF path,
+//! from a guest namespace, as a booting cloud image does.
+
+use std::{path::PathBuf, time::Duration};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use imds_tests::{
+    netns::{Netns, exclusive, require_root},
+    sidecar::{Identity, Sidecar},
+    tokens::{ProjectedVolume, jwt},
+    topology::{Binding, GuestKind, PodLayout},
+};
+use serde_json::Value;
+
+const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
+const HOSTNAME: &str = "web-1";
+const USER_DATA: &str =
+    "#cloud-config\n# ünïcödé survives byte for byte\nruncmd:\n  - [sh, -c, 'echo hello > /run/imds']\n";
+const VENDOR_DATA: &str = "#cloud-config\npackages: [curl]\n";
+
+struct Crawl {
+    found: bool,
+    instance_id: Option<String>,
+    hostname: Option<String>,
+    user_data: Option<Vec<u8>>,
+    vendor_data: Option<Vec<u8>>,
+    api_token_used: bool,
+}
+
+/// Runs cloud-init's datasource for `flavour` in `guest`.
+fn crawl(guest: &Netns, flavour: &str, max_wait: u32) -> Crawl {
+    let pythonpath = std::env::var_os("IMDS_CLOUD_INIT_PYTHONPATH")
+        .expect("IMDS_CLOUD_INIT_PYTHONPATH is not set: run the tests with `cargo xtask test`");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/cloud_init_crawl.py");
+    let out = guest
+        .command("env")
+        .arg(format!("PYTHONPATH={}", pythonpath.to_string_lossy()))
+        .arg("/usr/bin/python3")
+        .arg(script)
+        .args([flavour, &max_wait.to_string()])
+        .output()
+        .expect("running python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "cloud-init {flavour}: no result\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let bytes = |k: &str| v[k].as_str().map(|b| STANDARD.decode(b).unwrap());
+    Crawl {
+        found: v["found"] == true,
+        instance_id: v["instance_id"].as_str().map(Into::into),
+        hostname: v["hostname"].as_str().map(Into::into),
+        user_data: bytes("userdata_b64"),
+        vendor_data: bytes("vendordata_b64"),
+        api_token_used: v["api_token_used"] == true,
+    }
+}
+
+struct Running {
+    layout: PodLayout,
+    secret: ProjectedVolume,
+    _sidecar: Sidecar,
+    _dir: tempfile::TempDir,
+}
+
+fn start(extra: &[&str]) -> Running {
+    require_root();
+    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
+    tokens.publish(&jwt(ID.namespace, ID.service_account, 1_795_000_000, "ci")).unwrap();
+    // The user-data Secret's volume, maintained kubelet-style.
+    let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
+    secret
+        .publish_files(&[("userdata", USER_DATA.as_bytes()), ("vendordata", VENDOR_DATA.as_bytes())])
+        .unwrap();
+    let user_data_dir = secret.dir().to_str().unwrap().to_owned();
+    let mut args =
+        vec!["--metadata-flavor", "nocloud,openstack,ec2", "--hostname", HOSTNAME, "--user-data-dir"];
+    args.push(&user_data_dir);
+    args.extend_from_slice(extra);
+    let mut sidecar = Sidecar::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
+    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    Running { layout, secret, _sidecar: sidecar, _dir: dir }
+}
+
+fn assert_configured(flavour: &str, c: &Crawl, user_data: &str) {
+    assert!(c.found, "cloud-init's {flavour} datasource found nothing");
+    assert_eq!(c.instance_id.as_deref(), Some("fedora-42.vm-team"), "{flavour}");
+    assert_eq!(c.hostname.as_deref(), Some(HOSTNAME), "{flavour}");
+    assert_eq!(c.user_data.as_deref(), Some(user_data.as_bytes()), "{flavour}: user-data not byte for byte");
+}
+
+#[test]
+fn cloud_init_crawls_every_flavour_and_follows_the_secret() {
+    let _serial = exclusive();
+    let r = start(&[]);
+    let guest = r.layout.guest();
+
+    let nocloud = crawl(guest, "nocloud", 30);
+    assert_configured("nocloud", &nocloud, USER_DATA);
+    assert_eq!(nocloud.vendor_data.as_deref(), Some(VENDOR_DATA.as_bytes()));
+
+    let openstack = crawl(guest, "openstack", 30);
+    assert_configured("openstack", &openstack, USER_DATA);
+    // vendor_data.json {"cloud-init": …} becomes the vendor-data.
+    assert_eq!(openstack.vendor_data.as_deref(), Some(VENDOR_DATA.as_bytes()));
+
+    let ec2 = crawl(guest, "ec2", 30);
+    assert_configured("ec2", &ec2, USER_DATA);
+    assert!(!ec2.api_token_used, "off AWS cloud-init reads without a session");
+
+    let ec2_aws = crawl(guest, "ec2-aws", 30);
+    assert_configured("ec2 (AWS)", &ec2_aws, USER_DATA);
+    assert!(ec2_aws.api_token_used, "on AWS cloud-init uses an IMDSv2 session");
+
+    // Odd and hostile requests through the real path: clean 4xx, and the
+    // server is still there afterwards.
+    let long = format!("/latest/meta-data/{}", "x".repeat(12 * 1024));
+    for (method, path, expected) in [
+        ("GET", "/latest/meta-data/../user-data", 404),
+        ("GET", "/latest//meta-data/", 404),
+        ("GET", "/nocloud/%2e%2e/%2e%2e/etc/passwd", 404),
+        ("GET", "/openstack/latest/../../../etc/shadow", 404),
+        ("GET", long.as_str(), 404),
+        ("HEAD", "/nocloud/user-data", 200),
+        ("GET", "/latest/meta-data/instance-id?foo=bar&baz", 200),
+        ("DELETE", "/latest/meta-data/instance-id", 405),
+        ("PUT", "/latest/api/token", 400),
+    ] {
+        let out = guest
+            .command("curl")
+            .args(["-s", "--path-as-is", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .arg(format!("http://169.254.169.254{path}"))
+            .args(if method == "HEAD" { &["-I"][..] } else { &[][..] })
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(code, expected.to_string(), "{method} {}", &path[..path.len().min(60)]);
+    }
+
+    // The Secret changes; once the kubelet has updated its volume, the new
+    // user-data is what the guest reads.
+    let updated = "#cloud-config\nruncmd: [[echo, updated]]\n";
+    r.secret
+        .publish_files(&[("userdata", updated.as_bytes()), ("vendordata", VENDOR_DATA.as_bytes())])
+        .unwrap();
+    assert_configured("nocloud after the update", &crawl(guest, "nocloud", 30), updated);
+    assert_configured("ec2 after the update", &crawl(guest, "ec2", 30), updated);
+}
+
+#[test]
+fn required_imdsv2_serves_only_clients_with_a_session() {
+    let _serial = exclusive();
+    let r = start(&["--ec2-imdsv2", "required"]);
+    let guest = r.layout.guest();
+    let aws = crawl(guest, "ec2-aws", 30);
+    assert_configured("ec2 (AWS, sessions required)", &aws, USER_DATA);
+    assert!(aws.api_token_used);
+    // Off AWS cloud-init asks for no session: with sessions required it
+    // finds nothing (it gives up after max_wait).
+    assert!(!crawl(guest, "ec2", 3).found, "served a client without a session");
+}
