@@ -29,6 +29,16 @@ enum Command {
     Sidecar(sidecar::SidecarArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
     Webhook(webhook::WebhookArgs),
+    /// The IMDS HTTP API on a plain address, without the eBPF data path:
+    /// for benchmarks against other ways of intercepting 169.254.169.254,
+    /// and for development.
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        api: sidecar::ApiArgs,
+    },
     /// Exit 0 if this pod's IMDS answers `GET /healthz` (the container's
     /// startup probe; needs CAP_NET_ADMIN, as the sidecar has).
     Probe {
@@ -59,6 +69,23 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Sidecar(args) => sidecar::run(args).await,
         Command::Webhook(args) => webhook::run(args).await,
+        Command::Serve { listen, api } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(%listen, "IMDS API serving (no data path)");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let server = imds_userspace::http_server::serve(
+                listener,
+                imds_userspace::api::router(std::sync::Arc::new(api.state())),
+                api.limits(),
+                None,
+                stop.clone(),
+            );
+            tokio::select! {
+                _ = server => {}
+                _ = tokio::signal::ctrl_c() => stop.cancel(),
+            }
+            Ok(())
+        }
         Command::Probe { timeout } => {
             let addr = std::net::SocketAddrV4::new(imds_ebpf::abi::IMDS_ADDR.into(), sidecar::IMDS_PORT);
             probe::healthz(addr, net::SIDECAR_IF, timeout).await?;

@@ -5,11 +5,20 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::{contract, datapath::loader::EbpfLogLevel, http_server::Limits};
+use crate::{
+    api::{ImdsState, cloud::CloudState},
+    cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions},
+    contract,
+    datapath::loader::EbpfLogLevel,
+    http_server::Limits,
+    metadata::{AwsRole, Identity},
+    token::TokenSet,
+};
 
-/// Serve the IMDS to the VM of this virt-launcher pod.
+/// What the IMDS serves, and how it bounds its clients: shared by
+/// `sidecar` and `serve`.
 #[derive(Debug, Clone, Args)]
-pub struct SidecarArgs {
+pub struct ApiArgs {
     /// Namespace of the VM.
     #[arg(long, env = contract::ENV_NAMESPACE, value_parser = non_empty)]
     pub namespace: String,
@@ -63,6 +72,57 @@ pub struct SidecarArgs {
     #[arg(long, env = contract::ENV_EC2_IMDSV2, value_enum, default_value_t = contract::Imdsv2::Optional)]
     pub ec2_imdsv2: contract::Imdsv2,
 
+    /// Most guest connections served at once; more wait in the backlog.
+    #[arg(long, env = "IMDS_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
+    /// Deadline for a request head, also the keep-alive idle timeout (e.g. `10s`).
+    #[arg(long, env = "IMDS_HEAD_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub head_timeout: Duration,
+}
+
+impl ApiArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections as usize,
+            head_timeout: self.head_timeout,
+            ..Limits::default()
+        }
+    }
+
+    /// The state the API serves from.
+    pub fn state(&self) -> ImdsState {
+        ImdsState {
+            identity: Identity {
+                namespace: self.namespace.clone(),
+                service_account_name: self.service_account_name.clone(),
+                vm_name: self.vm_name.clone(),
+            },
+            tokens: TokenSet::new(&self.token_dir, self.default_token, &self.token_audiences),
+            aws: self
+                .aws_role_arn
+                .clone()
+                .map(|role_arn| AwsRole { role_arn, audience: self.aws_audience.clone() }),
+            cloud: CloudState {
+                facts: InstanceFacts::new(&self.vm_name, &self.namespace, self.hostname.as_deref()),
+                flavors: self.metadata_flavors.iter().copied().collect(),
+                data: DataSources {
+                    user_dir: self.user_data_dir.clone(),
+                    network_dir: self.network_data_dir.clone(),
+                },
+                imdsv2: self.ec2_imdsv2,
+                sessions: Sessions::default(),
+            },
+        }
+    }
+}
+
+/// Serve the IMDS to the VM of this virt-launcher pod.
+#[derive(Debug, Clone, Args)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+
     /// This pod's name, for log lines (downward API).
     #[arg(long, env = contract::ENV_POD_NAME)]
     pub pod_name: Option<String>,
@@ -78,24 +138,6 @@ pub struct SidecarArgs {
     /// Verbosity of the eBPF programs' own log messages.
     #[arg(long, env = "IMDS_EBPF_LOG", value_enum, default_value_t = EbpfLogLevel::Off)]
     pub ebpf_log: EbpfLogLevel,
-
-    /// Most guest connections served at once; more wait in the backlog.
-    #[arg(long, env = "IMDS_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub max_connections: u32,
-
-    /// Deadline for a request head, also the keep-alive idle timeout (e.g. `10s`).
-    #[arg(long, env = "IMDS_HEAD_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub head_timeout: Duration,
-}
-
-impl SidecarArgs {
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_connections: self.max_connections as usize,
-            head_timeout: self.head_timeout,
-            ..Limits::default()
-        }
-    }
 }
 
 fn non_empty(s: &str) -> Result<String, String> {
@@ -140,7 +182,7 @@ mod tests {
         assert_eq!(a.guest_port_prefix, "tap");
         assert_eq!(a.bridge, None);
         assert_eq!(a.ebpf_log, EbpfLogLevel::Off);
-        assert_eq!(a.head_timeout, Duration::from_secs(10));
+        assert_eq!(a.api.head_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -19,20 +19,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ImdsState, cloud::CloudState},
-    cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions},
+    api::{self, ImdsState},
     datapath::{
         loader::Datapath,
         plan::{self, Selector},
     },
     errors::chain,
     http_server, listener,
-    metadata::{AwsRole, Identity},
     net::{REDIRECT_IF, SIDECAR_IF, links, sidecar_link},
     probe,
-    token::TokenSet,
 };
-pub use config::SidecarArgs;
+pub use config::{ApiArgs, SidecarArgs};
 
 pub const IMDS_PORT: u16 = 80;
 const COUNTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -40,15 +37,15 @@ const COUNTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        namespace = %args.namespace,
+        namespace = %args.api.namespace,
         pod = args.pod_name.as_deref().unwrap_or("-"),
-        vm = %args.vm_name,
-        service_account = %args.service_account_name,
+        vm = %args.api.vm_name,
+        service_account = %args.api.service_account_name,
         "kubevirt-imds sidecar starting"
     );
     let imds_ip = Ipv4Addr::from(IMDS_ADDR);
-    let tokens = TokenSet::new(&args.token_dir, args.default_token, &args.token_audiences);
-    for file in tokens.files() {
+    let state = args.api.state();
+    for file in state.tokens.files() {
         if let Err(e) = file.read().await {
             tracing::warn!(error = %chain(&e), "token not readable yet; it is answered with 503 until it is");
         }
@@ -57,7 +54,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(connection);
     sidecar_link::remove(&handle).await.context("removing a previous run's leftovers")?;
-    let result = serve(&args, &handle, imds_ip, tokens).await;
+    let result = serve(&args, &handle, imds_ip, state).await;
     if let Err(e) = sidecar_link::remove(&handle).await {
         tracing::error!(error = %chain(&e), "could not remove the sidecar's veth and rule");
     } else {
@@ -70,40 +67,18 @@ async fn serve(
     args: &SidecarArgs,
     handle: &rtnetlink::Handle,
     imds_ip: Ipv4Addr,
-    tokens: TokenSet,
+    state: ImdsState,
 ) -> anyhow::Result<()> {
     let link = sidecar_link::create(handle, imds_ip).await.context("creating the sidecar's veth")?;
     let addr = SocketAddrV4::new(imds_ip, IMDS_PORT);
 
-    let state = ImdsState {
-        identity: Identity {
-            namespace: args.namespace.clone(),
-            service_account_name: args.service_account_name.clone(),
-            vm_name: args.vm_name.clone(),
-        },
-        tokens,
-        aws: args
-            .aws_role_arn
-            .clone()
-            .map(|role_arn| AwsRole { role_arn, audience: args.aws_audience.clone() }),
-        cloud: CloudState {
-            facts: InstanceFacts::new(&args.vm_name, &args.namespace, args.hostname.as_deref()),
-            flavors: args.metadata_flavors.iter().copied().collect(),
-            data: DataSources {
-                user_dir: args.user_data_dir.clone(),
-                network_dir: args.network_data_dir.clone(),
-            },
-            imdsv2: args.ec2_imdsv2,
-            sessions: Sessions::default(),
-        },
-    };
     let listener = listener::bind(addr, SIDECAR_IF, link.sidecar_index)
         .with_context(|| format!("listening on {addr} ({SIDECAR_IF})"))?;
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(http_server::serve(
         listener,
         api::router(Arc::new(state)),
-        args.limits(),
+        args.api.limits(),
         None,
         stop_server.clone(),
     ));
