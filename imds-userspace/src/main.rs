@@ -1,4 +1,4 @@
-//! The single binary: `kubevirt-imds sidecar` (and, later, `webhook`).
+//! The single binary: `kubevirt-imds sidecar`, `webhook`, `serve` and `probe`.
 
 use std::io::IsTerminal as _;
 
@@ -51,9 +51,22 @@ enum Command {
 /// aya-log records carry the eBPF crate's module path as their target.
 const EBPF_LOG_DIRECTIVE: &str = "imds_ebpf=trace";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A sidecar serves one VM: a couple of workers answer a guest far faster
+/// than it asks, and one thread per node core (tokio's default) would cost
+/// every VM on a large node memory for nothing.
+const SIDECAR_WORKER_THREADS: usize = 2;
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if !matches!(cli.command, Command::Webhook(_)) {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        runtime.worker_threads(cores.min(SIDECAR_WORKER_THREADS));
+    }
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // One TLS provider for the whole process (the webhook's server, kube's client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG overrides; the default keeps a sidecar per VM quiet.

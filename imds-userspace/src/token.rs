@@ -1,12 +1,19 @@
 //! The ServiceAccount token, read from the kubelet-managed projected volume.
 //!
-//! The kubelet's atomic writer swaps a `..data` symlink to rotate the token,
-//! so opening the path anew on every request sees either the old or the new
-//! file, never a mix: there is no cache to invalidate.
+//! The kubelet's atomic writer publishes a volume as `<name> -> ..data/<name>`
+//! and `..data -> ..<timestamp>/`, never changes a `..<timestamp>` directory
+//! once published, and rotates by writing a new one and renaming `..data`
+//! over the old link. So the target of `..data` names the token's content:
+//! a request that finds it unchanged is served the token parsed last time
+//! (two `readlink`s instead of open, read and parse), and one that finds it
+//! moved reads the new generation. Any other layout (a plain file, as in
+//! development) is read on every request. Either way every request sees the
+//! token the kubelet last published, never a mix of two.
 
 use std::{
     io::{self, Read},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -67,26 +74,77 @@ impl ServiceAccountToken {
     }
 }
 
-/// Where the token lives. Cloning is cheap; reading opens the file each time.
+/// The kubelet atomic writer's link to the current generation.
+const DATA_LINK: &str = "..data";
+
+/// Where the token lives, and the token last read from there. Clones share
+/// the cache.
 #[derive(Debug, Clone)]
 pub struct TokenFile {
     path: PathBuf,
+    last: Arc<Mutex<Option<Generation>>>,
+}
+
+/// A token and the `..data` target it was read through.
+#[derive(Debug)]
+struct Generation {
+    data_target: PathBuf,
+    token: ServiceAccountToken,
 }
 
 impl TokenFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self { path: path.into(), last: Arc::default() }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub async fn read(&self) -> Result<ServiceAccountToken, TokenError> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || read_token(&path)).await.unwrap_or_else(|join| {
-            Err(TokenError::Unreadable { path: PathBuf::new(), source: io::Error::other(join) })
-        })
+    /// The token the kubelet last published. Called inline on the async
+    /// runtime: the volume is a tmpfs and a miss costs about 5 µs, well
+    /// under a `spawn_blocking` hop (about 20 µs, see BENCHMARKS.md).
+    pub fn read(&self) -> Result<ServiceAccountToken, TokenError> {
+        let Some((data_target, generation_file)) = self.current_generation() else {
+            return read_token(&self.path);
+        };
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = last.as_ref().filter(|g| g.data_target == data_target) {
+            return Ok(cached.token.clone());
+        }
+        // Through the generation's own directory, so the token kept is the
+        // one `data_target` names even if `..data` moves meanwhile.
+        match read_token(&generation_file) {
+            Ok(token) => {
+                *last = Some(Generation { data_target, token: token.clone() });
+                Ok(token)
+            }
+            // Rotated away between the readlink and the open, or broken: the
+            // path as configured tells the truth and names the right file.
+            Err(_) => read_token(&self.path),
+        }
+    }
+
+    /// Opens, reads and parses the file, bypassing the cache (what every
+    /// request cost before there was one; kept for the benchmark).
+    pub fn read_uncached(&self) -> Result<ServiceAccountToken, TokenError> {
+        read_token(&self.path)
+    }
+
+    /// `..data`'s target and the token's file inside it, if the token is
+    /// laid out by the kubelet's atomic writer: `<name> -> ..data/<name>`.
+    fn current_generation(&self) -> Option<(PathBuf, PathBuf)> {
+        let (dir, name) = (self.path.parent()?, self.path.file_name()?);
+        if std::fs::read_link(&self.path).ok()? != Path::new(DATA_LINK).join(name) {
+            return None;
+        }
+        let data_target = std::fs::read_link(dir.join(DATA_LINK)).ok()?;
+        // The writer's targets are sibling names (`..2026_11_23_05_35_52.1`).
+        if data_target.file_name() != Some(data_target.as_os_str()) {
+            return None;
+        }
+        let file = dir.join(&data_target).join(name);
+        Some((data_target, file))
     }
 }
 
@@ -229,29 +287,83 @@ pub(crate) mod tests {
         assert_eq!(jwt_expiry(&jwt_with_claims("[1,2]")), Err(JwtError::PayloadJson));
     }
 
-    #[tokio::test]
-    async fn reads_the_file_each_time_and_reports_each_failure() {
+    #[test]
+    fn a_plain_file_is_read_each_time_and_each_failure_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         let source = TokenFile::new(&path);
-        assert!(matches!(source.read().await, Err(TokenError::Missing(_))));
+        assert!(matches!(source.read(), Err(TokenError::Missing(_))));
 
         std::fs::write(&path, "not a jwt").unwrap();
-        assert!(matches!(source.read().await, Err(TokenError::NotAJwt { .. })));
+        assert!(matches!(source.read(), Err(TokenError::NotAJwt { .. })));
 
         let first = jwt_with_claims(r#"{"exp":1795000000}"#);
         std::fs::write(&path, format!("{first}\n")).unwrap();
-        assert_eq!(source.read().await.unwrap().jwt, first);
+        assert_eq!(source.read().unwrap().jwt, first);
 
         let second = jwt_with_claims(r#"{"exp":1795003600}"#);
         std::fs::write(&path, &second).unwrap();
-        assert_eq!(source.read().await.unwrap().jwt, second);
+        assert_eq!(source.read().unwrap().jwt, second);
 
         std::fs::write(&path, vec![b'a'; MAX_TOKEN_BYTES as usize + 1]).unwrap();
-        assert!(matches!(source.read().await, Err(TokenError::TooLarge { .. })));
+        assert!(matches!(source.read(), Err(TokenError::TooLarge { .. })));
 
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
-        assert!(matches!(source.read().await, Err(TokenError::Unreadable { .. })));
+        assert!(matches!(source.read(), Err(TokenError::Unreadable { .. })));
+    }
+
+    /// Publishes `token` the way the kubelet's atomic writer does.
+    fn publish(dir: &Path, generation: &str, token: &str) {
+        use std::os::unix::fs::symlink;
+        std::fs::create_dir(dir.join(generation)).unwrap();
+        std::fs::write(dir.join(generation).join("token"), token).unwrap();
+        if std::fs::symlink_metadata(dir.join("token")).is_err() {
+            symlink("..data/token", dir.join("token")).unwrap();
+        }
+        symlink(generation, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    }
+
+    #[test]
+    fn a_kubelet_volume_is_parsed_once_per_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = TokenFile::new(dir.path().join("token"));
+        let first = jwt_with_claims(r#"{"exp":1795000000}"#);
+        publish(dir.path(), "..gen1", &first);
+        assert_eq!(source.read().unwrap().jwt, first);
+
+        // The kubelet never edits a published generation; doing it here
+        // shows whether the cached token is served.
+        std::fs::write(dir.path().join("..gen1/token"), "edited in place").unwrap();
+        assert_eq!(source.clone().read().unwrap().jwt, first, "same generation: served from the cache");
+
+        let second = jwt_with_claims(r#"{"exp":1795003600}"#);
+        publish(dir.path(), "..gen2", &second);
+        std::fs::remove_dir_all(dir.path().join("..gen1")).unwrap();
+        assert_eq!(source.read().unwrap().jwt, second, "rotation is seen on the next read");
+
+        // A broken new generation is reported, not hidden behind the cache.
+        publish(dir.path(), "..gen3", "not a jwt");
+        assert!(
+            matches!(source.read(), Err(TokenError::NotAJwt { path, .. }) if path == dir.path().join("token"))
+        );
+        std::fs::remove_dir_all(dir.path().join("..gen3")).unwrap();
+        assert!(matches!(source.read(), Err(TokenError::Missing(_))));
+    }
+
+    #[test]
+    fn links_other_than_the_kubelets_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = jwt_with_claims(r#"{"exp":1795000000}"#);
+        publish(dir.path(), "..gen1", &first);
+        // `token` pointing elsewhere than `..data/token`.
+        std::fs::write(dir.path().join("real"), &first).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("other")).unwrap();
+        let source = TokenFile::new(dir.path().join("other"));
+        assert_eq!(source.read().unwrap().jwt, first);
+        let second = jwt_with_claims(r#"{"exp":1795003600}"#);
+        std::fs::write(dir.path().join("real"), &second).unwrap();
+        assert_eq!(source.read().unwrap().jwt, second);
     }
 }

@@ -43,6 +43,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-netifaces",
     "python3-oauthlib",
     "python3-serial",
+    // `cargo xtask bench`: load tools and the alternatives it compares with.
+    "wrk",
+    "iperf3",
+    "nginx",
+    "nftables",
 ];
 
 /// Installs whatever is missing.
@@ -247,10 +252,22 @@ fn install_debian_packages() -> anyhow::Result<()> {
         );
     }
     cmd::run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-    cmd::run(
+    // Packages such as nginx start a system service on install; the tools
+    // here are started by the tests and benchmarks, in their namespaces.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        cmd::run(Command::new("chmod").arg("+x").arg(policy))?;
+    }
+    let installed = cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }

@@ -119,7 +119,7 @@ async fn token(State(state): State<Arc<ImdsState>>, RawQuery(query): RawQuery) -
         }
         .into_response();
     };
-    match file.read().await {
+    match file.read() {
         Ok(token) => {
             let body = TokenResponse { expiration_timestamp: token.expiration_timestamp(), token: token.jwt };
             let mut response = Json(body).into_response();

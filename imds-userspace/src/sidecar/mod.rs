@@ -46,7 +46,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let imds_ip = Ipv4Addr::from(IMDS_ADDR);
     let state = args.api.state();
     for file in state.tokens.files() {
-        if let Err(e) = file.read().await {
+        if let Err(e) = file.read() {
             tracing::warn!(error = %chain(&e), "token not readable yet; it is answered with 503 until it is");
         }
     }

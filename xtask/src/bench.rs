@@ -1,0 +1,643 @@
+//! `cargo xtask bench`: the IMDS over its eBPF path against the other ways
+//! of intercepting 169.254.169.254, the cost to the VM's other traffic, and
+//! the sidecar's footprint, all in one run on this machine. Every figure is
+//! the median of several repetitions. Load comes from wrk and iperf3.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use imds_tests::{
+    netns::{Background, Netns},
+    sidecar::{Identity, Sidecar},
+    tokens::{ProjectedVolume, jwt},
+    topology::{BRIDGE, Binding, GuestKind, PodLayout},
+};
+
+use crate::{build, cmd, setup};
+
+const ID: Identity = Identity { namespace: "bench", service_account: "bench-sa", vm_name: "bench-vm" };
+const IMDS: &str = "169.254.169.254";
+
+pub struct Options {
+    pub duration: Duration,
+    pub repetitions: usize,
+    pub output: PathBuf,
+    /// Empty: every section.
+    pub only: Vec<Section>,
+}
+
+/// The parts of the run, selectable with `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// IMDS requests over the eBPF path.
+    Http,
+    /// The same requests through nft DNAT, a veth on the bridge, and nginx.
+    Alternatives,
+    /// The VM's other traffic with and without the programs.
+    Traffic,
+    /// RSS, binary size, start-up and attach times.
+    Footprint,
+    /// Reading the token file against the cache.
+    Token,
+}
+
+impl Options {
+    fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+}
+
+/// One load configuration.
+#[derive(Clone, Copy)]
+struct Load {
+    path: &'static str,
+    connections: u32,
+    keep_alive: bool,
+}
+
+impl Load {
+    fn label(&self) -> String {
+        format!(
+            "{} c={} {}",
+            self.path,
+            self.connections,
+            if self.keep_alive { "keep-alive" } else { "new conn/req" }
+        )
+    }
+}
+
+const LOADS: [Load; 8] = [
+    Load { path: "/v1/token", connections: 1, keep_alive: true },
+    Load { path: "/v1/token", connections: 64, keep_alive: true },
+    Load { path: "/v1/token", connections: 1, keep_alive: false },
+    Load { path: "/v1/token", connections: 64, keep_alive: false },
+    Load { path: "/v1/identity", connections: 1, keep_alive: true },
+    Load { path: "/v1/identity", connections: 64, keep_alive: true },
+    Load { path: "/v1/identity", connections: 1, keep_alive: false },
+    Load { path: "/v1/identity", connections: 64, keep_alive: false },
+];
+
+/// The ways of reaching the server that are measured side by side.
+const EBPF: &str = "eBPF (ours)";
+const DNAT: &str = "nft DNAT";
+const VETH: &str = "veth on bridge";
+const NGINX: &str = "nginx";
+
+/// wrk's answer.
+#[derive(Clone, Copy, Debug, Default)]
+struct Http {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// What every section shares: the release binary, the pod-like namespaces
+/// with a namespace guest on the bridge, and a kubelet-style token volume.
+struct Bench<'a> {
+    options: &'a Options,
+    binary: PathBuf,
+    layout: PodLayout,
+    volume: ProjectedVolume,
+    scratch: tempfile::TempDir,
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmark builds network namespaces and loads eBPF: run `cargo xtask bench` as root");
+    }
+    ensure!(options.repetitions >= 1, "--repetitions must be at least 1");
+    ensure!(options.duration >= Duration::from_secs(1), "--duration must be at least 1 second");
+    setup::ensure()?;
+    let binary = build::all(true)?;
+    let scratch = tempfile::tempdir()?;
+    let volume = ProjectedVolume::new(&scratch.path().join("token"))?;
+    let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs() + 3600;
+    volume.publish(&jwt(ID.namespace, ID.service_account, exp, "bench"))?;
+    let bench = Bench {
+        options,
+        binary,
+        layout: PodLayout::build(Binding::Masquerade, GuestKind::Namespace)?,
+        volume,
+        scratch,
+    };
+
+    let mut report = Report { machine: machine()?, ..Report::default() };
+    if options.runs(Section::Footprint) {
+        bench.footprint(&mut report)?;
+    }
+    if options.runs(Section::Http) {
+        bench.http_ours(&mut report)?;
+    }
+    if options.runs(Section::Alternatives) {
+        bench.alternatives(&mut report)?;
+    }
+    if options.runs(Section::Traffic) {
+        bench.traffic(&mut report)?;
+    }
+    if options.runs(Section::Token) {
+        report.token_read = token_read(bench.volume.token_path(), options.repetitions)?;
+    }
+
+    let text = report.render(options);
+    println!("{text}");
+    if let Some(parent) = options.output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&options.output, &text)?;
+    eprintln!("bench: report written to {}", options.output.display());
+    Ok(())
+}
+
+impl Bench<'_> {
+    fn guest(&self) -> &Netns {
+        self.layout.guest()
+    }
+
+    fn sidecar(&self) -> anyhow::Result<Sidecar> {
+        Sidecar::start_binary(&self.binary, &self.layout.pod, &ID, self.volume.dir(), &[])
+    }
+
+    fn http_ours(&self, report: &mut Report) -> anyhow::Result<()> {
+        let mut sidecar = self.sidecar()?;
+        sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
+        let pid = sidecar.pid().context("sidecar pid")?;
+        // Idle: settled after start-up, before any request.
+        std::thread::sleep(Duration::from_secs(1));
+        report.footprint.insert("sidecar RSS idle (MiB)", rss_mib(pid, "VmRSS")?);
+        // Private memory: what each further VM's sidecar adds (the binary's
+        // pages are shared by every sidecar on the node).
+        report.footprint.insert("sidecar RSS idle, private (MiB)", rss_mib(pid, "RssAnon")?);
+        for load in LOADS {
+            let r = measure(self.guest(), &format!("http://{IMDS}"), load, self.options)?;
+            report.http.entry(load.label()).or_default().insert(EBPF, r);
+        }
+        report.footprint.insert("sidecar RSS peak under load (MiB)", rss_mib(pid, "VmHWM")?);
+        report.footprint.insert("sidecar RSS after load (MiB)", rss_mib(pid, "VmRSS")?);
+        sidecar.terminate()?;
+        Ok(())
+    }
+
+    fn alternatives(&self, report: &mut Report) -> anyhow::Result<()> {
+        let (pod, guest) = (&self.layout.pod, self.guest());
+        // (a) nftables DNAT of 169.254.169.254:80 to the same server.
+        {
+            let _server = serve(pod, &self.binary, "10.0.2.1:8080", self.volume.dir())?;
+            pod.sh(&format!(
+                "nft -f - <<'EOF'\ntable ip imdsbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
+                 ip daddr {IMDS} tcp dport 80 dnat to 10.0.2.1:8080\n }}\n}}\nEOF"
+            ))?;
+            let measured = self.each_load(&format!("http://{IMDS}"), DNAT, report);
+            pod.sh("nft delete table ip imdsbench")?;
+            measured?;
+        }
+        // (b) The address on a veth plugged into the bridge, no eBPF: the
+        // guest reaches it by ARP on its own segment.
+        {
+            pod.ip("link add imdsb type veth peer name imdsb-br")?;
+            pod.ip(&format!("link set imdsb-br master {BRIDGE} up"))?;
+            pod.ip(&format!("addr add {IMDS}/32 dev imdsb"))?;
+            pod.ip("link set imdsb up")?;
+            guest.ip(&format!("route add {IMDS}/32 dev eth0"))?;
+            let measured = serve(pod, &self.binary, &format!("{IMDS}:80"), self.volume.dir())
+                .and_then(|_server| self.each_load(&format!("http://{IMDS}"), VETH, report));
+            guest.ip(&format!("route del {IMDS}/32 dev eth0"))?;
+            pod.ip("link del imdsb")?;
+            measured?;
+        }
+        // (c) nginx serving the bodies our server returns, from the pod.
+        {
+            let bodies = {
+                let _server = serve(pod, &self.binary, "10.0.2.1:8080", self.volume.dir())?;
+                ["/v1/token", "/v1/identity"]
+                    .into_iter()
+                    .map(|p| {
+                        Ok((p, guest.sh(&format!("curl -sf -H 'Metadata: true' http://10.0.2.1:8080{p}"))?))
+                    })
+                    .collect::<anyhow::Result<BTreeMap<_, _>>>()?
+            };
+            let _nginx = nginx(pod, "10.0.2.1:8081", &bodies, self.scratch.path())?;
+            self.each_load("http://10.0.2.1:8081", NGINX, report)?;
+        }
+        Ok(())
+    }
+
+    fn each_load(&self, base: &str, way: &'static str, report: &mut Report) -> anyhow::Result<()> {
+        for load in LOADS {
+            let r = measure(self.guest(), base, load, self.options)?;
+            report.http.entry(load.label()).or_default().insert(way, r);
+        }
+        Ok(())
+    }
+
+    /// Interleaved: each repetition measures with the programs attached,
+    /// then without, so drift on the machine hits both sides alike.
+    fn traffic(&self, report: &mut Report) -> anyhow::Result<()> {
+        let foreign_ip = self.layout.addressing.foreign_ip;
+        let _iperf_server = self.layout.foreign.spawn("iperf3", &["-s", "-B", foreign_ip])?;
+        let foreign = &self.layout.foreign;
+        wait_for(
+            || foreign.sh("ss -Hltn 'sport = :5201'").is_ok_and(|out| !out.trim().is_empty()),
+            "iperf3 server",
+        )?;
+        let secs = self.options.duration.as_secs().to_string();
+        let (mut with, mut without) = (Traffic::default(), Traffic::default());
+        for _ in 0..self.options.repetitions {
+            let mut sidecar = self.sidecar()?;
+            sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
+            with.add(self.guest(), foreign_ip, &secs)?;
+            sidecar.terminate()?;
+            without.add(self.guest(), foreign_ip, &secs)?;
+        }
+        report.traffic.insert("TCP throughput (Gbit/s)", (median(with.tcp_gbps), median(without.tcp_gbps)));
+        report
+            .traffic
+            .insert("64-byte UDP packets received (kpps)", (median(with.udp_kpps), median(without.udp_kpps)));
+        Ok(())
+    }
+
+    fn footprint(&self, report: &mut Report) -> anyhow::Result<()> {
+        // Process start → "IMDS serving" (veth up, listener answering), by
+        // the sidecar's own log clock.
+        let mut serving = Vec::new();
+        for _ in 0..self.options.repetitions {
+            let before = SystemTime::now();
+            let mut sidecar = self.sidecar()?;
+            serving.push(log_delay_ms(&sidecar.log(), "IMDS serving", before)?);
+            sidecar.terminate()?;
+        }
+        report.footprint.insert("sidecar start → serving (ms)", median(serving));
+
+        // A TAP appearing on the bridge, as virt-launcher makes it → the
+        // sidecar's "attached" line for it.
+        let mut sidecar = self.sidecar()?;
+        let mut attach = Vec::new();
+        for i in 0..self.options.repetitions {
+            let tap = format!("tap9{i}");
+            let before = SystemTime::now();
+            self.layout.pod.ip(&format!("tuntap add dev {tap} mode tap"))?;
+            self.layout.pod.ip(&format!("link set {tap} master {BRIDGE} up"))?;
+            let needle = format!("ifname=\"{tap}\"");
+            sidecar.wait_for_log(&needle, Duration::from_secs(5))?;
+            attach.push(log_delay_ms(&sidecar.log(), &needle, before)?);
+            self.layout.pod.ip(&format!("link del {tap}"))?;
+        }
+        sidecar.terminate()?;
+        report.footprint.insert("TAP appears → programs attached (ms)", median(attach));
+
+        let stripped = self.scratch.path().join("kubevirt-imds.stripped");
+        std::fs::copy(&self.binary, &stripped)?;
+        cmd::run(Command::new("strip").arg(&stripped))?;
+        report.footprint.insert("binary, stripped (MiB)", mib(&stripped)?);
+        report.footprint.insert("binary, as built (MiB)", mib(&self.binary)?);
+        Ok(())
+    }
+}
+
+fn mib(path: &Path) -> anyhow::Result<f64> {
+    Ok(std::fs::metadata(path)?.len() as f64 / 1_048_576.0)
+}
+
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        ensure!(Instant::now() < deadline, "{what} did not come up within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `kubevirt-imds serve` (the same API and limits, no data path) in `ns`.
+fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -> anyhow::Result<Background> {
+    let server = ns.spawn(
+        binary.to_str().context("binary path")?,
+        &[
+            "serve",
+            "--listen",
+            listen,
+            "--namespace",
+            ID.namespace,
+            "--service-account-name",
+            ID.service_account,
+            "--vm-name",
+            ID.vm_name,
+            "--token-dir",
+            token_dir.to_str().context("token dir")?,
+        ],
+    )?;
+    wait_listening(ns, listen)?;
+    Ok(server)
+}
+
+fn nginx(
+    ns: &Netns,
+    listen: &str,
+    bodies: &BTreeMap<&str, String>,
+    dir: &Path,
+) -> anyhow::Result<Background> {
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let mut locations = String::new();
+    for (path, body) in bodies {
+        // nginx's `return` takes a quoted string: escape quotes and backslashes.
+        let escaped = body.replace('\\', "\\\\").replace('"', "\\\"");
+        writeln!(
+            locations,
+            "    location = {path} {{ default_type application/json; return 200 \"{escaped}\"; }}"
+        )?;
+    }
+    let config = format!(
+        "worker_processes 2;\ndaemon off;\npid {p}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
+         client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n  \
+         uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  server {{\n    listen {listen};\n{locations}  }}\n}}\n",
+        p = prefix.display()
+    );
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, config)?;
+    let server =
+        ns.spawn("nginx", &["-p", prefix.to_str().context("path")?, "-c", conf.to_str().context("path")?])?;
+    wait_listening(ns, listen)?;
+    Ok(server)
+}
+
+fn wait_listening(ns: &Netns, addr: &str) -> anyhow::Result<()> {
+    wait_for(|| ns.sh(&format!("curl -s -m 1 -o /dev/null http://{addr}/healthz")).is_ok(), addr)
+}
+
+/// wrk from the guest namespace; the median of the repetitions.
+fn measure(guest: &Netns, base: &str, load: Load, options: &Options) -> anyhow::Result<Http> {
+    let mut runs = Vec::new();
+    for _ in 0..options.repetitions {
+        let threads = load.connections.min(2);
+        let mut script = format!(
+            "wrk -t{threads} -c{} -d{}s --latency -H 'Metadata: true'",
+            load.connections,
+            options.duration.as_secs()
+        );
+        if !load.keep_alive {
+            script.push_str(" -H 'Connection: close'");
+        }
+        write!(script, " {base}{}", load.path)?;
+        let out = guest.sh(&script)?;
+        runs.push(parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?);
+    }
+    Ok(Http {
+        rps: median(runs.iter().map(|r| r.rps).collect()),
+        p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
+        p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
+    })
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<Http> {
+    let mut http = Http::default();
+    for line in out.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("50%"), Some(v)) => http.p50_us = duration_us(v)?,
+            (Some("99%"), Some(v)) => http.p99_us = duration_us(v)?,
+            (Some("Requests/sec:"), Some(v)) => http.rps = v.parse()?,
+            _ => {}
+        }
+        ensure!(!line.starts_with("Non-2xx"), "wrk saw non-2xx responses: {line}");
+    }
+    ensure!(http.rps > 0.0 && http.p50_us > 0.0, "incomplete wrk output");
+    Ok(http)
+}
+
+fn duration_us(v: &str) -> anyhow::Result<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).context("no unit")?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n,
+        "ms" => n * 1000.0,
+        "s" => n * 1_000_000.0,
+        _ => bail!("unknown unit {unit}"),
+    })
+}
+
+#[derive(Default)]
+struct Traffic {
+    tcp_gbps: Vec<f64>,
+    udp_kpps: Vec<f64>,
+}
+
+impl Traffic {
+    /// One iperf3 TCP run and one 64-byte UDP run (unlimited rate) from the
+    /// guest to `host`; UDP counts what arrived, not what was sent.
+    fn add(&mut self, guest: &Netns, host: &str, secs: &str) -> anyhow::Result<()> {
+        let out = guest.sh(&format!("iperf3 -J -c {host} -t {secs}"))?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 TCP output")?;
+        self.tcp_gbps
+            .push(v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 TCP result")? / 1e9);
+        let out = guest.sh(&format!("iperf3 -J -u -l 64 -b 0 -c {host} -t {secs}"))?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 UDP output")?;
+        let sum = &v["end"]["sum"];
+        let packets = sum["packets"].as_f64().context("iperf3 UDP packets")?;
+        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+        let seconds = sum["seconds"].as_f64().context("iperf3 UDP seconds")?;
+        self.udp_kpps.push((packets - lost) / seconds / 1000.0);
+        Ok(())
+    }
+}
+
+/// From `before` to the timestamp of the first sidecar log line containing
+/// `needle`.
+fn log_delay_ms(log: &str, needle: &str, before: SystemTime) -> anyhow::Result<f64> {
+    let line =
+        log.lines().find(|l| l.contains(needle)).with_context(|| format!("no log line with {needle}"))?;
+    let stamp = line.split_whitespace().next().context("log line without a timestamp")?;
+    let at = humantime::parse_rfc3339_weak(stamp).with_context(|| format!("timestamp {stamp}"))?;
+    Ok(at.duration_since(before).unwrap_or_default().as_secs_f64() * 1000.0)
+}
+
+fn rss_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no such field")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+/// The token_read example (ns per token served, each way it can be got);
+/// the median of the repetitions of its own medians.
+fn token_read(token: PathBuf, repetitions: usize) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut runs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for _ in 0..repetitions {
+        let mut c = cmd::cargo(None);
+        c.args(["run", "--quiet", "--release", "-p", "imds-userspace", "--example", "token_read", "--"])
+            .arg(&token)
+            .arg(TOKEN_READS.to_string());
+        let out = cmd::output(&mut c).context("running the token_read example")?;
+        let v: BTreeMap<String, f64> =
+            serde_json::from_str(out.trim()).with_context(|| format!("token_read printed {out:?}"))?;
+        for (k, ns) in v {
+            runs.entry(k).or_default().push(ns);
+        }
+    }
+    Ok(runs.into_iter().map(|(k, v)| (k, median(v))).collect())
+}
+
+const TOKEN_READS: u32 = 20_000;
+
+fn machine() -> anyhow::Result<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = cmd::output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")?.lines().next().unwrap_or_default().to_owned();
+    Ok(format!("{cpu}, {cores} cores, kernel {}, {memory}", kernel.trim()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+#[derive(Default)]
+struct Report {
+    machine: String,
+    http: BTreeMap<String, BTreeMap<&'static str, Http>>,
+    traffic: BTreeMap<&'static str, (f64, f64)>,
+    footprint: BTreeMap<&'static str, f64>,
+    token_read: BTreeMap<String, f64>,
+}
+
+impl Report {
+    fn render(&self, options: &Options) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Machine: {}\n", self.machine);
+        let _ = writeln!(
+            s,
+            "Every figure is the median of {} runs of {} s. HTTP load: wrk in the guest namespace \
+             (2 threads; `Connection: close` for a new connection per request).\n",
+            options.repetitions,
+            options.duration.as_secs()
+        );
+        if !self.http.is_empty() {
+            self.render_http(&mut s);
+        }
+        if !self.traffic.is_empty() {
+            let _ =
+                writeln!(s, "### Cost to the VM's other traffic (guest → host across the bridge, iperf3)\n");
+            let _ = writeln!(s, "| | programs attached | no programs | ratio |\n|---|---|---|---|");
+            for (k, (with, without)) in &self.traffic {
+                let _ = writeln!(s, "| {k} | {with:.2} | {without:.2} | {:.1} % |", with / without * 100.0);
+            }
+            s.push('\n');
+        }
+        if !self.footprint.is_empty() {
+            let _ = writeln!(s, "### Footprint\n\n| | |\n|---|---|");
+            for (k, v) in &self.footprint {
+                let _ = writeln!(s, "| {k} | {v:.1} |");
+            }
+            s.push('\n');
+        }
+        if !self.token_read.is_empty() {
+            let _ = writeln!(
+                s,
+                "### Token reads (ns per token served, median of {TOKEN_READS})\n\n| | ns |\n|---|---|"
+            );
+            for (k, v) in &self.token_read {
+                let _ = writeln!(s, "| {k} | {v:.0} |");
+            }
+            s.push('\n');
+        }
+        self.render_targets(&mut s);
+        s
+    }
+
+    fn figure(&self, load: &Load, way: &str) -> Option<Http> {
+        self.http.get(&load.label())?.get(way).copied()
+    }
+
+    fn render_http(&self, s: &mut String) {
+        type Pick = fn(&Http) -> f64;
+        // (title, figure, higher is better)
+        let tables: [(&str, Pick, bool); 3] = [
+            ("requests/s", |h| h.rps, true),
+            ("p50 latency, µs", |h| h.p50_us, false),
+            ("p99 latency, µs", |h| h.p99_us, false),
+        ];
+        let ways = [EBPF, DNAT, VETH, NGINX];
+        for (title, pick, higher_is_better) in tables {
+            let _ = writeln!(s, "### IMDS requests: {title}\n");
+            let _ = writeln!(
+                s,
+                "Ratios are ours against theirs, oriented so that > 1 means ours is better.\n\n\
+                 | load | {} | vs DNAT | vs veth | vs nginx |\n|---|---|---|---|---|---|---|---|",
+                ways.join(" | ")
+            );
+            for load in &LOADS {
+                let value = |way| self.figure(load, way).map(|h| pick(&h));
+                let cells: Vec<String> =
+                    ways.iter().map(|w| value(w).map_or("—".into(), |v| format!("{v:.0}"))).collect();
+                let better = |way| match (value(EBPF), value(way)) {
+                    (Some(o), Some(t)) if o > 0.0 && t > 0.0 => {
+                        format!("{:.2}×", if higher_is_better { o / t } else { t / o })
+                    }
+                    _ => "—".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    load.label(),
+                    cells.join(" | "),
+                    better(DNAT),
+                    better(VETH),
+                    better(NGINX)
+                );
+            }
+            s.push('\n');
+        }
+    }
+
+    /// The issue's targets, each with the figure it is judged on.
+    fn render_targets(&self, s: &mut String) {
+        let mut rows: Vec<(String, String, bool)> = Vec::new();
+        for (k, (with, without)) in &self.traffic {
+            let ratio = with / without;
+            rows.push((
+                format!("{k}: ≥ 98 % of no-program"),
+                format!("{:.1} %", ratio * 100.0),
+                ratio >= 0.98,
+            ));
+        }
+        let mut versus = |way: &str, what: &str, ok: fn(Http, Http) -> bool| {
+            let pairs: Vec<(Http, Http)> =
+                LOADS.iter().filter_map(|l| Some((self.figure(l, EBPF)?, self.figure(l, way)?))).collect();
+            if !pairs.is_empty() {
+                let wins = pairs.iter().filter(|(o, t)| ok(*o, *t)).count();
+                rows.push((what.into(), format!("{wins} of {} loads", pairs.len()), wins == pairs.len()));
+            }
+        };
+        versus(DNAT, "req/s ≥ nft DNAT", |o, t| o.rps >= t.rps);
+        versus(DNAT, "p50 ≤ nft DNAT", |o, t| o.p50_us <= t.p50_us);
+        versus(DNAT, "p99 ≤ nft DNAT", |o, t| o.p99_us <= t.p99_us);
+        versus(NGINX, "req/s ≥ ½ nginx", |o, t| o.rps * 2.0 >= t.rps);
+        if let Some(rss) = self.footprint.get("sidecar RSS idle (MiB)") {
+            rows.push(("sidecar RSS idle ≤ 8 MiB".into(), format!("{rss:.1} MiB"), *rss <= 8.0));
+        }
+        if let Some(ms) = self.footprint.get("TAP appears → programs attached (ms)") {
+            rows.push(("attach ≤ 100 ms after the TAP appears".into(), format!("{ms:.1} ms"), *ms <= 100.0));
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### Targets\n\n| target | result | met |\n|---|---|---|");
+        for (target, result, met) in rows {
+            let _ = writeln!(s, "| {target} | {result} | {} |", if met { "yes" } else { "**no**" });
+        }
+    }
+}
