@@ -174,13 +174,40 @@ impl Bench<'_> {
         // pages are shared by every sidecar on the node).
         report.footprint.insert("sidecar RSS idle, private (MiB)", rss_mib(pid, "RssAnon")?);
         for load in LOADS {
+            let before = self.loss_counters()?;
             let r = measure(self.guest(), &format!("http://{IMDS}"), load, self.options)?;
             report.http.entry(load.label()).or_default().insert(EBPF, r);
+            let after = self.loss_counters()?;
+            let grew: BTreeMap<String, u64> = after
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(before.get(&k).copied().unwrap_or(0))))
+                .filter(|(_, v)| *v > 0)
+                .collect();
+            report.datapath_drops.insert(load.label(), grew);
         }
         report.footprint.insert("sidecar RSS peak under load (MiB)", rss_mib(pid, "VmHWM")?);
         report.footprint.insert("sidecar RSS after load (MiB)", rss_mib(pid, "VmRSS")?);
         sidecar.terminate()?;
         Ok(())
+    }
+
+    /// The data path's drop counters and both ends' TCP retransmissions:
+    /// a load that loses packets shows here, not just as a slow figure.
+    fn loss_counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut all: BTreeMap<String, u64> = datapath_counters()?
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "guest_redirected" | "reply_forwarded"))
+            .collect();
+        for (side, ns) in [("guest", self.guest()), ("pod", &self.layout.pod)] {
+            let out = ns.sh("nstat -asz TcpRetransSegs")?;
+            let n = out
+                .lines()
+                .find_map(|l| l.strip_prefix("TcpRetransSegs"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("nstat printed {out:?}"))?;
+            all.insert(format!("{side} TCP retransmits"), n);
+        }
+        Ok(all)
     }
 
     fn alternatives(&self, report: &mut Report) -> anyhow::Result<()> {
@@ -299,6 +326,26 @@ impl Bench<'_> {
     }
 }
 
+/// The sidecar's IMDS_COUNTERS map as bpftool prints it (BTF field names),
+/// summed over CPUs.
+fn datapath_counters() -> anyhow::Result<BTreeMap<String, u64>> {
+    let out = cmd::output(Command::new("bpftool").args(["-j", "map", "dump", "name", "IMDS_COUNTERS"]))
+        .context("bpftool map dump name IMDS_COUNTERS failed")?;
+    let dump: serde_json::Value = serde_json::from_str(&out).context("bpftool map dump output")?;
+    let mut sums = BTreeMap::new();
+    let values = dump
+        .pointer("/0/formatted/values")
+        .and_then(|v| v.as_array())
+        .context("bpftool: no per-CPU values")?;
+    for cpu in values {
+        for (field, n) in cpu["value"].as_object().context("bpftool: value is not a struct")? {
+            *sums.entry(field.clone()).or_default() +=
+                n.as_u64().context("bpftool: counter is not a number")?;
+        }
+    }
+    Ok(sums)
+}
+
 fn mib(path: &Path) -> anyhow::Result<f64> {
     Ok(std::fs::metadata(path)?.len() as f64 / 1_048_576.0)
 }
@@ -342,7 +389,8 @@ fn nginx(
 ) -> anyhow::Result<Background> {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs"))?;
-    let mut locations = String::new();
+    // /healthz: what wait_listening polls.
+    let mut locations = String::from("    location = /healthz { return 200 \"ok\"; }\n");
     for (path, body) in bodies {
         // nginx's `return` takes a quoted string: escape quotes and backslashes.
         let escaped = body.replace('\\', "\\\\").replace('"', "\\\"");
@@ -512,6 +560,8 @@ struct Report {
     traffic: BTreeMap<&'static str, (f64, f64)>,
     footprint: BTreeMap<&'static str, f64>,
     token_read: BTreeMap<String, f64>,
+    /// Per load over the eBPF path: drop counters that rose.
+    datapath_drops: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Report {
@@ -527,6 +577,20 @@ impl Report {
         );
         if !self.http.is_empty() {
             self.render_http(&mut s);
+        }
+        if !self.datapath_drops.is_empty() {
+            let _ =
+                writeln!(s, "### Losses during the eBPF loads (IMDS_COUNTERS drops, TCP retransmissions)\n");
+            let _ = writeln!(s, "| load | counters that rose |\n|---|---|");
+            for (load, drops) in &self.datapath_drops {
+                let text: Vec<String> = drops.iter().map(|(k, v)| format!("{k} +{v}")).collect();
+                let _ = writeln!(
+                    s,
+                    "| {load} | {} |",
+                    if text.is_empty() { "none".into() } else { text.join(", ") }
+                );
+            }
+            s.push('\n');
         }
         if !self.traffic.is_empty() {
             let _ =
