@@ -58,7 +58,7 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         duration: u64,
         /// Repetitions of every measurement (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         repetitions: usize,
         /// Where the report goes.
         #[arg(long, default_value = "target/bench/report.md")]
