@@ -48,6 +48,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "nginx",
     "nftables",
+    "binutils", // strip, for the binary-size figure
 ];
 
 /// Installs whatever is missing.
