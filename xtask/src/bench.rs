@@ -738,7 +738,7 @@ impl Report {
             );
             let _ = writeln!(s, "| | programs attached | no programs | ratio |\n|---|---|---|---|");
             for (k, with, without) in &self.traffic {
-                let _ = writeln!(s, "| {k} | {with:.2} | {without:.2} | {:.1} % |", with / without * 100.0);
+                let _ = writeln!(s, "| {k} | {with:.2} | {without:.2} | {:.2} % |", with / without * 100.0);
             }
             s.push('\n');
             for (program, (ns, runs)) in &self.per_packet {
@@ -841,7 +841,7 @@ impl Report {
             let ratio = with / without;
             rows.push((
                 format!("{k}: ≥ 98 % of no-program"),
-                format!("{:.1} %", ratio * 100.0),
+                format!("{:.2} %", ratio * 100.0),
                 ratio >= 0.98,
             ));
         }
@@ -892,5 +892,58 @@ impl Report {
         for (target, result, met) in rows {
             let _ = writeln!(s, "| {target} | {result} | {} |", if met { "yes" } else { "**no**" });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// wrk 4.1's output with `--latency`, as Debian ships it.
+    const WRK: &str = "Running 5s test @ http://169.254.169.254/v1/token
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.05ms    1.20ms  30.11ms   91.00%
+    Req/Sec    30.11k     2.10k   35.00k    70.00%
+  Latency Distribution
+     50%  801.00us
+     75%    1.10ms
+     90%    1.80ms
+     99%    3.13ms
+  299000 requests in 5.00s, 380.12MB read
+  Socket errors: connect 3, read 2, write 0, timeout 1
+Requests/sec:  59880.12
+Transfer/sec:     76.02MB
+";
+
+    #[test]
+    fn wrk_output_is_parsed_with_units_and_socket_errors() {
+        let h = parse_wrk(WRK).unwrap();
+        assert_eq!((h.rps, h.p50_us, h.p99_us, h.socket_errors), (59880.12, 801.0, 3130.0, 6));
+    }
+
+    #[test]
+    fn wrk_failures_are_errors_not_figures() {
+        assert!(parse_wrk(&format!("{WRK}  Non-2xx or 3xx responses: 12\n")).is_err());
+        assert!(parse_wrk("unable to connect to 169.254.169.254:80 Connection refused\n").is_err());
+        assert!(duration_us("12furlongs").is_err());
+    }
+
+    #[test]
+    fn medians_take_the_middle_run() {
+        let runs = [3.0, 1.0, 2.0].map(|rps| Http { rps, p50_us: rps * 10.0, p99_us: 1.0, socket_errors: 1 });
+        let m = Http::median(&runs);
+        assert_eq!((m.rps, m.p50_us, m.socket_errors), (2.0, 20.0, 3));
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn a_sidecar_log_line_gives_the_delay_since_a_moment() {
+        let before = humantime::parse_rfc3339_weak("2026-11-23T07:05:03.000000Z").unwrap();
+        let log =
+            "2026-11-23T07:05:03.019200Z  INFO imds_userspace::datapath::loader: attached ifname=\"tap90\"\n";
+        let ms = log_delay_ms(log, "ifname=\"tap90\"", before).unwrap();
+        assert!((ms - 19.2).abs() < 1e-6, "{ms}");
+        assert!(log_delay_ms(log, "ifname=\"tap91\"", before).is_err());
     }
 }
