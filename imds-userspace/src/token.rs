@@ -86,10 +86,19 @@ pub struct TokenFile {
 }
 
 /// A token and the `..data` target it was read through.
-#[derive(Debug)]
 struct Generation {
     data_target: PathBuf,
     token: ServiceAccountToken,
+}
+
+/// Never the JWT: a `{:?}` of the API state must not put a credential in a log.
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("data_target", &self.data_target)
+            .field("expires_at", &self.token.expiration_timestamp())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenFile {
@@ -350,6 +359,17 @@ pub(crate) mod tests {
         );
         std::fs::remove_dir_all(dir.path().join("..gen3")).unwrap();
         assert!(matches!(source.read(), Err(TokenError::Missing(_))));
+    }
+
+    #[test]
+    fn the_cached_jwt_never_shows_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = jwt_with_claims(r#"{"exp":1795000000}"#);
+        publish(dir.path(), "..gen1", &jwt);
+        let source = TokenFile::new(dir.path().join("token"));
+        source.read().unwrap();
+        let debug = format!("{source:?}");
+        assert!(debug.contains("..gen1") && !debug.contains(&jwt), "{debug}");
     }
 
     #[test]
