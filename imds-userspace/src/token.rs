@@ -112,7 +112,7 @@ impl TokenFile {
 
     /// The token the kubelet last published. Called inline on the async
     /// runtime: the volume is a tmpfs and a miss costs about 5 µs, well
-    /// under a `spawn_blocking` hop (about 20 µs, see BENCHMARKS.md).
+    /// under a `spawn_blocking` hop (20–30 µs here, see BENCHMARKS.md).
     pub fn read(&self) -> Result<ServiceAccountToken, TokenError> {
         let Some((data_target, generation_file)) = self.current_generation() else {
             return read_token(&self.path);
