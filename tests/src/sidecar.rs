@@ -14,11 +14,7 @@ use crate::netns::Netns;
 /// The binary under test: `cargo xtask test` builds it (with the eBPF object
 /// embedded) and passes its path.
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("IMDS_SIDECAR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kubevirt-imds"));
-    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
-    path
+    crate::built_binary("IMDS_SIDECAR_BIN", "kubevirt-imds")
 }
 
 pub struct Identity<'a> {

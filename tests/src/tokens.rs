@@ -87,3 +87,47 @@ impl ProjectedVolume {
         Ok(())
     }
 }
+
+/// A guest shell fetching one IMDS path with `curl` in a loop, one response
+/// per line: what a token-refreshing agent does while the kubelet rotates.
+pub struct LoopingClient {
+    process: Option<crate::netns::Background>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopingClient {
+    /// `path` as in the URL, e.g. `/v1/token?audience=vault`.
+    pub fn start(guest: &crate::netns::Netns, path: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("responses");
+        let script = format!(
+            "while :; do curl -s -m 3 -H 'Metadata: true' 'http://169.254.169.254{path}'; echo; done > {}",
+            log.display()
+        );
+        let process = guest.spawn("sh", &["-c", &script])?;
+        Ok(Self { process: Some(process), log, _dir: dir })
+    }
+
+    /// Stops the loop and checks it made at least 20 requests, each answered
+    /// with a whole token from `published` (the last line may be cut by the
+    /// kill). Returns how many different tokens it was served.
+    pub fn stop_and_check(mut self, published: &[String]) -> anyhow::Result<usize> {
+        drop(self.process.take());
+        let text = std::fs::read_to_string(&self.log)?;
+        let responses: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        anyhow::ensure!(responses.len() >= 20, "the looping client made only {} requests", responses.len());
+        let mut seen = std::collections::HashSet::new();
+        for line in &responses[..responses.len() - 1] {
+            let v: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("not a JSON response: {line}"))?;
+            let token = v["token"].as_str().with_context(|| format!("not a token response: {line}"))?;
+            anyhow::ensure!(
+                published.iter().any(|p| p == token),
+                "served a token that was never published (torn?): {token}"
+            );
+            seen.insert(token.to_owned());
+        }
+        Ok(seen.len())
+    }
+}

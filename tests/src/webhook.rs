@@ -17,11 +17,7 @@ pub const SERVICE_DNS: &str = "kubevirt-imds-webhook.kubevirt-imds.svc";
 
 /// `cargo xtask` itself: `cargo xtask test` passes its path.
 pub fn xtask_binary() -> PathBuf {
-    let path = std::env::var_os("IMDS_XTASK_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xtask"));
-    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
-    path
+    crate::built_binary("IMDS_XTASK_BIN", "xtask")
 }
 
 /// `cargo xtask generate-certs --out-dir <dir>`.

@@ -1,12 +1,12 @@
 //! Privileged tests of tokens for several audiences through the real data
 //! path: a namespace guest behind the real sidecar.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use imds_tests::{
     netns::{Netns, exclusive, require_root},
     sidecar::{Identity, Sidecar},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{LoopingClient, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
 use serde_json::Value;
@@ -166,17 +166,7 @@ fn rotating_one_audience_under_a_looping_client() {
     let (api, sts, vault) = tokens(0);
     let r = start(&TWO_AUDIENCES, &api, &sts, &vault);
     let guest = r.layout.guest();
-    let out = tempfile::tempdir().unwrap();
-    let log = out.path().join("responses");
-    let looping = guest
-        .spawn(
-            "sh",
-            &["-c", &format!(
-                "while :; do curl -s -m 3 -H 'Metadata: true' 'http://169.254.169.254/v1/token?audience=vault'; echo; done > {}",
-                log.display()
-            )],
-        )
-        .unwrap();
+    let looping = LoopingClient::start(guest, "/v1/token?audience=vault").unwrap();
     let mut published = vec![vault.clone()];
     for generation in 1..=5 {
         std::thread::sleep(Duration::from_millis(300));
@@ -189,16 +179,6 @@ fn rotating_one_audience_under_a_looping_client() {
         published.push(new_vault);
     }
     std::thread::sleep(Duration::from_millis(300));
-    drop(looping);
-    let published: HashSet<&str> = published.iter().map(String::as_str).collect();
-    let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    assert!(lines.len() >= 20, "only {} requests", lines.len());
-    let mut seen = HashSet::new();
-    for line in &lines[..lines.len() - 1] {
-        let token = token_of(line);
-        assert!(published.contains(token.as_str()), "a torn or foreign token: {token}");
-        seen.insert(token);
-    }
-    assert!(seen.len() >= 3, "the loop saw only {} generations", seen.len());
+    let seen = looping.stop_and_check(&published).unwrap();
+    assert!(seen >= 3, "the loop saw only {seen} generations");
 }

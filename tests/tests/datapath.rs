@@ -2,13 +2,13 @@
 //! real packets, the real sidecar binary. Run by `cargo xtask test` as root;
 //! they fail (never skip) when they cannot run.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use imds_tests::{
     bpf,
     netns::{Netns, exclusive, require_root},
     sidecar::{Identity, Sidecar},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{LoopingClient, ProjectedVolume, jwt},
     topology::{Addressing, Binding, GuestKind, PodLayout, attach_namespace_guest},
 };
 use serde_json::Value;
@@ -254,17 +254,7 @@ fn token_rotation_is_atomic_under_a_looping_client() {
     let _serial = exclusive();
     let r = start(Binding::Masquerade);
     let guest = r.layout.guest();
-    let out = tempfile::tempdir().unwrap();
-    let log = out.path().join("responses");
-    let looping = guest
-        .spawn(
-            "sh",
-            &["-c", &format!(
-                "while :; do curl -s -m 3 -H 'Metadata: true' http://169.254.169.254/v1/token; echo; done > {}",
-                log.display()
-            )],
-        )
-        .unwrap();
+    let looping = LoopingClient::start(guest, "/v1/token").unwrap();
     let mut published = vec![r.token.clone()];
     for generation in 1..=5 {
         std::thread::sleep(Duration::from_millis(300));
@@ -278,21 +268,8 @@ fn token_rotation_is_atomic_under_a_looping_client() {
         published.push(token);
     }
     std::thread::sleep(Duration::from_millis(300));
-    drop(looping);
-
-    let published: HashSet<&str> = published.iter().map(String::as_str).collect();
-    let text = std::fs::read_to_string(&log).unwrap();
-    let responses: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    assert!(responses.len() >= 20, "the looping client made only {} requests", responses.len());
-    let mut seen = HashSet::new();
-    // The last line may have been cut by the kill; every other must be whole.
-    for line in &responses[..responses.len() - 1] {
-        let v = json(line);
-        let token = v["token"].as_str().unwrap_or_else(|| panic!("not a token response: {line}"));
-        assert!(published.contains(token), "served a token that was never published (torn?): {token}");
-        seen.insert(token.to_owned());
-    }
-    assert!(seen.len() >= 3, "the loop saw only {} generations", seen.len());
+    let seen = looping.stop_and_check(&published).unwrap();
+    assert!(seen >= 3, "the loop saw only {seen} generations");
 }
 
 #[test]

@@ -114,6 +114,9 @@ impl Http {
 /// The alternatives' addresses, next to the IMDS one (see `Bench::http`).
 const DNAT_ADDR: &str = "169.254.169.253";
 const VETH_ADDR: &str = "169.254.169.252";
+/// Footprint figures the targets are judged on.
+const RSS_IDLE: &str = "sidecar RSS idle (MiB)";
+const ATTACH_DELAY: &str = "TAP appears → programs attached (ms)";
 /// The node end of the pod's eth0 in the masquerade layout.
 const NODE_IP: &str = "10.244.0.1";
 
@@ -197,7 +200,7 @@ impl Bench<'_> {
         let pid = sidecar.pid().context("sidecar pid")?;
         // Idle: settled after start-up, before any request.
         std::thread::sleep(Duration::from_secs(1));
-        report.footprint.insert("sidecar RSS idle (MiB)", rss_mib(pid, "VmRSS")?);
+        report.footprint.insert(RSS_IDLE, rss_mib(pid, "VmRSS")?);
         // Private memory: what each further VM's sidecar adds (the binary's
         // pages are shared by every sidecar on the node).
         report.footprint.insert("sidecar RSS idle, private (MiB)", rss_mib(pid, "RssAnon")?);
@@ -386,7 +389,7 @@ impl Bench<'_> {
             self.layout.pod.ip(&format!("link del {tap}"))?;
         }
         sidecar.terminate()?;
-        report.footprint.insert("TAP appears → programs attached (ms)", median(attach));
+        report.footprint.insert(ATTACH_DELAY, median(attach));
 
         let stripped = self.scratch.path().join("kubevirt-imds.stripped");
         std::fs::copy(&self.binary, &stripped)?;
@@ -879,10 +882,10 @@ impl Report {
         versus(DNAT, "p50 ≤ nft DNAT", |h| h.p50_us, 1.0, false);
         versus(DNAT, "p99 ≤ nft DNAT", |h| h.p99_us, 1.0, false);
         versus(NGINX, "req/s ≥ ½ nginx", |h| h.rps, 0.5, true);
-        if let Some(rss) = self.footprint.get("sidecar RSS idle (MiB)") {
+        if let Some(rss) = self.footprint.get(RSS_IDLE) {
             rows.push(("sidecar RSS idle ≤ 8 MiB".into(), format!("{rss:.1} MiB"), *rss <= 8.0));
         }
-        if let Some(ms) = self.footprint.get("TAP appears → programs attached (ms)") {
+        if let Some(ms) = self.footprint.get(ATTACH_DELAY) {
             rows.push(("attach ≤ 100 ms after the TAP appears".into(), format!("{ms:.1} ms"), *ms <= 100.0));
         }
         if rows.is_empty() {
