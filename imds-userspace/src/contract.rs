@@ -44,7 +44,8 @@ pub fn check_audience(audience: &str) -> Result<(), String> {
 /// The metadata formats a VM can ask for besides the IMDS's own API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Flavor {
-    /// NoCloud over HTTP at `/nocloud/` (`ds=nocloud;s=http://169.254.169.254/nocloud/`).
+    /// NoCloud over HTTP at `/nocloud/`; the guest picks it from the SMBIOS
+    /// serial [`crate::cloud::nocloud::SEED_SERIAL`].
     Nocloud,
     /// The OpenStack metadata service at `/openstack/` (with its EC2-compatible tree).
     Openstack,
@@ -100,6 +101,12 @@ pub const ENV_HOSTNAME: &str = "IMDS_HOSTNAME";
 pub const ENV_USER_DATA_DIR: &str = "IMDS_USER_DATA_DIR";
 pub const ENV_NETWORK_DATA_DIR: &str = "IMDS_NETWORK_DATA_DIR";
 pub const ENV_EC2_IMDSV2: &str = "IMDS_EC2_IMDSV2";
+/// Where the VM claims to run, for the cloud flavours (EC2 `placement/`,
+/// the identity document, OpenStack `availability_zone`).
+pub const ENV_REGION: &str = "IMDS_REGION";
+pub const ENV_AVAILABILITY_ZONE: &str = "IMDS_AVAILABILITY_ZONE";
+pub const DEFAULT_REGION: &str = "kubevirt";
+pub const DEFAULT_AVAILABILITY_ZONE: &str = "kubevirt";
 
 /// The AWS IRSA audience when the ServiceAccount names none.
 pub const DEFAULT_AWS_AUDIENCE: &str = "sts.amazonaws.com";

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{Router, extract::ConnectInfo};
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -15,6 +15,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -83,7 +84,12 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // The peer address, for handlers that answer with it (EC2's local-ipv4).
+        let app = app.clone().map_request(move |mut request: axum::extract::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        let service = TowerToHyperService::new(app);
         let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             let result = match tls {
@@ -127,9 +133,15 @@ mod tests {
     };
 
     async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        start_app(limits, Router::new().route("/", get(|| async { "hi" }))).await
+    }
+
+    async fn start_app(
+        limits: Limits,
+        app: Router,
+    ) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/", get(|| async { "hi" }));
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, app, limits, None, stop.clone()));
         (addr, stop, task)
@@ -212,6 +224,20 @@ mod tests {
         // Served only once the holder timed out and freed the slot.
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_peer_address() {
+        let app = Router::new().route(
+            "/",
+            get(|ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| async move { peer.to_string() }),
+        );
+        let (addr, _stop, _task) = start_app(Limits::default(), app).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let local = s.local_addr().unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (text, _) = read_to_close(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&local.to_string()), "{text}");
     }
 
     #[tokio::test]

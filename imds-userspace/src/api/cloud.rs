@@ -3,13 +3,14 @@
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, HeaderValue, Method, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -18,7 +19,7 @@ use serde_json::json;
 use super::{ImdsState, error::ApiError};
 use crate::{
     cloud::{
-        InstanceFacts, Missing, Resource, Segments,
+        Client, InstanceFacts, Missing, Resource, Segments,
         data::{DataError, DataSources},
         ec2,
         imdsv2::{self, Sessions},
@@ -45,13 +46,17 @@ impl CloudState {
     }
 }
 
+/// `peer` is the connection's address, which [`crate::http_server`] adds to
+/// every request; in-process callers may leave it out.
 pub async fn dispatch(
     State(state): State<std::sync::Arc<ImdsState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Response {
     let cloud = &state.cloud;
+    let client = peer.map(|Extension(ConnectInfo(addr))| Client::from_peer(addr)).unwrap_or_default();
     if uri.path() == ec2::TOKEN_PATH && cloud.serves_ec2() {
         return issue_session(cloud, &method, &headers);
     }
@@ -69,14 +74,16 @@ pub async fn dispatch(
             if let Err(e) = check_session(cloud, &headers) {
                 return e.into_response();
             }
-            ec2::resolve(&path, &cloud.facts)
+            ec2::resolve(&path, &cloud.facts, &client)
         }
         _ => None,
     };
     let Some(resource) = resource else {
         return ApiError::NotFound.into_response();
     };
-    if method != Method::GET && method != Method::HEAD {
+    // `password` refuses every method alike: cloudbase-init POSTs there.
+    let any_method = matches!(resource, Resource::PasswordNotStored);
+    if !any_method && method != Method::GET && method != Method::HEAD {
         return ApiError::MethodNotAllowed.into_response();
     }
     let response = render(resource, &cloud.data).await;
@@ -147,6 +154,7 @@ async fn render(resource: Resource, data: &DataSources) -> Response {
             Ok(None) => ApiError::NotFound.into_response(),
             Err(e) => unavailable(e),
         },
+        Resource::PasswordNotStored => ApiError::PasswordNotStored.into_response(),
     }
 }
 

@@ -36,6 +36,8 @@ pub enum ApiError {
     Ec2SessionRequired,
     /// User-, vendor- or network-data could not be read.
     MetadataUnavailable,
+    /// OpenStack's `password`: this service stores none, whatever the method.
+    PasswordNotStored,
 }
 
 impl ApiError {
@@ -46,7 +48,8 @@ impl ApiError {
             ApiError::NotFound
             | ApiError::AudienceNotConfigured { .. }
             | ApiError::DefaultTokenDisabled { .. }
-            | ApiError::AwsNotConfigured => StatusCode::NOT_FOUND,
+            | ApiError::AwsNotConfigured
+            | ApiError::PasswordNotStored => StatusCode::NOT_FOUND,
             ApiError::AudienceInvalid(_) | ApiError::Ec2TtlInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Ec2SessionInvalid | ApiError::Ec2SessionRequired => StatusCode::UNAUTHORIZED,
             ApiError::MetadataUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::Ec2SessionInvalid => "ec2_session_invalid",
             ApiError::Ec2SessionRequired => "ec2_session_required",
             ApiError::MetadataUnavailable => "metadata_unavailable",
+            ApiError::PasswordNotStored => "password_not_stored",
         }
     }
 
@@ -121,6 +125,9 @@ impl ApiError {
                                              X-aws-ec2-metadata-token"
                 .into(),
             ApiError::MetadataUnavailable => "the metadata cannot be read right now; retry shortly".into(),
+            ApiError::PasswordNotStored => "this metadata service stores no passwords and accepts none; \
+                                            set credentials through user-data"
+                .into(),
         }
     }
 }

@@ -601,6 +601,10 @@ mod tests {
             "/openstack/latest/../../v1/token",
             "/latest/meta-data/iam/security-credentials/",
             "/2001-01-01/meta-data/",
+            "/latest/meta-data/placement/../instance-id",
+            "/latest/meta-data/public-keys/0/openssh-key",
+            "/openstack/latest/password/x",
+            "/openstack/2013-04-04/meta_data.json",
             huge.as_str(),
         ] {
             let (status, response) = call(&f.app, Method::GET, path, &[]).await;

@@ -6,6 +6,10 @@
 //! They serve metadata and user-data only: the ServiceAccount token stays
 //! on `/v1/token`, behind `Metadata: true`.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::contract;
+
 pub mod data;
 pub mod ec2;
 pub mod imdsv2;
@@ -21,16 +25,63 @@ pub struct InstanceFacts {
     pub hostname: String,
     pub vm_name: String,
     pub namespace: String,
+    /// EC2's `placement/region` and the identity document's `region`.
+    pub region: String,
+    /// EC2's `placement/availability-zone`, OpenStack's `availability_zone`.
+    pub availability_zone: String,
+    /// SSH keys offered to the guest. Nothing fills this yet (where keys
+    /// come from is a later issue); EC2's `meta-data/public-keys/` and
+    /// OpenStack's `public_keys`/`keys` already render whatever is here.
+    pub public_keys: Vec<PublicKey>,
 }
 
 impl InstanceFacts {
+    /// Facts with the default placement (see [`Self::with_placement`]) and no keys.
     pub fn new(vm_name: &str, namespace: &str, hostname: Option<&str>) -> Self {
         Self {
             instance_id: format!("{vm_name}.{namespace}"),
             hostname: hostname.unwrap_or(vm_name).to_owned(),
             vm_name: vm_name.to_owned(),
             namespace: namespace.to_owned(),
+            region: contract::DEFAULT_REGION.to_owned(),
+            availability_zone: contract::DEFAULT_AVAILABILITY_ZONE.to_owned(),
+            public_keys: Vec::new(),
         }
+    }
+
+    pub fn with_placement(self, region: &str, availability_zone: &str) -> Self {
+        Self { region: region.to_owned(), availability_zone: availability_zone.to_owned(), ..self }
+    }
+}
+
+/// One SSH public key, as the EC2 and OpenStack services name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// The key pair's name (EC2 lists `N=name`). One line, no `=`: whoever
+    /// fills [`InstanceFacts::public_keys`] must check that.
+    pub name: String,
+    /// `ssh-ed25519 AAAA… comment`, one line.
+    pub openssh_key: String,
+}
+
+/// What the resolvers know about who asked: facts of the request, passed
+/// in by the API layer (the resolvers never read a socket).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Client {
+    /// The guest's own IPv4 address, as the server saw the connection: the
+    /// eBPF redirect does no NAT, so it is the address the guest has.
+    /// `None` when unknown (in-process callers, an IPv6 peer).
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+impl Client {
+    pub fn from_peer(peer: SocketAddr) -> Self {
+        let ipv4 = match peer.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        Self { ipv4 }
     }
 }
 
@@ -79,6 +130,9 @@ pub enum Resource {
     /// OpenStack's `network_data.json`: the network data if it is that JSON
     /// format (KubeVirt's ConfigDrive networkData), else 404.
     NetworkDataJson,
+    /// OpenStack's `password`, whatever the method: 404, this service
+    /// stores no passwords (see [`openstack::PASSWORD_VERSION`]).
+    PasswordNotStored,
 }
 
 /// How to answer for data that is not there.
@@ -91,7 +145,7 @@ pub enum Missing {
 
 /// A directory listing, one entry per line, as the EC2 and OpenStack
 /// services write them (directories end in `/`).
-pub fn listing(entries: &[&str]) -> String {
+pub fn listing<S: std::borrow::Borrow<str>>(entries: &[S]) -> String {
     entries.join("\n")
 }
 
@@ -104,6 +158,20 @@ mod tests {
         let f = InstanceFacts::new("fedora", "vms", None);
         assert_eq!((f.instance_id.as_str(), f.hostname.as_str()), ("fedora.vms", "fedora"));
         assert_eq!(InstanceFacts::new("fedora", "vms", Some("web-1")).hostname, "web-1");
+        assert_eq!((f.region.as_str(), f.availability_zone.as_str()), ("kubevirt", "kubevirt"));
+        let placed = f.with_placement("us-east-1", "us-east-1a");
+        assert_eq!((placed.region.as_str(), placed.availability_zone.as_str()), ("us-east-1", "us-east-1a"));
+        assert_eq!(placed.instance_id, "fedora.vms");
+    }
+
+    #[test]
+    fn client_address_from_the_peer() {
+        let v4: SocketAddr = "10.0.2.2:41000".parse().unwrap();
+        assert_eq!(Client::from_peer(v4).ipv4, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        let mapped: SocketAddr = "[::ffff:10.0.2.2]:41000".parse().unwrap();
+        assert_eq!(Client::from_peer(mapped).ipv4, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        let v6: SocketAddr = "[fd10:0:2::2]:41000".parse().unwrap();
+        assert_eq!(Client::from_peer(v6).ipv4, None);
     }
 
     #[test]

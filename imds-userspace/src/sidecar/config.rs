@@ -72,6 +72,20 @@ pub struct ApiArgs {
     #[arg(long, env = contract::ENV_EC2_IMDSV2, value_enum, default_value_t = contract::Imdsv2::Optional)]
     pub ec2_imdsv2: contract::Imdsv2,
 
+    /// The region the cloud metadata names (EC2 `placement/region` and the
+    /// identity document's `region`, which the AWS SDK for Go and Afterburn
+    /// read). botocore (boto3, the AWS CLI) ignores it and derives the region
+    /// from `--availability-zone` by dropping its last character: where SDKs
+    /// should find a real region, set both (e.g. `us-east-1` / `us-east-1a`).
+    #[arg(long, env = contract::ENV_REGION, default_value = contract::DEFAULT_REGION, value_parser = placement_name)]
+    pub region: String,
+
+    /// The availability zone the cloud metadata names (EC2
+    /// `placement/availability-zone`, OpenStack `availability_zone`). Some
+    /// AWS SDKs take its last character off to get the region: see `--region`.
+    #[arg(long, env = contract::ENV_AVAILABILITY_ZONE, default_value = contract::DEFAULT_AVAILABILITY_ZONE, value_parser = placement_name)]
+    pub availability_zone: String,
+
     /// Most guest connections served at once; more wait in the backlog.
     #[arg(long, env = "IMDS_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
@@ -104,7 +118,8 @@ impl ApiArgs {
                 .clone()
                 .map(|role_arn| AwsRole { role_arn, audience: self.aws_audience.clone() }),
             cloud: CloudState {
-                facts: InstanceFacts::new(&self.vm_name, &self.namespace, self.hostname.as_deref()),
+                facts: InstanceFacts::new(&self.vm_name, &self.namespace, self.hostname.as_deref())
+                    .with_placement(&self.region, &self.availability_zone),
                 flavors: self.metadata_flavors.iter().copied().collect(),
                 data: DataSources {
                     user_dir: self.user_data_dir.clone(),
@@ -152,6 +167,18 @@ fn audience(s: &str) -> Result<String, String> {
     contract::check_audience(s).map(|()| s.to_owned())
 }
 
+/// A region or zone: served as a one-line leaf and inside JSON, so
+/// 1–63 bytes of `[A-Za-z0-9._-]` (AWS's own names fit).
+fn placement_name(s: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1-63 characters from A-Z, a-z, 0-9, '.', '_', '-'".into())
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. `10s` or `500ms`)"))?;
     if d.is_zero() || d > Duration::from_secs(3600) {
@@ -183,6 +210,16 @@ mod tests {
         assert_eq!(a.bridge, None);
         assert_eq!(a.ebpf_log, EbpfLogLevel::Off);
         assert_eq!(a.api.head_timeout, Duration::from_secs(10));
+        assert_eq!((a.api.region.as_str(), a.api.availability_zone.as_str()), ("kubevirt", "kubevirt"));
+    }
+
+    #[test]
+    fn region_and_zone_reach_the_facts() {
+        let a = parse(&["--region", "us-east-1", "--availability-zone", "us-east-1a"]).unwrap();
+        let facts = a.api.state().cloud.facts;
+        assert_eq!((facts.region.as_str(), facts.availability_zone.as_str()), ("us-east-1", "us-east-1a"));
+        let longest = "a".repeat(63);
+        assert_eq!(parse(&["--region", &longest]).unwrap().api.region, longest);
     }
 
     #[test]
@@ -199,6 +236,19 @@ mod tests {
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert!(err.to_string().contains("invalid value"), "{bad:?}: {err}");
+        }
+        let too_long = "a".repeat(64);
+        for (flag, bad) in [
+            ("--region", ""),
+            ("--region", "us east"),
+            ("--region", "us-east-1\n"),
+            ("--region", "a/b"),
+            ("--region", "ünï"),
+            ("--availability-zone", "a,b"),
+            ("--availability-zone", &too_long),
+        ] {
+            let err = parse(&[flag, bad]).expect_err(&format!("{flag} {bad:?} accepted"));
+            assert!(err.to_string().contains("1-63 characters"), "{flag} {bad:?}: {err}");
         }
         let blank = ["x", "--namespace", " ", "--service-account-name", "sa", "--vm-name", "vm"];
         let err = Cli::try_parse_from(blank).err().expect("blank namespace accepted");
