@@ -1,13 +1,14 @@
 """Crawl the IMDS with cloud-init's own datasources, as a booting guest does.
 
-Usage: cloud_init_crawl.py nocloud|openstack|ec2|ec2-aws [max-wait-seconds]
+Usage: cloud_init_crawl.py nocloud|openstack|ec2|ec2-aws [max-wait-seconds [smbios-serial]]
 
 Runs the real cloud-init code (Debian's package, on PYTHONPATH) against
 http://169.254.169.254 and prints what the datasource found as JSON:
-{"instance_id", "hostname", "userdata_b64", "vendordata_b64"}. Only the
-probes that inspect the host (DMI, kernel command line, block devices) are
+{"instance_id", "hostname", "userdata_b64", "vendordata_b64", "dsmode"}. Only
+the probes that inspect the host (DMI, kernel command line, block devices) are
 replaced, by what a KubeVirt guest configured as documented would report:
-  nocloud    SMBIOS serial "ds=nocloud;s=http://169.254.169.254/nocloud/"
+  nocloud    the SMBIOS serial given (the project's seed serial), whose
+             dsmode decides whether cloud-init's network stage uses it
   openstack  DMI product name saying OpenStack (detect_openstack() true)
   ec2        no AWS DMI: cloud-init reads without an IMDSv2 session
   ec2-aws    AWS DMI: cloud-init asks for an IMDSv2 session token first
@@ -24,11 +25,11 @@ from cloudinit.distros import debian
 from cloudinit.sources import DataSourceEc2, DataSourceNoCloud, DataSourceOpenStack
 
 IMDS = "http://169.254.169.254"
-SEED = "ds=nocloud;s=http://169.254.169.254/nocloud/"
+SERIAL = ""
 
 
 def fake_dmi(key):
-    return SEED if key == "system-serial-number" else None
+    return SERIAL if key == "system-serial-number" else None
 
 
 def b64(data):
@@ -75,9 +76,12 @@ def main(flavour, max_wait):
         "userdata_b64": b64(ds.userdata_raw),
         "vendordata_b64": b64(getattr(ds, "vendordata_raw", None)),
         "api_token_used": bool(getattr(ds, "_api_token", None)),
+        "dsmode": ds.dsmode,
     }))
     return 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        SERIAL = sys.argv[3]
     sys.exit(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 30))

@@ -9,8 +9,53 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use serde_json::{Value, json};
 
 use crate::netns::run;
+
+/// What an AdmissionReview asks about: `(group, version, kind, resource)`.
+pub struct Subject(pub &'static str, pub &'static str, pub &'static str, pub &'static str);
+
+pub const POD: Subject = Subject("", "v1", "Pod", "pods");
+/// KubeVirt's VMI (`staging/src/kubevirt.io/api/core/v1/register.go`).
+pub const VMI: Subject = Subject("kubevirt.io", "v1", "VirtualMachineInstance", "virtualmachineinstances");
+
+/// The request UID every review built here carries.
+pub const REQUEST_UID: &str = "3b0a39a6-5c0c-4c3c-9d0e-1d5e8f6d2a11";
+
+/// An AdmissionReview (of `api_version`) for creating `object` in
+/// `namespace`, as the API server sends it when KubeVirt's controller
+/// creates the object.
+pub fn admission_review(subject: &Subject, object: Value, namespace: &str, api_version: &str) -> Vec<u8> {
+    let Subject(group, version, kind, resource) = subject;
+    let review = json!({
+        "apiVersion": api_version,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": REQUEST_UID,
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
+            "object": object,
+            "dryRun": false
+        }
+    });
+    serde_json::to_vec(&review).expect("a JSON value serialises")
+}
+
+/// `object` with the JSONPatch of an AdmissionReview answer applied
+/// (unchanged when the answer carries none).
+pub fn patched(object: &Value, answer: &Value) -> anyhow::Result<Value> {
+    let mut doc = object.clone();
+    if let Some(b64) = answer["response"]["patch"].as_str() {
+        let patch: json_patch::Patch = serde_json::from_slice(&STANDARD.decode(b64)?)?;
+        json_patch::patch(&mut doc, &patch)?;
+    }
+    Ok(doc)
+}
 
 /// The name the generated certificates are for.
 pub const SERVICE_DNS: &str = "kubevirt-imds-webhook.kubevirt-imds.svc";

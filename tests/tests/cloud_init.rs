@@ -11,6 +11,7 @@ use imds_tests::{
     tokens::{ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
+use imds_userspace::cloud::nocloud::SEED_SERIAL;
 use serde_json::Value;
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
@@ -26,10 +27,17 @@ struct Crawl {
     user_data: Option<Vec<u8>>,
     vendor_data: Option<Vec<u8>>,
     api_token_used: bool,
+    /// `local` or `net`: cloud-init's network stage uses only a `net` one.
+    dsmode: Option<String>,
 }
 
-/// Runs cloud-init's datasource for `flavour` in `guest`.
+/// Runs cloud-init's datasource for `flavour` in `guest`, the NoCloud one
+/// with the seed serial the webhook sets.
 fn crawl(guest: &Netns, flavour: &str, max_wait: u32) -> Crawl {
+    crawl_with_serial(guest, flavour, max_wait, SEED_SERIAL)
+}
+
+fn crawl_with_serial(guest: &Netns, flavour: &str, max_wait: u32, serial: &str) -> Crawl {
     let pythonpath = std::env::var_os("IMDS_CLOUD_INIT_PYTHONPATH")
         .expect("IMDS_CLOUD_INIT_PYTHONPATH is not set: run the tests with `cargo xtask test`");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/cloud_init_crawl.py");
@@ -38,7 +46,7 @@ fn crawl(guest: &Netns, flavour: &str, max_wait: u32) -> Crawl {
         .arg(format!("PYTHONPATH={}", pythonpath.to_string_lossy()))
         .arg("/usr/bin/python3")
         .arg(script)
-        .args([flavour, &max_wait.to_string()])
+        .args([flavour, &max_wait.to_string(), serial])
         .output()
         .expect("running python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -56,6 +64,7 @@ fn crawl(guest: &Netns, flavour: &str, max_wait: u32) -> Crawl {
         user_data: bytes("userdata_b64"),
         vendor_data: bytes("vendordata_b64"),
         api_token_used: v["api_token_used"] == true,
+        dsmode: v["dsmode"].as_str().map(Into::into),
     }
 }
 
@@ -103,6 +112,19 @@ fn cloud_init_crawls_every_flavour_and_follows_the_secret() {
     let nocloud = crawl(guest, "nocloud", 30);
     assert_configured("nocloud", &nocloud, USER_DATA);
     assert_eq!(nocloud.vendor_data.as_deref(), Some(VENDOR_DATA.as_bytes()));
+    // The network stage uses only a `net` datasource (cloud-init 22.4's
+    // main.py: "[net] Exiting. datasource … in local mode").
+    assert_eq!(
+        nocloud.dsmode.as_deref(),
+        Some("net"),
+        "the seed serial must make NoCloud a network datasource"
+    );
+    // Why the serial carries dsmode=net: the one the README gave before
+    // reads the same data but leaves the datasource in local mode, which
+    // cloud-init 22.4 then never applies (tests/tests/stock_images.rs boots it).
+    let old = crawl_with_serial(guest, "nocloud", 30, "ds=nocloud;s=http://169.254.169.254/nocloud/");
+    assert!(old.found);
+    assert_eq!(old.dsmode.as_deref(), Some("local"));
 
     let openstack = crawl(guest, "openstack", 30);
     assert_configured("openstack", &openstack, USER_DATA);

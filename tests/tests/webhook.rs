@@ -9,34 +9,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::{Engine as _, engine::general_purpose::STANDARD};
 use imds_tests::{
     tokens::ProjectedVolume,
-    webhook::{Webhook, generate_certs},
+    webhook::{POD, REQUEST_UID, Subject, VMI, Webhook, admission_review, generate_certs, patched},
+};
+use imds_userspace::webhook::{
+    annotations::DATASOURCE_HINT_APPLIED,
+    datasource_hint::{OPENSTACK_ASSET_TAG, SEED_SERIAL},
 };
 use serde_json::{Value, json};
+
+const VMI_FIXTURES: [&str; 2] = [
+    include_str!("../fixtures/vmi/vmi-from-vm-v1.9.json"),
+    include_str!("../fixtures/vmi/vmi-masquerade-direct.json"),
+];
 
 const FIXTURES: [&str; 2] = [
     include_str!("../fixtures/virt-launcher-pod-openshift.json"),
     include_str!("../fixtures/virt-launcher-pod-openshift-cat8kv.json"),
 ];
 
-fn review(object: Value, kind: &str, api_version: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "apiVersion": api_version,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "3b0a39a6-5c0c-4c3c-9d0e-1d5e8f6d2a11",
-            "kind": {"group": "", "version": "v1", "kind": kind},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "vm-team",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
-            "object": object,
-            "dryRun": false
-        }
-    }))
-    .unwrap()
+fn review(object: Value, api_version: &str) -> Vec<u8> {
+    admission_review(&POD, object, "vm-team", api_version)
 }
 
 fn enabled(fixture: &str) -> Value {
@@ -106,19 +100,16 @@ fn admission_round_trip_over_verified_tls() {
     for fixture in FIXTURES {
         let pod = enabled(fixture);
         let (status, body) =
-            webhook.post("/mutate", &review(pod.clone(), "Pod", "admission.k8s.io/v1"), &ca).unwrap();
+            webhook.post("/mutate", &review(pod.clone(), "admission.k8s.io/v1"), &ca).unwrap();
         assert_eq!(status, 200, "{body}");
         let answer: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(answer["kind"], "AdmissionReview");
         let response = &answer["response"];
-        assert_eq!(response["uid"], "3b0a39a6-5c0c-4c3c-9d0e-1d5e8f6d2a11");
+        assert_eq!(response["uid"], REQUEST_UID);
         assert_eq!(response["allowed"], true);
         assert_eq!(response["patchType"], "JSONPatch");
-        let patch: json_patch::Patch =
-            serde_json::from_slice(&STANDARD.decode(response["patch"].as_str().unwrap()).unwrap()).unwrap();
-        let mut patched = pod.clone();
-        json_patch::patch(&mut patched, &patch).unwrap();
+        let patched = patched(&pod, &answer).unwrap();
         let sidecar = patched["spec"]["initContainers"]
             .as_array()
             .unwrap()
@@ -132,7 +123,7 @@ fn admission_round_trip_over_verified_tls() {
         validate_pod(&patched);
 
         // Applied a second time: allowed, nothing to change.
-        let (_, body) = webhook.post("/mutate", &review(patched, "Pod", "admission.k8s.io/v1"), &ca).unwrap();
+        let (_, body) = webhook.post("/mutate", &review(patched, "admission.k8s.io/v1"), &ca).unwrap();
         let again: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(again["response"]["allowed"], true);
         assert!(again["response"].get("patch").is_none());
@@ -140,7 +131,7 @@ fn admission_round_trip_over_verified_tls() {
     // A malformed annotation is refused with a message naming it.
     let mut pod = enabled(FIXTURES[0]);
     pod["metadata"]["annotations"]["imds.kubevirt.io/token-expiration-seconds"] = json!("soon");
-    let (status, body) = webhook.post("/mutate", &review(pod, "Pod", "admission.k8s.io/v1"), &ca).unwrap();
+    let (status, body) = webhook.post("/mutate", &review(pod, "admission.k8s.io/v1"), &ca).unwrap();
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], false);
@@ -151,6 +142,86 @@ fn admission_round_trip_over_verified_tls() {
         log.contains("decision=\"injected\"") && log.contains("decision=\"refused\""),
         "decisions not logged:\n{log}"
     );
+}
+
+/// The VMI with the settings a user puts on the VM's template.
+fn vmi_asking(fixture: &str, annotations: &[(&str, &str)]) -> Value {
+    let mut vmi: Value = serde_json::from_str(fixture).unwrap();
+    vmi["metadata"]["annotations"]["imds.kubevirt.io/enabled"] = json!("true");
+    for (k, v) in annotations {
+        vmi["metadata"]["annotations"][*k] = json!(v);
+    }
+    vmi
+}
+
+#[test]
+fn vmis_get_the_datasource_hint_over_verified_tls() {
+    let tls = tls();
+    let ca = tls.first.join("ca.crt");
+    let webhook = Webhook::start(&tls.mount_dir, &ca, &[]).unwrap();
+    let post = |vmi: &Value| -> Value {
+        let (status, body) = webhook
+            .post("/mutate-vmi", &admission_review(&VMI, vmi.clone(), "vm-team", "admission.k8s.io/v1"), &ca)
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    for fixture in VMI_FIXTURES {
+        let original: Value = serde_json::from_str(fixture).unwrap();
+        let original_serial = original["spec"]["domain"]["firmware"]["serial"].as_str().map(str::to_owned);
+        for (flavors, check) in [("nocloud", "serial"), ("openstack,ec2", "asset"), ("ec2", "uuid")] {
+            let vmi = vmi_asking(fixture, &[("imds.kubevirt.io/metadata-flavors", flavors)]);
+            let answer = post(&vmi);
+            assert_eq!(answer["response"]["allowed"], true, "{answer}");
+            let hinted = patched(&vmi, &answer).unwrap();
+            let domain = &hinted["spec"]["domain"];
+            match check {
+                // KubeVirt's own serial (when the VM has one) stays first.
+                "serial" => assert_eq!(
+                    domain["firmware"]["serial"].as_str().unwrap(),
+                    match &original_serial {
+                        Some(s) => format!("{s} {SEED_SERIAL}"),
+                        None => SEED_SERIAL.to_owned(),
+                    }
+                ),
+                "asset" => assert_eq!(domain["chassis"]["asset"], OPENSTACK_ASSET_TAG),
+                _ => {
+                    let uuid = domain["firmware"]["uuid"].as_str().unwrap();
+                    assert!(uuid.starts_with("ec2"), "{uuid}");
+                    assert_eq!(domain["firmware"]["serial"], json!(uuid));
+                }
+            }
+            // Everything but the SMBIOS fields and our annotation is as it was.
+            let mut rest = hinted.clone();
+            for key in ["firmware", "chassis"] {
+                rest["spec"]["domain"].as_object_mut().unwrap().remove(key);
+            }
+            let mut expected = vmi.clone();
+            for key in ["firmware", "chassis"] {
+                expected["spec"]["domain"].as_object_mut().unwrap().remove(key);
+            }
+            expected["metadata"]["annotations"][DATASOURCE_HINT_APPLIED] =
+                hinted["metadata"]["annotations"][DATASOURCE_HINT_APPLIED].clone();
+            assert_eq!(rest, expected, "{flavors}");
+            assert!(hinted["metadata"]["annotations"][DATASOURCE_HINT_APPLIED].as_str().unwrap().len() > 10);
+            // Reinvoked: nothing more changes.
+            assert_eq!(patched(&hinted, &post(&hinted)).unwrap()["spec"], hinted["spec"]);
+        }
+        // Not opted in: allowed untouched.
+        let answer = post(&original);
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none());
+    }
+    // A malformed setting is refused where the VM's author sees it (the VM's status).
+    let answer = post(&vmi_asking(
+        VMI_FIXTURES[0],
+        &[("imds.kubevirt.io/metadata-flavors", "nocloud"), ("imds.kubevirt.io/datasource-hint", "ec2")],
+    ));
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("imds.kubevirt.io/datasource-hint"), "{message}");
+    let log = webhook.log();
+    assert!(log.contains("decision=\"hinted\"") && log.contains("VirtualMachineInstance"), "{log}");
 }
 
 #[test]
@@ -168,7 +239,7 @@ fn a_renewed_certificate_is_served_without_a_restart_or_a_failed_request() {
         let (stop, ok, failed, both) = (stop.clone(), ok.clone(), failed.clone(), tls.both_cas.clone());
         let webhook_view = WebhookView { port };
         std::thread::spawn(move || {
-            let body = review(enabled(FIXTURES[1]), "Pod", "admission.k8s.io/v1");
+            let body = review(enabled(FIXTURES[1]), "admission.k8s.io/v1");
             while !stop.load(Ordering::Relaxed) {
                 match webhook_view.post(&body, &both) {
                     Some(200) => ok.fetch_add(1, Ordering::Relaxed),
@@ -256,17 +327,26 @@ fn hostile_input_gets_a_clear_answer_never_a_crash() {
     let (status, _) = webhook.post("/mutate", &huge, &ca).unwrap();
     assert_eq!(status, 413);
 
-    let (status, body) = webhook
-        .post("/mutate", &review(enabled(FIXTURES[0]), "Pod", "admission.k8s.io/v1beta1"), &ca)
-        .unwrap();
+    let (status, body) =
+        webhook.post("/mutate", &review(enabled(FIXTURES[0]), "admission.k8s.io/v1beta1"), &ca).unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("admission.k8s.io/v1"), "{body}");
 
     // Another kind of object: allowed, untouched.
     let config_map =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "b"}});
-    let (status, body) =
-        webhook.post("/mutate", &review(config_map, "ConfigMap", "admission.k8s.io/v1"), &ca).unwrap();
+    let (status, body) = webhook
+        .post(
+            "/mutate",
+            &admission_review(
+                &Subject("", "v1", "ConfigMap", "configmaps"),
+                config_map,
+                "vm-team",
+                "admission.k8s.io/v1",
+            ),
+            &ca,
+        )
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], true);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use imds_tests::{
     fake_apiserver::FakeApiServer,
-    webhook::{Webhook, generate_certs, generate_certs_for},
+    webhook::{POD, Webhook, admission_review, generate_certs, generate_certs_for},
 };
 use serde_json::{Value, json};
 
@@ -19,13 +19,7 @@ fn review(service_account: &str, enabled: bool) -> Vec<u8> {
     if enabled {
         pod["metadata"]["annotations"]["imds.kubevirt.io/enabled"] = json!("true");
     }
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "vm-team",
-                    "operation": "CREATE", "userInfo": {"username": "x"}, "object": pod, "dryRun": false}
-    }))
-    .unwrap()
+    admission_review(&POD, pod, "vm-team", "admission.k8s.io/v1")
 }
 
 /// The injected sidecar's environment, name → value.

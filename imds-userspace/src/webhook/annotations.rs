@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::datasource_hint::HintChoice;
 use crate::contract::{self, Flavor, Imdsv2};
 
 pub const PREFIX: &str = "imds.kubevirt.io/";
@@ -22,10 +23,15 @@ pub const METADATA_FLAVORS: &str = "imds.kubevirt.io/metadata-flavors";
 pub const USER_DATA_SECRET: &str = "imds.kubevirt.io/user-data-secret";
 /// `required` makes the EC2 flavour demand IMDSv2 sessions.
 pub const EC2_IMDSV2: &str = "imds.kubevirt.io/ec2-imdsv2";
+/// Which cloud-init datasource the VM's SMBIOS points at: `auto` (the
+/// default), `none`, or one of the served flavours.
+pub const DATASOURCE_HINT: &str = "imds.kubevirt.io/datasource-hint";
 /// Set by the webhook on the pods it changed.
 pub const INJECTED: &str = "imds.kubevirt.io/injected";
+/// Set by the webhook on the VMIs whose SMBIOS it considered: what it did.
+pub const DATASOURCE_HINT_APPLIED: &str = "imds.kubevirt.io/datasource-hint-applied";
 
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 11] = [
     ENABLED,
     TOKEN_EXPIRATION_SECONDS,
     BRIDGE_NAME,
@@ -34,7 +40,9 @@ const KNOWN: [&str; 9] = [
     METADATA_FLAVORS,
     USER_DATA_SECRET,
     EC2_IMDSV2,
+    DATASOURCE_HINT,
     INJECTED,
+    DATASOURCE_HINT_APPLIED,
 ];
 
 /// Kubernetes' bounds for a projected token's `expirationSeconds`.
@@ -55,6 +63,8 @@ pub struct ImdsSettings {
     pub flavors: Vec<Flavor>,
     pub user_data_secret: Option<String>,
     pub ec2_imdsv2: Imdsv2,
+    /// Which datasource the VMI's SMBIOS points cloud-init at.
+    pub datasource_hint: HintChoice,
 }
 
 /// A malformed annotation: the message names it and the expected form, and
@@ -157,6 +167,23 @@ pub fn settings(annotations: &BTreeMap<String, String>) -> Result<ImdsSettings, 
             });
         }
     };
+    let datasource_hint = match annotations.get(DATASOURCE_HINT) {
+        None => HintChoice::Auto,
+        Some(value) => HintChoice::parse(value)
+            .filter(|choice| !matches!(choice, HintChoice::Only(f) if !flavors.contains(f)))
+            .ok_or_else(|| AnnotationError {
+                annotation: DATASOURCE_HINT,
+                value: value.clone(),
+                expected: format!(
+                    "\"auto\" (the default), \"none\", or one of the flavours {METADATA_FLAVORS} lists ({})",
+                    if flavors.is_empty() {
+                        "it lists none".to_owned()
+                    } else {
+                        flavors.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            })?,
+    };
     Ok(ImdsSettings {
         token_expiration_seconds,
         bridge_name,
@@ -165,6 +192,7 @@ pub fn settings(annotations: &BTreeMap<String, String>) -> Result<ImdsSettings, 
         flavors,
         user_data_secret,
         ec2_imdsv2,
+        datasource_hint,
     })
 }
 
@@ -210,6 +238,9 @@ pub fn warnings(annotations: &BTreeMap<String, String>) -> Vec<String> {
     if annotations.contains_key(USER_DATA_SECRET) && flavors.is_empty() {
         warnings.push(format!("annotation {USER_DATA_SECRET} has no effect without {METADATA_FLAVORS}"));
     }
+    if annotations.contains_key(DATASOURCE_HINT) && flavors.is_empty() {
+        warnings.push(format!("annotation {DATASOURCE_HINT} has no effect without {METADATA_FLAVORS}"));
+    }
     if annotations.contains_key(EC2_IMDSV2)
         && !flavors.iter().any(|f| matches!(f, Flavor::Ec2 | Flavor::Openstack))
     {
@@ -249,7 +280,8 @@ mod tests {
                 default_token: true,
                 flavors: vec![],
                 user_data_secret: None,
-                ec2_imdsv2: Imdsv2::Optional
+                ec2_imdsv2: Imdsv2::Optional,
+                datasource_hint: HintChoice::Auto
             })
         );
     }
@@ -266,7 +298,8 @@ mod tests {
                 default_token: true,
                 flavors: vec![],
                 user_data_secret: None,
-                ec2_imdsv2: Imdsv2::Optional
+                ec2_imdsv2: Imdsv2::Optional,
+                datasource_hint: HintChoice::Auto
             })
         );
         let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "4294967296")]);
@@ -342,6 +375,25 @@ mod tests {
         }
         let w = warnings(&annotations(&[(USER_DATA_SECRET, "s"), (EC2_IMDSV2, "required")]));
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn datasource_hint() {
+        let with = |hint: &str| {
+            settings(&annotations(&[(METADATA_FLAVORS, "nocloud,ec2"), (DATASOURCE_HINT, hint)]))
+        };
+        assert_eq!(with("auto").unwrap().datasource_hint, HintChoice::Auto);
+        assert_eq!(with("none").unwrap().datasource_hint, HintChoice::Off);
+        assert_eq!(with("ec2").unwrap().datasource_hint, HintChoice::Only(Flavor::Ec2));
+        for bad in ["openstack", "EC2", "", "gce"] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.annotation, DATASOURCE_HINT, "{bad:?}");
+            assert!(err.to_string().contains("nocloud, ec2"), "{err}");
+        }
+        let none = settings(&annotations(&[(DATASOURCE_HINT, "nocloud")])).unwrap_err();
+        assert!(none.to_string().contains("it lists none"), "{none}");
+        assert_eq!(warnings(&annotations(&[(DATASOURCE_HINT, "none")])).len(), 1);
+        assert!(warnings(&annotations(&[(DATASOURCE_HINT_APPLIED, "x"), (ENABLED, "true")])).is_empty());
     }
 
     #[test]

@@ -4,10 +4,12 @@
 pub mod annotations;
 pub mod aws;
 pub mod config;
+pub mod datasource_hint;
 pub mod mutation;
 pub mod server;
 pub mod sidecar_spec;
 pub mod tls;
+pub mod vmi;
 
 use std::{sync::Arc, time::Duration};
 

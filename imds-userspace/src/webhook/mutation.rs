@@ -26,6 +26,8 @@ pub enum Outcome {
     Unchanged { reason: String },
     /// Allowed with the sidecar added.
     Injected { vm_name: String },
+    /// A VMI allowed with the SMBIOS hint for cloud-init (what was done).
+    Hinted { summary: String },
     /// Denied; the message reaches the user.
     Refused { message: String },
 }

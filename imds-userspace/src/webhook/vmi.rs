@@ -1,0 +1,237 @@
+//! The admission decision for VirtualMachineInstances, as a pure function
+//! from the request to the response: a VMI that opted in and asks for a
+//! cloud metadata flavour gets the SMBIOS hint that makes its image's
+//! cloud-init use it ([`super::datasource_hint`]).
+//!
+//! Only at creation: KubeVirt refuses spec changes to a VMI by anyone but
+//! its own service accounts (`vmi-update-admitter.go`), and the VMI's
+//! annotations reach the virt-launcher pod (`template.go`
+//! `generatePodAnnotations`), where the pod webhook reads the same
+//! settings.
+
+use json_patch::Patch;
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionResponse, Operation},
+};
+use serde_json::Value;
+
+use super::{
+    annotations,
+    datasource_hint::{self, Smbios},
+    mutation::Outcome,
+};
+
+pub const GROUP: &str = "kubevirt.io";
+pub const KIND: &str = "VirtualMachineInstance";
+
+/// Answers one AdmissionReview request for a VMI.
+pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Outcome) {
+    let unchanged =
+        |reason: &str| (AdmissionResponse::from(request), Outcome::Unchanged { reason: reason.into() });
+    if request.kind.group != GROUP || request.kind.kind != KIND || request.sub_resource.is_some() {
+        return unchanged("not a VirtualMachineInstance");
+    }
+    if request.operation != Operation::Create {
+        return unchanged("not a creation");
+    }
+    let Some(object) = &request.object else {
+        return unchanged("no object in the request");
+    };
+    let empty = Default::default();
+    let annotations = object.metadata.annotations.as_ref().unwrap_or(&empty);
+    let warnings = annotations::warnings(annotations);
+    let with_warnings = |mut response: AdmissionResponse| {
+        if !warnings.is_empty() {
+            response.warnings = Some(warnings.clone());
+        }
+        response
+    };
+    if !annotations::enabled(annotations) {
+        return (
+            with_warnings(AdmissionResponse::from(request)),
+            Outcome::Unchanged { reason: "IMDS not enabled for this VM".into() },
+        );
+    }
+    let refuse = |message: String| {
+        (with_warnings(AdmissionResponse::from(request).deny(&message)), Outcome::Refused { message })
+    };
+    let settings = match annotations::settings(annotations) {
+        Ok(s) => s,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let Some(flavor) = settings.datasource_hint.resolve(&settings.flavors) else {
+        return (
+            with_warnings(AdmissionResponse::from(request)),
+            Outcome::Unchanged {
+                reason: "no datasource hint wanted (no metadata flavour, or the hint is none)".into(),
+            },
+        );
+    };
+    // `data` holds everything of the object but its type and metadata.
+    let smbios = match Smbios::read(&object.data) {
+        Ok(s) => s,
+        Err(message) => return refuse(message),
+    };
+    let name = match (&request.namespace, &object.metadata.name) {
+        (Some(namespace), Some(name)) => Ok((namespace.as_str(), name.as_str())),
+        // generateName: the API server names the object after admission.
+        _ => Err(request.uid.as_str()),
+    };
+    let change = datasource_hint::apply(flavor, &smbios, name);
+    let mut ops = change.ops;
+    ops.push(datasource_hint::add(
+        &["metadata", "annotations", annotations::DATASOURCE_HINT_APPLIED],
+        Value::from(change.summary.clone()),
+    ));
+    let mut warnings = warnings.clone();
+    warnings.extend(change.warning);
+    let mut response = match AdmissionResponse::from(request).with_patch(Patch(ops)) {
+        Ok(r) => r,
+        Err(e) => return refuse(format!("internal error serialising the patch: {e}")),
+    };
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    (response, Outcome::Hinted { summary: change.summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cloud::nocloud::SEED_SERIAL,
+        webhook::annotations::{DATASOURCE_HINT, ENABLED, METADATA_FLAVORS},
+    };
+    use kube::core::admission::AdmissionReview;
+    use serde_json::json;
+
+    const FROM_VM: &str = include_str!("../../../tests/fixtures/vmi/vmi-from-vm-v1.9.json");
+    const DIRECT: &str = include_str!("../../../tests/fixtures/vmi/vmi-masquerade-direct.json");
+
+    fn request(object: Value, operation: &str) -> AdmissionRequest<DynamicObject> {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": GROUP, "version": "v1", "kind": KIND},
+                "resource": {"group": GROUP, "version": "v1", "resource": "virtualmachineinstances"},
+                "namespace": "vm-team",
+                "operation": operation,
+                "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
+                "object": object,
+                "dryRun": false
+            }
+        });
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
+        review.try_into().unwrap()
+    }
+
+    fn fixture(text: &str, annotations: &[(&str, &str)]) -> Value {
+        let mut vmi: Value = serde_json::from_str(text).unwrap();
+        for (k, v) in annotations {
+            vmi["metadata"]["annotations"][*k] = json!(v);
+        }
+        vmi
+    }
+
+    fn apply(vmi: &Value, response: &AdmissionResponse) -> Value {
+        let patch: Patch = serde_json::from_slice(response.patch.as_ref().expect("a patch")).unwrap();
+        let mut doc = vmi.clone();
+        json_patch::patch(&mut doc, &patch).expect("the patch applies");
+        doc
+    }
+
+    #[test]
+    fn a_vm_asking_for_nocloud_gets_the_seed_after_kubevirts_serial() {
+        let vmi = fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud,ec2")]);
+        let original_serial = vmi["spec"]["domain"]["firmware"]["serial"].as_str().unwrap().to_owned();
+        let (response, outcome) = review(&request(vmi.clone(), "CREATE"));
+        assert!(response.allowed, "{:?}", response.result);
+        assert!(matches!(outcome, Outcome::Hinted { .. }), "{outcome:?}");
+        let patched = apply(&vmi, &response);
+        assert_eq!(
+            patched["spec"]["domain"]["firmware"]["serial"],
+            json!(format!("{original_serial} {SEED_SERIAL}"))
+        );
+        // Nothing else of the spec changes.
+        let mut expected = vmi.clone();
+        expected["spec"]["domain"]["firmware"]["serial"] =
+            patched["spec"]["domain"]["firmware"]["serial"].clone();
+        assert_eq!(patched["spec"], expected["spec"]);
+        assert!(
+            patched["metadata"]["annotations"][annotations::DATASOURCE_HINT_APPLIED]
+                .as_str()
+                .unwrap()
+                .starts_with("nocloud:")
+        );
+        // A second pass (reinvocation) changes nothing more.
+        let (again, _) = review(&request(patched.clone(), "CREATE"));
+        assert_eq!(apply(&patched, &again)["spec"], patched["spec"]);
+    }
+
+    #[test]
+    fn openstack_and_ec2_hints() {
+        let vmi = fixture(DIRECT, &[(ENABLED, "true"), (METADATA_FLAVORS, "openstack")]);
+        let patched = apply(&vmi, &review(&request(vmi.clone(), "CREATE")).0);
+        assert_eq!(patched["spec"]["domain"]["chassis"]["asset"], "OpenStack Nova");
+        assert!(patched["spec"]["domain"].get("firmware").is_none());
+
+        let vmi = fixture(
+            FROM_VM,
+            &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud,ec2"), (DATASOURCE_HINT, "ec2")],
+        );
+        let patched = apply(&vmi, &review(&request(vmi.clone(), "CREATE")).0);
+        let firmware = &patched["spec"]["domain"]["firmware"];
+        assert!(firmware["uuid"].as_str().unwrap().starts_with("ec2"));
+        assert_eq!(firmware["uuid"], firmware["serial"]);
+    }
+
+    #[test]
+    fn vmis_that_did_not_ask_are_allowed_untouched() {
+        for (vmi, operation) in [
+            (fixture(FROM_VM, &[]), "CREATE"),
+            (fixture(FROM_VM, &[(ENABLED, "true")]), "CREATE"),
+            (fixture(FROM_VM, &[(ENABLED, "True"), (METADATA_FLAVORS, "nocloud")]), "CREATE"),
+            (
+                fixture(
+                    FROM_VM,
+                    &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud"), (DATASOURCE_HINT, "none")],
+                ),
+                "CREATE",
+            ),
+            (fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]), "UPDATE"),
+        ] {
+            let (response, outcome) = review(&request(vmi, operation));
+            assert!(response.allowed && response.patch.is_none(), "{outcome:?}");
+            assert!(matches!(outcome, Outcome::Unchanged { .. }));
+        }
+    }
+
+    #[test]
+    fn malformed_settings_are_refused_naming_the_annotation() {
+        for (annotation, value) in [
+            (METADATA_FLAVORS, "nocloud,gce"),
+            (DATASOURCE_HINT, "azure"),
+            // A hint for a flavour that is not served.
+            (DATASOURCE_HINT, "openstack"),
+        ] {
+            let vmi =
+                fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud"), (annotation, value)]);
+            let vmi = if annotation == METADATA_FLAVORS {
+                fixture(FROM_VM, &[(ENABLED, "true"), (annotation, value)])
+            } else {
+                vmi
+            };
+            let (response, outcome) = review(&request(vmi, "CREATE"));
+            assert!(!response.allowed, "{annotation}={value}");
+            let Outcome::Refused { message } = outcome else { panic!("{annotation}={value}: {outcome:?}") };
+            assert!(message.contains(annotation), "{message}");
+        }
+        let mut vmi = fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
+        vmi["spec"]["domain"]["firmware"]["serial"] = json!(7);
+        let (response, _) = review(&request(vmi, "CREATE"));
+        assert!(!response.allowed);
+    }
+}
