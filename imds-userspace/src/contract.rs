@@ -128,6 +128,16 @@ pub const ENV_AWS_AUDIENCE: &str = "IMDS_AWS_AUDIENCE";
 pub const ENV_BRIDGE_NAME: &str = "IMDS_BRIDGE_NAME";
 pub const ENV_LOG_FORMAT: &str = "IMDS_LOG_FORMAT";
 
+/// A region or availability zone: served as a one-line leaf and inside
+/// JSON, so 1–63 bytes of `[A-Za-z0-9._-]` (AWS's own names fit). Checked
+/// by the sidecar's `--region`/`--availability-zone` and the webhook's
+/// `--metadata-region`/`--metadata-availability-zone` alike.
+pub fn check_placement_name(name: &str) -> Result<(), &'static str> {
+    let valid = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid { Ok(()) } else { Err("must be 1-63 characters from A-Z, a-z, 0-9, '.', '_', '-'") }
+}
+
 /// Linux interface names: 1–15 bytes, no `/`, `:`, whitespace or control
 /// characters, not `.` or `..`. Checked for `--bridge` and for the
 /// `imds.kubevirt.io/bridge-name` annotation alike.

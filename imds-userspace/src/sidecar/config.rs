@@ -167,16 +167,8 @@ fn audience(s: &str) -> Result<String, String> {
     contract::check_audience(s).map(|()| s.to_owned())
 }
 
-/// A region or zone: served as a one-line leaf and inside JSON, so
-/// 1–63 bytes of `[A-Za-z0-9._-]` (AWS's own names fit).
 fn placement_name(s: &str) -> Result<String, String> {
-    let valid = (1..=63).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
-        Ok(s.to_owned())
-    } else {
-        Err("must be 1-63 characters from A-Z, a-z, 0-9, '.', '_', '-'".into())
-    }
+    contract::check_placement_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

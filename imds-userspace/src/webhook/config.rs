@@ -54,6 +54,19 @@ pub struct WebhookArgs {
     #[arg(long, env = "IMDS_WEBHOOK_API_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub api_timeout: Duration,
 
+    /// The region the VMs' cloud metadata names (EC2 `placement/region`, the
+    /// identity document); default: the sidecar's (`kubevirt`). Set it (and
+    /// the zone) where AWS SDKs in the guests should find a real region.
+    #[arg(long, env = "IMDS_WEBHOOK_METADATA_REGION", value_parser = placement_name)]
+    pub metadata_region: Option<String>,
+
+    /// The availability zone the VMs' cloud metadata names (EC2
+    /// `placement/availability-zone`, OpenStack `availability_zone`);
+    /// botocore takes the region as the zone without its last character, so
+    /// pair it with the region (e.g. `us-east-1` / `us-east-1a`).
+    #[arg(long, env = "IMDS_WEBHOOK_METADATA_AVAILABILITY_ZONE", value_parser = placement_name)]
+    pub metadata_availability_zone: Option<String>,
+
     /// `native-sidecar` (Kubernetes >= 1.29) or `container` for older clusters.
     #[arg(long, env = "IMDS_INJECTION_MODE", value_enum, default_value_t = InjectionMode::NativeSidecar)]
     pub injection_mode: InjectionMode,
@@ -82,12 +95,18 @@ impl WebhookArgs {
                 &self.sidecar_memory_limit,
             ),
             mode: self.injection_mode,
+            region: self.metadata_region.clone(),
+            availability_zone: self.metadata_availability_zone.clone(),
         }
     }
 
     pub fn certificate_files(&self) -> CertificateFiles {
         CertificateFiles { cert: self.tls_cert_file.clone(), key: self.tls_key_file.clone() }
     }
+}
+
+fn placement_name(s: &str) -> Result<String, String> {
+    crate::contract::check_placement_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
 /// A Kubernetes resource quantity as people write them: `5m`, `0.1`, `16Mi`, `1G`.

@@ -273,6 +273,8 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             resources: SidecarTemplate::resources("5m", "16Mi", "64Mi"),
             mode,
+            region: None,
+            availability_zone: None,
         }
     }
 
@@ -502,6 +504,28 @@ mod tests {
         assert!(env_of(&patched).contains(&(contract::ENV_BRIDGE_NAME.into(), json!("k6t-net1"))));
         let volume = patched["spec"]["volumes"].as_array().unwrap().last().unwrap();
         assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 7200);
+    }
+
+    #[test]
+    fn the_clusters_placement_reaches_sidecars_that_serve_metadata() {
+        let mut placed = template(InjectionMode::NativeSidecar);
+        placed.region = Some("us-east-1".into());
+        placed.availability_zone = Some("us-east-1a".into());
+        let pod =
+            fixture(CAT8KV, &[(ENABLED, "true"), (crate::webhook::annotations::METADATA_FLAVORS, "ec2")]);
+        let env = env_of(&apply(
+            &pod,
+            &review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &placed, None).0,
+        ));
+        assert!(env.contains(&(contract::ENV_REGION.into(), json!("us-east-1"))), "{env:?}");
+        assert!(env.contains(&(contract::ENV_AVAILABILITY_ZONE.into(), json!("us-east-1a"))), "{env:?}");
+        // Without a flavour there is no metadata to place.
+        let pod = fixture(CAT8KV, &[(ENABLED, "true")]);
+        let env = env_of(&apply(
+            &pod,
+            &review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &placed, None).0,
+        ));
+        assert!(!env.iter().any(|(k, _)| k == contract::ENV_REGION), "{env:?}");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct SidecarTemplate {
     pub image_pull_policy: String,
     pub resources: ResourceRequirements,
     pub mode: InjectionMode,
+    /// Cluster-wide placement for the cloud metadata (`None`: the sidecar's default).
+    pub region: Option<String>,
+    pub availability_zone: Option<String>,
 }
 
 impl SidecarTemplate {
@@ -134,6 +137,12 @@ pub fn container(
         env.push(env_value(contract::ENV_HOSTNAME, &pod.hostname));
         if settings.ec2_imdsv2 == contract::Imdsv2::Required {
             env.push(env_value(contract::ENV_EC2_IMDSV2, "required"));
+        }
+        if let Some(region) = &template.region {
+            env.push(env_value(contract::ENV_REGION, region));
+        }
+        if let Some(zone) = &template.availability_zone {
+            env.push(env_value(contract::ENV_AVAILABILITY_ZONE, zone));
         }
         // Whole volumes, not subPaths: the kubelet updates those when the
         // Secret changes, so a new user-data is served without a restart.
