@@ -44,8 +44,10 @@ pub fn check_audience(audience: &str) -> Result<(), String> {
 /// The metadata formats a VM can ask for besides the IMDS's own API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Flavor {
-    /// NoCloud over HTTP at `/nocloud/`; the guest picks it from the SMBIOS
-    /// serial [`crate::cloud::nocloud::SEED_SERIAL`].
+    /// NoCloud over HTTP at `/nocloud/`; cloud-init picks it from the SMBIOS
+    /// serial `ds=nocloud;s=http://169.254.169.254/nocloud/;dsmode=net`
+    /// (the webhook sets it; a test keeps this text equal to
+    /// `cloud::nocloud::SEED_SERIAL`).
     Nocloud,
     /// The OpenStack metadata service at `/openstack/` (with its EC2-compatible tree).
     Openstack,
@@ -169,6 +171,14 @@ mod tests {
             assert!(check_audience(bad).is_err(), "{bad:?}");
         }
         assert_eq!(audience_file_name(3), "audience-3");
+    }
+
+    #[test]
+    fn the_help_shows_the_seed_serial() {
+        use clap::ValueEnum as _;
+        let value = Flavor::Nocloud.to_possible_value().unwrap();
+        let help = value.get_help().unwrap().to_string();
+        assert!(help.contains(crate::cloud::nocloud::SEED_SERIAL), "{help}");
     }
 
     #[test]
