@@ -1,10 +1,17 @@
 //! Test harness for kubevirt-imds: real namespaces, the real sidecar binary,
-//! kubelet-style token volumes, and a real booted guest VM.
+//! kubelet-style token volumes, a real booted guest VM, and stock Debian
+//! cloud images booted the way KubeVirt boots them (SMBIOS, DHCP).
 
 pub mod bpf;
+pub mod cloud_init_outcome;
+pub mod dhcp;
+pub mod ext4_image;
 pub mod fake_apiserver;
 pub mod netns;
+pub mod qemu;
 pub mod sidecar;
+pub mod smbios;
+pub mod stock_image;
 pub mod tokens;
 pub mod topology;
 pub mod vm;
@@ -18,4 +25,22 @@ pub fn built_binary(env_var: &str, name: &str) -> std::path::PathBuf {
     });
     assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
     path
+}
+
+/// Where `tool` is on PATH, if it is.
+pub(crate) fn which(tool: &str) -> Option<std::path::PathBuf> {
+    netns::run(std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+        .ok()
+        .map(|p| std::path::PathBuf::from(p.trim()))
+}
+
+/// Fails naming the first missing `(tool, Debian package)`.
+pub(crate) fn require_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (tool, package) in tools {
+        anyhow::ensure!(
+            which(tool).is_some(),
+            "{tool} is missing: apt-get install {package} (cargo xtask setup does)"
+        );
+    }
+    Ok(())
 }

@@ -5,16 +5,18 @@
 //! reads what the script printed from the serial console.
 
 use std::{
-    io::Read as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 
-use crate::netns::{Netns, run};
+use crate::{
+    netns::{Netns, run},
+    qemu::Qemu,
+    require_tools, which,
+};
 
 /// Bump when the base image's content changes, to invalidate caches.
 const IMAGE_FORMAT: u32 = 1;
@@ -89,17 +91,12 @@ impl GuestKit {
     /// Finds the guest kernel and builds (once, cached in `cache_dir`) the
     /// base initramfs.
     pub fn prepare(cache_dir: &Path) -> anyhow::Result<Self> {
-        for (tool, package) in [
+        require_tools(&[
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("cpio", "cpio"),
             ("busybox", "busybox-static"),
             ("curl", "curl"),
-        ] {
-            ensure!(
-                which(tool).is_some(),
-                "{tool} is missing: apt-get install {package} (cargo xtask setup does)"
-            );
-        }
+        ])?;
         let (kernel, version) = find_kernel()?;
         let modules = Path::new("/lib/modules").join(&version);
         std::fs::create_dir_all(cache_dir)?;
@@ -130,80 +127,23 @@ impl GuestKit {
         image.extend(pack(&scenario)?);
         std::fs::write(&initrd, image)?;
 
-        let mut qemu = Qemu(
-            netns
-                .command("qemu-system-x86_64")
-                .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nodefaults"])
-                .args(["-serial", "stdio", "-kernel"])
-                .arg(&self.kernel)
-                .arg("-initrd")
-                .arg(&initrd)
-                .args(["-append", "console=ttyS0 quiet loglevel=0 panic=-1"])
-                .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-                .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("starting qemu-system-x86_64")?,
-        );
-        let console = Arc::new(Mutex::new(Vec::new()));
-        let mut stdout = qemu.0.stdout.take().context("no qemu stdout")?;
-        let sink = console.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
-            }
-        });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = qemu.0.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = qemu.0.kill();
-                let text = text_of(&console);
-                bail!("the guest did not power off within {timeout:?}; console so far:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let _ = reader.join();
-        let console = text_of(&console);
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = qemu.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("qemu exited with {status}: {err}\nconsole:\n{console}");
-        }
+        let mut command = netns.command("qemu-system-x86_64");
+        command
+            .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nodefaults"])
+            .args(["-serial", "stdio", "-kernel"])
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 quiet loglevel=0 panic=-1"])
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
+        let console = Qemu::spawn(command)?.wait(timeout)?;
         Ok(GuestRun { console })
     }
 }
 
-/// Kills QEMU if the test panics or returns early.
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text_of(buf: &Arc<Mutex<Vec<u8>>>) -> String {
-    String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    run(Command::new("sh").args(["-c", &format!("command -v {tool}")])).ok().map(|p| PathBuf::from(p.trim()))
-}
-
 /// IMDS_GUEST_KERNEL, else the newest /boot/vmlinuz-* with its modules.
-fn find_kernel() -> anyhow::Result<(PathBuf, String)> {
+pub(crate) fn find_kernel() -> anyhow::Result<(PathBuf, String)> {
     if let Some(path) = std::env::var_os("IMDS_GUEST_KERNEL") {
         let path = PathBuf::from(path);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();

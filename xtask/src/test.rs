@@ -18,6 +18,8 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.env("IMDS_KUBERNETES_VALIDATE", setup::venv_tool("kubernetes-validate")?);
     // cloud-init's datasources crawl the sidecar's metadata flavours.
     c.env("IMDS_CLOUD_INIT_PYTHONPATH", setup::cloud_init_pythonpath()?);
+    // Stock images are built once and kept there.
+    c.env(imds_tests::stock_image::CACHE_DIR_ENV, setup::stock_image_cache()?);
     c.args(cargo_args);
     cmd::run(&mut c)?;
     crate::manifests::run()

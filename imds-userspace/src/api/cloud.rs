@@ -144,7 +144,7 @@ async fn render(resource: Resource, data: &DataSources) -> Response {
             Ok(None) => Json(json!({})).into_response(),
             Err(e) => unavailable(e),
         },
-        Resource::NetworkConfig => raw(data.network_data().await, Missing::NotFound),
+        Resource::NetworkConfig => raw(data.network_data().await, Missing::Empty),
         Resource::NetworkDataJson => match data.network_data().await {
             Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(value) if value.get("links").is_some() => Json(value).into_response(),

@@ -125,7 +125,9 @@ pub enum Resource {
     VendorData(Missing),
     /// OpenStack's `vendor_data.json`: `{"cloud-init": <vendor-data>}`, or `{}`.
     VendorDataJson,
-    /// NoCloud's `network-config`, as given; 404 when there is none.
+    /// NoCloud's `network-config`, as given; an empty 200 when there is none
+    /// (cloud-init 25.1 retries a 404 ten times, about 10 s of every boot,
+    /// and reads an empty body as "no network config", the same as a 404).
     NetworkConfig,
     /// OpenStack's `network_data.json`: the network data if it is that JSON
     /// format (KubeVirt's ConfigDrive networkData), else 404.
