@@ -1,11 +1,15 @@
 //! Stock Debian cloud images really boot from the IMDS (issue 10): Debian's
 //! cloud-init, configuration untouched, in a QEMU VM of a virt-launcher-like
-//! pod (masquerade binding, KubeVirt's DHCP server, the SMBIOS KubeVirt
-//! derives from the VMI), configured by the real sidecar through the eBPF
-//! path. What the guest did is read from its disk after it powered off.
+//! pod (masquerade binding, KubeVirt's DHCP server), configured by the real
+//! sidecar through the eBPF path. The VM's SMBIOS is what KubeVirt derives
+//! from the VirtualMachineInstance after the real webhook, over TLS, added
+//! its datasource hint to a VMI as KubeVirt v1.9 creates it for a VM (with
+//! KubeVirt's own random firmware UUID and serial). What the guest did is
+//! read from its disk after it powered off.
 //!
-//! Each boot takes minutes under TCG; the image is built once per release
-//! (see `imds_tests::stock_image`).
+//! One boot per flavour and Debian release (cloud-init 22.4.2 and 25.1.4),
+//! each minutes under TCG; the images are built once (see
+//! `imds_tests::stock_image`).
 
 use std::time::Duration;
 
@@ -18,6 +22,11 @@ use imds_tests::{
     stock_image::{self, Booted, Release, StockImage},
     tokens::{ProjectedVolume, jwt},
     topology::{BRIDGE, Binding, GuestKind, PodLayout, TAP},
+    webhook::{VMI, Webhook, admission_review, generate_certs, patched},
+};
+use imds_userspace::{
+    contract::Flavor,
+    webhook::annotations::{DATASOURCE_HINT_APPLIED, ENABLED, METADATA_FLAVORS},
 };
 use serde_json::{Value, json};
 
@@ -26,16 +35,18 @@ const ID: Identity = Identity { namespace: "vm-team", service_account: "builder"
 /// metadata; the user-data sets none.
 const HOSTNAME: &str = "web-1";
 const GUEST_MAC: &str = "52:54:00:12:34:56";
-const FIRMWARE_UUID: &str = "6a1f5c4e-29b4-5d0a-9c1e-3f7b2d8e4a10";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(6 * 60);
 
-// TODO(issue-10): use imds_userspace::cloud::nocloud::SEED_SERIAL (being
-// added) once the tests crate can name it; until then, by hand.
-const NOCLOUD_SEED_SERIAL: &str = "ds=nocloud;s=http://169.254.169.254/nocloud/;dsmode=net";
+/// A VMI as virt-controller creates it for a VM on KubeVirt v1.9.
+const VMI_FROM_VM: &str = include_str!("../fixtures/vmi/vmi-from-vm-v1.9.json");
 /// What the README recommended before: `ds=nocloud` alone means dsmode
 /// local to cloud-init 22.4, which then finds the http seed only in its
 /// network stage and stops there.
 const OLD_SEED_SERIAL: &str = "ds=nocloud;s=http://169.254.169.254/nocloud/";
+
+/// cloud-init's network stage giving up on a datasource found in local
+/// mode (main.py: `[net] Exiting. datasource … in local mode`).
+const NET_STAGE_SKIPPED: &str = "[net] Exiting. datasource";
 
 const WRITTEN_FILE: &str = "/etc/imds-test/written-by-write-files";
 const WRITTEN_CONTENT: &str = "from the IMDS user-data\n";
@@ -46,7 +57,7 @@ const SSH_KEY: &str =
 /// Debian's cloud.cfg `default_user`.
 const DEFAULT_USER_KEYS: &str = "/home/debian/.ssh/authorized_keys";
 
-/// The instance-id the sidecar serves: KubeVirt's `<vm>.<namespace>`.
+/// The instance-id the sidecar serves: `<vm>.<namespace>`.
 fn instance_id() -> String {
     format!("{}.{}", ID.vm_name, ID.namespace)
 }
@@ -68,15 +79,29 @@ ssh_authorized_keys:
     )
 }
 
-/// The VMI as the API server would hold it; only what reaches the guest's
-/// SMBIOS matters here.
-fn vmi(serial: &str) -> Value {
-    json!({
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": {"name": ID.vm_name, "namespace": ID.namespace},
-        "spec": {"domain": {"firmware": {"uuid": FIRMWARE_UUID, "serial": serial}}},
-    })
+/// The VMI after the webhook's `/mutate-vmi`, over verified TLS, for a VM
+/// asking for `flavor`: what KubeVirt then turns into the guest's SMBIOS.
+fn hinted_vmi(flavor: Flavor) -> Value {
+    let mut vmi: Value = serde_json::from_str(VMI_FROM_VM).unwrap();
+    vmi["metadata"]["annotations"][ENABLED] = json!("true");
+    vmi["metadata"]["annotations"][METADATA_FLAVORS] = json!(flavor.name());
+    let tls = tempfile::tempdir().unwrap();
+    generate_certs(tls.path()).unwrap();
+    let ca = tls.path().join("ca.crt");
+    let webhook = Webhook::start(tls.path(), &ca, &[]).unwrap();
+    let review = admission_review(&VMI, vmi.clone(), ID.namespace, "admission.k8s.io/v1");
+    let (status, body) = webhook.post("/mutate-vmi", &review, &ca).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let hinted = patched(&vmi, &answer).unwrap();
+    eprintln!(
+        "webhook: {}\nfirmware: {}\nchassis: {}",
+        hinted["metadata"]["annotations"][DATASOURCE_HINT_APPLIED],
+        hinted["spec"]["domain"]["firmware"],
+        hinted["spec"]["domain"]["chassis"]
+    );
+    hinted
 }
 
 /// The pod around one VM: namespaces, the sidecar serving NoCloud with the
@@ -88,7 +113,7 @@ struct Pod {
     _dir: tempfile::TempDir,
 }
 
-fn pod() -> Pod {
+fn pod(flavor: Flavor) -> Pod {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Tap).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
@@ -96,7 +121,8 @@ fn pod() -> Pod {
     let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
     secret.publish_files(&[("userdata", user_data().as_bytes())]).unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
-    let args = ["--metadata-flavor", "nocloud", "--hostname", HOSTNAME, "--user-data-dir", &user_data_dir];
+    let args =
+        ["--metadata-flavor", flavor.name(), "--hostname", HOSTNAME, "--user-data-dir", &user_data_dir];
     let mut sidecar = Sidecar::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
 
@@ -137,12 +163,15 @@ struct Run {
     pod: Pod,
 }
 
-/// Boots `release` with `serial` in a fresh pod.
-fn boot(release: Release, serial: &str) -> Run {
+/// Boots `release` with the SMBIOS of `vmi` in a fresh pod whose sidecar
+/// serves `flavor`.
+fn boot(release: Release, flavor: Flavor, vmi: &Value) -> Run {
     let image = StockImage::prepare(release, &stock_image::cache_dir().unwrap()).unwrap();
-    let pod = pod();
+    let pod = pod(flavor);
+    let smbios = smbios::qemu_args(vmi);
+    eprintln!("qemu: {}", smbios.join(" "));
     let booted = image
-        .boot(&pod.layout.pod, TAP, GUEST_MAC, &smbios::qemu_args(&vmi(serial)), BOOT_TIMEOUT)
+        .boot(&pod.layout.pod, TAP, GUEST_MAC, &smbios, BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}\nudhcpd:\n{}", pod.dhcp.log()));
     let cloud_init = booted.cloud_init().unwrap();
     let why = evidence(release, &booted, &cloud_init);
@@ -160,7 +189,7 @@ fn evidence(release: Release, booted: &Booted, o: &CloudInitOutcome) -> String {
         format!("recoverable_errors: {:?}", o.recoverable_errors()),
         "cloud-init.log:".to_owned(),
     ];
-    const NEEDLES: [&str; 7] = [
+    const NEEDLES: [&str; 9] = [
         "Cloud-init v.",
         "Seed from",
         "Loaded datasource",
@@ -168,9 +197,11 @@ fn evidence(release: Release, booted: &Booted, o: &CloudInitOutcome) -> String {
         "targeting instance id",
         "Exiting",
         "WARNING",
+        "IMDSv2",
+        "ds-identify",
     ];
-    // The metadata requests: the first attempt at each URL, retries, answers.
-    let fetch = |l: &str| l.contains("url_helper.py[") && (!l.contains("] open '") || l.contains("[0/"));
+    // The metadata answers and failed attempts (not every request line).
+    let fetch = |l: &str| l.contains("url_helper.py[") && !l.contains("] open '");
     for line in o.log.lines().filter(|l| NEEDLES.iter().any(|n| l.contains(n)) || fetch(l)) {
         lines.push(format!("  {line}"));
     }
@@ -181,24 +212,51 @@ fn read(booted: &Booted, path: &str) -> Option<String> {
     booted.read_text(path).unwrap_or_else(|e| panic!("reading {path}: {e:#}"))
 }
 
+/// The datasource cloud-init must say it used, per flavour and release.
+fn assert_datasource(release: Release, flavor: Flavor, datasource: &str, why: &str) {
+    match flavor {
+        Flavor::Nocloud => {
+            assert!(datasource.starts_with("DataSourceNoCloudNet "), "{why}");
+            assert!(datasource.contains("[seed=dmi,http://169.254.169.254/nocloud/]"), "{why}");
+            match release {
+                Release::Bookworm => assert!(datasource.contains("[dsmode=net]"), "{why}"),
+                // 25.1 names the dsmode only when it is not net (NoCloud's __str__).
+                Release::Trixie => assert!(!datasource.contains("[dsmode="), "{why}"),
+            }
+        }
+        // The local stage finds it (with its own DHCP) on the chassis tag.
+        Flavor::Openstack => assert!(datasource.starts_with("DataSourceOpenStack"), "{why}"),
+        // On a platform that looks like AWS, Ec2Local (local stage, own DHCP).
+        Flavor::Ec2 => assert!(datasource.starts_with("DataSourceEc2"), "{why}"),
+    }
+}
+
+/// Warnings cloud-init ≥ 23.4 records as recoverable errors that are
+/// expected here, each with its reason; any other fails the test.
+fn expected_warning(flavor: Flavor, message: &str) -> bool {
+    // Ec2 reads the guest's network layout from `meta-data/network/`, keyed
+    // by the NIC's MAC, which the sidecar does not know; cloud-init falls
+    // back to DHCP on the first NIC, which is what a KubeVirt guest wants.
+    flavor == Flavor::Ec2 && message.contains("Metadata 'network' key not valid")
+}
+
 /// Everything the metadata and the user-data asked for is on the disk.
-fn assert_configured_from_the_imds(release: Release) {
+fn assert_configured_from_the_imds(release: Release, flavor: Flavor) {
     let _serial = exclusive();
     require_root();
-    let Run { booted, cloud_init: o, why, pod } = boot(release, NOCLOUD_SEED_SERIAL);
+    let vmi = hinted_vmi(flavor);
+    let Run { booted, cloud_init: o, why, pod } = boot(release, flavor, &vmi);
 
     let datasource = o.datasource().unwrap_or_else(|| panic!("cloud-init left no status.json\n{why}"));
-    assert!(datasource.starts_with("DataSourceNoCloudNet "), "{why}");
-    assert!(datasource.contains("[seed=dmi,http://169.254.169.254/nocloud/]"), "{why}");
-    match release {
-        Release::Bookworm => assert!(datasource.contains("[dsmode=net]"), "{why}"),
-        // 25.1 names the dsmode only when it is not net (NoCloud's __str__).
-        Release::Trixie => assert!(!datasource.contains("[dsmode="), "{why}"),
-    }
-    assert!(o.log_lines("in local mode").is_empty(), "{why}");
+    assert_datasource(release, flavor, datasource, &why);
+    // The network stage did not leave the datasource unused (22.4's failure
+    // with a local-mode NoCloud seed).
+    assert!(o.log_lines(NET_STAGE_SKIPPED).is_empty(), "{why}");
     assert_eq!(o.errors(), Vec::<String>::new(), "{why}");
     // 23.4 and later: warnings and deprecations a stage got past.
-    assert_eq!(o.recoverable_errors(), Vec::<String>::new(), "{why}");
+    let unexpected: Vec<String> =
+        o.recoverable_errors().into_iter().filter(|m| !expected_warning(flavor, m)).collect();
+    assert_eq!(unexpected, Vec::<String>::new(), "{why}");
     assert!(o.result.is_some(), "the final stage never ended\n{why}");
     assert_eq!(o.instance_id.as_deref(), Some(instance_id().as_str()), "{why}");
     assert_eq!(read(&booted, "/etc/hostname").as_deref(), Some(format!("{HOSTNAME}\n").as_str()), "{why}");
@@ -206,6 +264,10 @@ fn assert_configured_from_the_imds(release: Release) {
     assert_eq!(read(&booted, RUNCMD_MARKER).as_deref(), Some(RUNCMD_CONTENT), "{why}");
     let keys = read(&booted, DEFAULT_USER_KEYS).unwrap_or_default();
     assert!(keys.lines().any(|k| k == SSH_KEY), "{DEFAULT_USER_KEYS}: {keys:?}\n{why}");
+    if flavor == Flavor::Ec2 {
+        // Looking like AWS, cloud-init asks for an IMDSv2 session first.
+        assert!(!o.log_lines("latest/api/token").is_empty(), "no IMDSv2 session requested\n{why}");
+    }
 
     // KubeVirt's DHCP server leased the guest its address, and the guest
     // used it (cloud-init prints its interfaces on the console).
@@ -216,13 +278,33 @@ fn assert_configured_from_the_imds(release: Release) {
 }
 
 #[test]
-fn bookworm_configures_itself_from_nocloud_with_the_dsmode_net_serial() {
-    assert_configured_from_the_imds(Release::Bookworm);
+fn bookworm_configures_itself_from_nocloud() {
+    assert_configured_from_the_imds(Release::Bookworm, Flavor::Nocloud);
 }
 
 #[test]
-fn trixie_configures_itself_from_nocloud_with_the_dsmode_net_serial() {
-    assert_configured_from_the_imds(Release::Trixie);
+fn bookworm_configures_itself_from_openstack() {
+    assert_configured_from_the_imds(Release::Bookworm, Flavor::Openstack);
+}
+
+#[test]
+fn bookworm_configures_itself_from_ec2() {
+    assert_configured_from_the_imds(Release::Bookworm, Flavor::Ec2);
+}
+
+#[test]
+fn trixie_configures_itself_from_nocloud() {
+    assert_configured_from_the_imds(Release::Trixie, Flavor::Nocloud);
+}
+
+#[test]
+fn trixie_configures_itself_from_openstack() {
+    assert_configured_from_the_imds(Release::Trixie, Flavor::Openstack);
+}
+
+#[test]
+fn trixie_configures_itself_from_ec2() {
+    assert_configured_from_the_imds(Release::Trixie, Flavor::Ec2);
 }
 
 /// The harness tells a failed configuration from a good one: cloud-init
@@ -232,8 +314,11 @@ fn trixie_configures_itself_from_nocloud_with_the_dsmode_net_serial() {
 fn bookworm_ignores_the_user_data_with_the_old_serial() {
     let _serial = exclusive();
     require_root();
-    let Run { booted, cloud_init: o, why, .. } = boot(Release::Bookworm, OLD_SEED_SERIAL);
-    assert!(!o.log_lines("in local mode").is_empty(), "{why}");
+    let mut vmi: Value = serde_json::from_str(VMI_FROM_VM).unwrap();
+    vmi["spec"]["domain"]["firmware"]["serial"] = json!(OLD_SEED_SERIAL);
+    let Run { booted, cloud_init: o, why, .. } = boot(Release::Bookworm, Flavor::Nocloud, &vmi);
+    let skipped = o.log_lines(NET_STAGE_SKIPPED);
+    assert!(skipped.iter().any(|l| l.contains("in local mode")), "{why}");
     assert_ne!(o.instance_id.as_deref(), Some(instance_id().as_str()), "{why}");
     assert_eq!(read(&booted, WRITTEN_FILE), None, "{why}");
     assert_eq!(read(&booted, RUNCMD_MARKER), None, "{why}");
