@@ -5,13 +5,13 @@
 use std::{path::PathBuf, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use imds_common::contract::SEED_SERIAL;
 use imds_tests::{
     netns::{Netns, exclusive, require_root},
     sidecar::{Identity, Sidecar},
     tokens::{ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
-use imds_userspace::cloud::nocloud::SEED_SERIAL;
 use serde_json::Value;
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };

@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use imds_common::contract::Flavor;
 use imds_tests::{
     cloud_init_outcome::CloudInitOutcome,
     dhcp::{DhcpServer, Lease},
@@ -24,10 +25,7 @@ use imds_tests::{
     topology::{BRIDGE, Binding, GuestKind, PodLayout, TAP},
     webhook::{VMI, Webhook, admission_review, generate_certs, patched},
 };
-use imds_userspace::{
-    contract::Flavor,
-    webhook::annotations::{DATASOURCE_HINT_APPLIED, ENABLED, METADATA_FLAVORS},
-};
+use imds_webhook::annotations::{DATASOURCE_HINT_APPLIED, ENABLED, METADATA_FLAVORS};
 use serde_json::{Value, json};
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };

@@ -13,7 +13,7 @@ use imds_tests::{
     tokens::ProjectedVolume,
     webhook::{POD, REQUEST_UID, Subject, VMI, Webhook, admission_review, generate_certs, patched},
 };
-use imds_userspace::webhook::{
+use imds_webhook::{
     annotations::DATASOURCE_HINT_APPLIED,
     datasource_hint::{OPENSTACK_ASSET_TAG, SEED_SERIAL},
 };

@@ -654,7 +654,7 @@ fn token_read(token: PathBuf, repetitions: usize) -> anyhow::Result<BTreeMap<Str
     let mut runs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..repetitions {
         let mut c = cmd::cargo(None);
-        c.args(["run", "--quiet", "--release", "-p", "imds-userspace", "--example", "token_read", "--"])
+        c.args(["run", "--quiet", "--release", "-p", "imds-sidecar", "--example", "token_read", "--"])
             .arg(&token)
             .arg(TOKEN_READS.to_string());
         let out = cmd::output(&mut c).context("running the token_read example")?;
@@ -944,7 +944,7 @@ Transfer/sec:     76.02MB
     fn a_sidecar_log_line_gives_the_delay_since_a_moment() {
         let before = humantime::parse_rfc3339_weak("2026-11-23T07:05:03.000000Z").unwrap();
         let log =
-            "2026-11-23T07:05:03.019200Z  INFO imds_userspace::datapath::loader: attached ifname=\"tap90\"\n";
+            "2026-11-23T07:05:03.019200Z  INFO imds_agent::datapath::loader: attached ifname=\"tap90\"\n";
         let ms = log_delay_ms(log, "ifname=\"tap90\"", before).unwrap();
         assert!((ms - 19.2).abs() < 1e-6, "{ms}");
         assert!(log_delay_ms(log, "ifname=\"tap91\"", before).is_err());

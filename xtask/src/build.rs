@@ -24,7 +24,7 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
 pub fn all(release: bool) -> anyhow::Result<PathBuf> {
     let object = ebpf()?;
     let mut c = cmd::cargo(None);
-    c.args(["build", "-p", "imds-userspace", "--bin", "kubevirt-imds"]).env("IMDS_EBPF_OBJECT", &object);
+    c.args(["build", "-p", "imds-agent", "--bin", "kubevirt-imds"]).env("IMDS_EBPF_OBJECT", &object);
     if release {
         c.arg("--release");
     }

@@ -100,8 +100,8 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
 mod tests {
     use super::*;
     use crate::{
-        cloud::nocloud::SEED_SERIAL,
-        webhook::annotations::{DATASOURCE_HINT, ENABLED, METADATA_FLAVORS},
+        annotations::{DATASOURCE_HINT, ENABLED, METADATA_FLAVORS},
+        contract::SEED_SERIAL,
     };
     use kube::core::admission::AdmissionReview;
     use serde_json::json;

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use imds_userspace::token::{ServiceAccountToken, TokenError, TokenFile};
+use imds_sidecar::token::{ServiceAccountToken, TokenError, TokenFile};
 
 /// The median of `iterations` timed calls of `read`, in ns.
 fn median_ns(

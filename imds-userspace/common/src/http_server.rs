@@ -3,7 +3,7 @@
 //! head (which also bounds idle keep-alive connections), and a cap on
 //! concurrent connections. Request bodies are never read.
 
-use std::{sync::Arc, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::server::conn::http1;
@@ -12,8 +12,11 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -42,14 +45,33 @@ impl Default for Limits {
     }
 }
 
+/// What happens to an accepted connection before HTTP is spoken on it: for
+/// the webhook a TLS handshake, for the IMDS nothing ([`Plain`]). It runs
+/// under the head deadline, like the request head it precedes.
+pub trait Handshake: Clone + Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn handshake(&self, stream: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+/// Plain HTTP.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Io = TcpStream;
+    async fn handshake(&self, stream: TcpStream) -> io::Result<TcpStream> {
+        Ok(stream)
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` fires, then lets
-/// in-flight requests finish for up to `limits.drain_timeout`. With `tls`,
-/// every connection is a TLS one; the handshake shares the head deadline.
-pub async fn serve(
+/// in-flight requests finish for up to `limits.drain_timeout`. Every
+/// connection goes through `handshake` first, within the head deadline.
+pub async fn serve<H: Handshake>(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    tls: Option<TlsAcceptor>,
+    handshake: H,
     shutdown: CancellationToken,
 ) {
     let mut http = http1::Builder::new();
@@ -90,24 +112,17 @@ pub async fn serve(
             request
         });
         let service = TowerToHyperService::new(app);
-        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let (http, watcher, handshake) = (http.clone(), graceful.watcher(), handshake.clone());
         tokio::spawn(async move {
-            let result = match tls {
-                None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.head_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            Ok(())
-                        }
-                    }
+            let result = match tokio::time::timeout(limits.head_timeout, handshake.handshake(stream)).await {
+                Ok(Ok(io)) => watcher.watch(http.serve_connection(TokioIo::new(io), service)).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "handshake failed");
+                    Ok(())
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "handshake timed out");
+                    Ok(())
                 }
             };
             if let Err(e) = result {
@@ -143,7 +158,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, app, limits, None, stop.clone()));
+        let task = tokio::spawn(serve(listener, app, limits, Plain, stop.clone()));
         (addr, stop, task)
     }
 

@@ -39,8 +39,8 @@
 use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
 use serde_json::{Value, json};
 
-pub use crate::cloud::nocloud::SEED_SERIAL;
 use crate::contract::Flavor;
+pub use crate::contract::SEED_SERIAL;
 
 /// The chassis asset tag cloud-init takes for OpenStack Nova.
 pub const OPENSTACK_ASSET_TAG: &str = "OpenStack Nova";

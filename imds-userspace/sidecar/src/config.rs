@@ -9,7 +9,6 @@ use crate::{
     api::{ImdsState, cloud::CloudState},
     cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions},
     contract,
-    datapath::loader::EbpfLogLevel,
     http_server::Limits,
     metadata::{AwsRole, Identity},
     token::TokenSet,
@@ -132,35 +131,8 @@ impl ApiArgs {
     }
 }
 
-/// Serve the IMDS to the VM of this virt-launcher pod.
-#[derive(Debug, Clone, Args)]
-pub struct SidecarArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
-
-    /// This pod's name, for log lines (downward API).
-    #[arg(long, env = contract::ENV_POD_NAME)]
-    pub pod_name: Option<String>,
-
-    /// Serve only the VM behind this bridge instead of every `k6t-*` bridge.
-    #[arg(long, env = contract::ENV_BRIDGE_NAME, value_parser = interface_name)]
-    pub bridge: Option<String>,
-
-    /// Bridge ports whose names start with this are the VM's TAP devices.
-    #[arg(long, env = "IMDS_GUEST_PORT_PREFIX", default_value = "tap", value_parser = interface_name)]
-    pub guest_port_prefix: String,
-
-    /// Verbosity of the eBPF programs' own log messages.
-    #[arg(long, env = "IMDS_EBPF_LOG", value_enum, default_value_t = EbpfLogLevel::Off)]
-    pub ebpf_log: EbpfLogLevel,
-}
-
 fn non_empty(s: &str) -> Result<String, String> {
     if s.trim().is_empty() { Err("must not be empty".into()) } else { Ok(s.to_owned()) }
-}
-
-fn interface_name(s: &str) -> Result<String, String> {
-    contract::check_interface_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
 fn audience(s: &str) -> Result<String, String> {
@@ -187,10 +159,10 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        args: SidecarArgs,
+        args: ApiArgs,
     }
 
-    fn parse(extra: &[&str]) -> Result<SidecarArgs, clap::Error> {
+    fn parse(extra: &[&str]) -> Result<ApiArgs, clap::Error> {
         let base = ["x", "--namespace", "ns", "--service-account-name", "sa", "--vm-name", "vm"];
         Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
     }
@@ -198,34 +170,22 @@ mod tests {
     #[test]
     fn defaults_are_sane() {
         let a = parse(&[]).unwrap();
-        assert_eq!(a.guest_port_prefix, "tap");
-        assert_eq!(a.bridge, None);
-        assert_eq!(a.ebpf_log, EbpfLogLevel::Off);
-        assert_eq!(a.api.head_timeout, Duration::from_secs(10));
-        assert_eq!((a.api.region.as_str(), a.api.availability_zone.as_str()), ("kubevirt", "kubevirt"));
+        assert_eq!(a.head_timeout, Duration::from_secs(10));
+        assert_eq!((a.region.as_str(), a.availability_zone.as_str()), ("kubevirt", "kubevirt"));
     }
 
     #[test]
     fn region_and_zone_reach_the_facts() {
         let a = parse(&["--region", "us-east-1", "--availability-zone", "us-east-1a"]).unwrap();
-        let facts = a.api.state().cloud.facts;
+        let facts = a.state().cloud.facts;
         assert_eq!((facts.region.as_str(), facts.availability_zone.as_str()), ("us-east-1", "us-east-1a"));
         let longest = "a".repeat(63);
-        assert_eq!(parse(&["--region", &longest]).unwrap().api.region, longest);
+        assert_eq!(parse(&["--region", &longest]).unwrap().region, longest);
     }
 
     #[test]
     fn bad_values_are_refused_with_a_reason() {
-        for bad in [
-            &["--bridge", "this-name-is-far-too-long"][..],
-            &["--bridge", "a/b"],
-            &["--bridge", ""],
-            &["--guest-port-prefix", "t p"],
-            &["--head-timeout", "soon"],
-            &["--head-timeout", "0s"],
-            &["--max-connections", "0"],
-            &["--ebpf-log", "loud"],
-        ] {
+        for bad in [&["--head-timeout", "soon"][..], &["--head-timeout", "0s"], &["--max-connections", "0"]] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
             assert!(err.to_string().contains("invalid value"), "{bad:?}: {err}");
         }

@@ -41,13 +41,35 @@ pub fn check_audience(audience: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The SMBIOS system serial (`spec.domain.firmware.serial`) that points
+/// cloud-init's NoCloud datasource at this service.
+///
+/// Why `dsmode=net`: cloud-init 22.4.2 (Debian 12) decides the mode from the
+/// id alone (`load_cmdline_data` in `DataSourceNoCloud.py` tries
+/// `ds=nocloud` → local, then `ds=nocloud-net` → net, and sets the mode only
+/// if none was given), so a bare `ds=nocloud;s=http://…` stops with
+/// `[net] Exiting. datasource … in local mode` before the network is up. An
+/// explicit `dsmode=net` wins on every release, and on 24.1+ (which finds
+/// NoCloud from the DMI serial through `parse_cmdline_or_dmi`) it draws no
+/// deprecation warning, unlike `ds=nocloud-net` (deprecated in 24.1).
+/// Upstream 23.4.x cannot select NoCloud over HTTP from the DMI serial at
+/// all: `DataSourceNoCloudNet.ds_detect` reads only the kernel command line,
+/// and since 23.4 ds-identify's `[NoCloud, None]` no longer overrides
+/// detection (23.2–23.3 got through that override only). Fixed in 24.1
+/// (canonical/cloud-init PR #4949, issues #4945, #4951); images with 23.4.x
+/// need the OpenStack flavour.
+///
+/// The trailing slash is required: 22.4.2's `util.read_seeded` appends
+/// `meta-data` to the URL as is. No whitespace and no `,`: the command-line
+/// parser splits on whitespace and QEMU's `-smbios` on commas.
+pub const SEED_SERIAL: &str = "ds=nocloud;s=http://169.254.169.254/nocloud/;dsmode=net";
+
 /// The metadata formats a VM can ask for besides the IMDS's own API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Flavor {
     /// NoCloud over HTTP at `/nocloud/`; cloud-init picks it from the SMBIOS
     /// serial `ds=nocloud;s=http://169.254.169.254/nocloud/;dsmode=net`
-    /// (the webhook sets it; a test keeps this text equal to
-    /// `cloud::nocloud::SEED_SERIAL`).
+    /// (the webhook sets it; a test keeps this text equal to [`SEED_SERIAL`]).
     Nocloud,
     /// The OpenStack metadata service at `/openstack/` (with its EC2-compatible tree).
     Openstack,
@@ -178,7 +200,7 @@ mod tests {
         use clap::ValueEnum as _;
         let value = Flavor::Nocloud.to_possible_value().unwrap();
         let help = value.get_help().unwrap().to_string();
-        assert!(help.contains(crate::cloud::nocloud::SEED_SERIAL), "{help}");
+        assert!(help.contains(SEED_SERIAL), "{help}");
     }
 
     #[test]

@@ -259,7 +259,7 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::annotations::{BRIDGE_NAME, ENABLED, INJECTED, TOKEN_EXPIRATION_SECONDS};
+    use crate::annotations::{BRIDGE_NAME, ENABLED, INJECTED, TOKEN_EXPIRATION_SECONDS};
     use kube::core::admission::AdmissionReview;
     use serde_json::json;
     use std::collections::HashSet;
@@ -511,8 +511,7 @@ mod tests {
         let mut placed = template(InjectionMode::NativeSidecar);
         placed.region = Some("us-east-1".into());
         placed.availability_zone = Some("us-east-1a".into());
-        let pod =
-            fixture(CAT8KV, &[(ENABLED, "true"), (crate::webhook::annotations::METADATA_FLAVORS, "ec2")]);
+        let pod = fixture(CAT8KV, &[(ENABLED, "true"), (crate::annotations::METADATA_FLAVORS, "ec2")]);
         let env = env_of(&apply(
             &pod,
             &review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &placed, None).0,
@@ -619,7 +618,7 @@ mod tests {
 
     #[test]
     fn audiences_become_projected_sources_next_to_the_default_token() {
-        use crate::webhook::annotations::TOKEN_AUDIENCES;
+        use crate::annotations::TOKEN_AUDIENCES;
         let pod =
             fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, " sts.amazonaws.com, vault ,vault")]);
         let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
@@ -647,7 +646,7 @@ mod tests {
 
     #[test]
     fn without_the_default_token_the_api_audience_is_not_mounted() {
-        use crate::webhook::annotations::{DEFAULT_TOKEN, TOKEN_AUDIENCES};
+        use crate::annotations::{DEFAULT_TOKEN, TOKEN_AUDIENCES};
         let pod =
             fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, "vault"), (DEFAULT_TOKEN, "false")]);
         let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
@@ -669,7 +668,7 @@ mod tests {
 
     #[test]
     fn malformed_audience_annotations_are_refused() {
-        use crate::webhook::annotations::{DEFAULT_TOKEN, TOKEN_AUDIENCES};
+        use crate::annotations::{DEFAULT_TOKEN, TOKEN_AUDIENCES};
         for (annotation, value) in
             [(TOKEN_AUDIENCES, "vault,,sts"), (TOKEN_AUDIENCES, "a\u{1}b"), (DEFAULT_TOKEN, "no")]
         {
@@ -701,7 +700,7 @@ mod tests {
         assert_eq!(sources(&patched)[1]["serviceAccountToken"]["audience"], "sts.amazonaws.com");
 
         // Not added twice when the user listed it already.
-        use crate::webhook::annotations::TOKEN_AUDIENCES;
+        use crate::annotations::TOKEN_AUDIENCES;
         let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, "sts.amazonaws.com")]);
         let (response, _) = review(
             &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
@@ -763,7 +762,7 @@ mod tests {
 
     #[test]
     fn the_user_data_secret_is_mounted_into_the_sidecar_only() {
-        use crate::webhook::annotations::{METADATA_FLAVORS, USER_DATA_SECRET};
+        use crate::annotations::{METADATA_FLAVORS, USER_DATA_SECRET};
         let pod = fixture(
             OPENSHIFT,
             &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud,ec2"), (USER_DATA_SECRET, "fedora02-userdata")],
@@ -796,7 +795,7 @@ mod tests {
 
     #[test]
     fn kubevirts_own_cloud_init_secrets_are_mounted_whole_into_the_sidecar() {
-        use crate::webhook::annotations::{EC2_IMDSV2, METADATA_FLAVORS};
+        use crate::annotations::{EC2_IMDSV2, METADATA_FLAVORS};
         let pod = with_kubevirt_cloud_init(fixture(
             CAT8KV,
             &[(ENABLED, "true"), (METADATA_FLAVORS, "openstack"), (EC2_IMDSV2, "required")],
@@ -826,7 +825,7 @@ mod tests {
 
     #[test]
     fn without_flavours_no_user_data_is_mounted() {
-        use crate::webhook::annotations::USER_DATA_SECRET;
+        use crate::annotations::USER_DATA_SECRET;
         let pod = with_kubevirt_cloud_init(fixture(OPENSHIFT, &[(ENABLED, "true"), (USER_DATA_SECRET, "s")]));
         let (response, _) = run(&pod, InjectionMode::NativeSidecar);
         let patched = apply(&pod, &response);
@@ -840,7 +839,7 @@ mod tests {
 
     #[test]
     fn flavours_without_any_user_data_are_warned_about() {
-        use crate::webhook::annotations::METADATA_FLAVORS;
+        use crate::annotations::METADATA_FLAVORS;
         let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
         let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
         assert!(matches!(outcome, Outcome::Injected { .. }));

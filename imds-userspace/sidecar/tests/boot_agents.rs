@@ -15,7 +15,7 @@ use axum::{
     extract::ConnectInfo,
     http::{HeaderMap, Method, Request, StatusCode},
 };
-use imds_userspace::{
+use imds_sidecar::{
     api::{ImdsState, cloud::CloudState, router},
     cloud::{InstanceFacts, PublicKey, data::DataSources},
     contract::{Flavor, Imdsv2},

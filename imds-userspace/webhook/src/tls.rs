@@ -141,3 +141,15 @@ impl ResolvesServerCert for ReloadingCertificate {
         Some(self.current.read().unwrap_or_else(|e| e.into_inner()).certified.clone())
     }
 }
+
+/// The TLS handshake of every webhook connection, for [`crate::http_server::serve`].
+#[derive(Clone)]
+pub struct Handshake(pub tokio_rustls::TlsAcceptor);
+
+impl crate::http_server::Handshake for Handshake {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+    async fn handshake(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
+        self.0.accept(stream).await
+    }
+}

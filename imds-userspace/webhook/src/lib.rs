@@ -1,5 +1,8 @@
 //! `kubevirt-imds webhook`: the mutating admission webhook that injects the
-//! IMDS sidecar into virt-launcher pods of VMs that ask for it.
+//! IMDS sidecar into virt-launcher pods of VMs that ask for it, and the
+//! SMBIOS datasource hint into their VirtualMachineInstances.
+
+pub use imds_common::{contract, errors, http_server};
 
 pub mod annotations;
 pub mod aws;
@@ -18,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::http_server::{self, Limits};
+use crate::http_server::Limits;
 pub use config::WebhookArgs;
 use tls::ReloadingCertificate;
 
@@ -55,7 +58,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         listener,
         server::router(state),
         limits,
-        Some(acceptor),
+        tls::Handshake(acceptor),
         stop.clone(),
     ));
 

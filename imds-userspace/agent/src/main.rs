@@ -3,14 +3,15 @@
 use std::io::IsTerminal as _;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use imds_userspace::{net, probe, sidecar, webhook};
+use imds_agent::{net, privileged_sidecar as sidecar};
+use imds_sidecar::probe;
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Debug, Parser)]
 #[command(name = "kubevirt-imds", version, about = "Instance metadata service for KubeVirt VMs")]
 struct Cli {
     /// Log format.
-    #[arg(long, env = imds_userspace::contract::ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = imds_common::contract::ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -28,7 +29,7 @@ enum Command {
     /// Run in a virt-launcher pod: serve 169.254.169.254 to its VM.
     Sidecar(sidecar::SidecarArgs),
     /// Serve the mutating admission webhook that injects the sidecar.
-    Webhook(webhook::WebhookArgs),
+    Webhook(imds_webhook::WebhookArgs),
     /// The IMDS HTTP API on a plain address, without the eBPF data path:
     /// for benchmarks against other ways of intercepting 169.254.169.254,
     /// and for development.
@@ -37,7 +38,7 @@ enum Command {
         #[arg(long)]
         listen: std::net::SocketAddr,
         #[command(flatten)]
-        api: sidecar::ApiArgs,
+        api: imds_sidecar::config::ApiArgs,
     },
     /// Exit 0 if this pod's IMDS answers `GET /healthz` (the container's
     /// startup probe; needs CAP_NET_ADMIN, as the sidecar has).
@@ -81,16 +82,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Sidecar(args) => sidecar::run(args).await,
-        Command::Webhook(args) => webhook::run(args).await,
+        Command::Webhook(args) => imds_webhook::run(args).await,
         Command::Serve { listen, api } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, "IMDS API serving (no data path)");
             let stop = tokio_util::sync::CancellationToken::new();
-            let server = imds_userspace::http_server::serve(
+            let server = imds_common::http_server::serve(
                 listener,
-                imds_userspace::api::router(std::sync::Arc::new(api.state())),
+                imds_sidecar::api::router(std::sync::Arc::new(api.state())),
                 api.limits(),
-                None,
+                imds_common::http_server::Plain,
                 stop.clone(),
             );
             tokio::select! {

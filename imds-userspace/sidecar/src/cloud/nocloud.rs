@@ -7,28 +7,7 @@ use super::{InstanceFacts, Missing, Resource, Segments, listing};
 
 pub const PREFIX: &str = "nocloud";
 
-/// The SMBIOS system serial (`spec.domain.firmware.serial`) that points
-/// cloud-init's NoCloud datasource at this service.
-///
-/// Why `dsmode=net`: cloud-init 22.4.2 (Debian 12) decides the mode from the
-/// id alone (`load_cmdline_data` in `DataSourceNoCloud.py` tries
-/// `ds=nocloud` → local, then `ds=nocloud-net` → net, and sets the mode only
-/// if none was given), so a bare `ds=nocloud;s=http://…` stops with
-/// `[net] Exiting. datasource … in local mode` before the network is up. An
-/// explicit `dsmode=net` wins on every release, and on 24.1+ (which finds
-/// NoCloud from the DMI serial through `parse_cmdline_or_dmi`) it draws no
-/// deprecation warning, unlike `ds=nocloud-net` (deprecated in 24.1).
-/// Upstream 23.4.x cannot select NoCloud over HTTP from the DMI serial at
-/// all: `DataSourceNoCloudNet.ds_detect` reads only the kernel command line,
-/// and since 23.4 ds-identify's `[NoCloud, None]` no longer overrides
-/// detection (23.2–23.3 got through that override only). Fixed in 24.1
-/// (canonical/cloud-init PR #4949, issues #4945, #4951); images with 23.4.x
-/// need the OpenStack flavour.
-///
-/// The trailing slash is required: 22.4.2's `util.read_seeded` appends
-/// `meta-data` to the URL as is. No whitespace and no `,`: the command-line
-/// parser splits on whitespace and QEMU's `-smbios` on commas.
-pub const SEED_SERIAL: &str = "ds=nocloud;s=http://169.254.169.254/nocloud/;dsmode=net";
+pub use crate::contract::SEED_SERIAL;
 
 pub fn resolve(path: &Segments, facts: &InstanceFacts) -> Option<Resource> {
     match (path.parts.as_slice(), path.trailing_slash) {

@@ -5,8 +5,6 @@
 //! before the first program is attached, so a guest is never redirected to
 //! nothing; on SIGTERM the programs go first, then the server, then the veth.
 
-pub mod config;
-
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     sync::Arc,
@@ -19,17 +17,49 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ImdsState},
     datapath::{
         loader::Datapath,
         plan::{self, Selector},
     },
     errors::chain,
-    http_server, listener,
+    http_server,
     net::{REDIRECT_IF, SIDECAR_IF, links, sidecar_link},
-    probe,
 };
-pub use config::{ApiArgs, SidecarArgs};
+use clap::Args;
+use imds_sidecar::config::ApiArgs;
+use imds_sidecar::{
+    api::{self, ImdsState},
+    listener, probe,
+};
+
+use crate::contract;
+
+/// Serve the IMDS to the VM of this virt-launcher pod.
+#[derive(Debug, Clone, Args)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// This pod's name, for log lines (downward API).
+    #[arg(long, env = contract::ENV_POD_NAME)]
+    pub pod_name: Option<String>,
+
+    /// Serve only the VM behind this bridge instead of every `k6t-*` bridge.
+    #[arg(long, env = contract::ENV_BRIDGE_NAME, value_parser = interface_name)]
+    pub bridge: Option<String>,
+
+    /// Bridge ports whose names start with this are the VM's TAP devices.
+    #[arg(long, env = "IMDS_GUEST_PORT_PREFIX", default_value = "tap", value_parser = interface_name)]
+    pub guest_port_prefix: String,
+
+    /// Verbosity of the eBPF programs' own log messages.
+    #[arg(long, env = "IMDS_EBPF_LOG", value_enum, default_value_t = crate::datapath::loader::EbpfLogLevel::Off)]
+    pub ebpf_log: crate::datapath::loader::EbpfLogLevel,
+}
+
+fn interface_name(s: &str) -> Result<String, String> {
+    contract::check_interface_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
+}
 
 pub const IMDS_PORT: u16 = 80;
 const COUNTER_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -79,7 +109,7 @@ async fn serve(
         listener,
         api::router(Arc::new(state)),
         args.api.limits(),
-        None,
+        http_server::Plain,
         stop_server.clone(),
     ));
     probe::healthz(addr, SIDECAR_IF, Duration::from_secs(5))
@@ -169,4 +199,39 @@ fn log_counters(datapath: &Datapath) {
 fn log_counter_values(values: &[(imds_ebpf::abi::Counter, u64)]) {
     let text: Vec<String> = values.iter().map(|(c, v)| format!("{}={v}", c.name())).collect();
     tracing::info!(counters = %text.join(" "), "data path counters");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SidecarArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<SidecarArgs, clap::Error> {
+        let base = ["x", "--namespace", "ns", "--service-account-name", "sa", "--vm-name", "vm"];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
+    }
+
+    #[test]
+    fn data_path_defaults_and_bad_values() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.guest_port_prefix, "tap");
+        assert_eq!(a.bridge, None);
+        assert_eq!(a.ebpf_log, crate::datapath::loader::EbpfLogLevel::Off);
+        for bad in [
+            &["--bridge", "this-name-is-far-too-long"][..],
+            &["--bridge", "a/b"],
+            &["--bridge", ""],
+            &["--guest-port-prefix", "t p"],
+            &["--ebpf-log", "loud"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
+            assert!(err.to_string().contains("invalid value"), "{bad:?}: {err}");
+        }
+    }
 }

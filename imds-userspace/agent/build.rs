@@ -13,7 +13,7 @@ fn main() {
     let object = std::env::var_os("IMDS_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
         target.join("bpfel-unknown-none").join("release").join("imds-ebpf")
     });
     println!("cargo::rerun-if-changed={}", object.display());
