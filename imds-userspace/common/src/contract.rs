@@ -1,5 +1,45 @@
-//! What the webhook injects and the sidecar expects: one definition of every
-//! name both sides must agree on.
+//! One definition of every name two of the binaries must agree on: what
+//! the webhook injects and the sidecar expects, what the node agent creates
+//! in a pod and the sidecar binds to, where the agent finds the sidecar.
+
+use std::path::{Path, PathBuf};
+
+/// The IMDS address and port (the address also lives in the eBPF ABI,
+/// `imds_ebpf::abi::IMDS_ADDR`, which the programs match on).
+pub const IMDS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 254);
+pub const IMDS_PORT: u16 = 80;
+
+/// The veth end the node agent gives the IMDS address; the sidecar binds to
+/// it and admits only what arrives through it.
+pub const SIDECAR_IF: &str = "imds-sidecar";
+/// Its peer: guest traffic is redirected into it, replies are picked up on it.
+pub const REDIRECT_IF: &str = "imds-redirect";
+
+/// The user and group the sidecar runs as: KubeVirt's non-root user for
+/// virt-launcher pods (`NonRootUID` in KubeVirt's `pkg/util/util.go`).
+pub const SIDECAR_UID: i64 = 107;
+
+/// The emptyDir volume the webhook adds to the pod, mounted in the sidecar
+/// only, at [`RUN_DIR`]: it holds the sidecar's unix socket
+/// ([`SOCKET_NAME`]), where the node agent finds the pod (see
+/// [`kubelet_socket_path`]) and the startup probe asks for readiness.
+pub const RUN_VOLUME: &str = "kubevirt-imds-run";
+pub const RUN_DIR: &str = "/var/run/kubevirt-imds/run";
+pub const ENV_RUN_DIR: &str = "IMDS_RUN_DIR";
+pub const SOCKET_NAME: &str = "sidecar.sock";
+
+/// Where the kubelet keeps pod `pod_uid`'s emptyDir `volume` on the node:
+/// `<kubelet root>/pods/<uid>/volumes/kubernetes.io~empty-dir/<volume>`
+/// (the layout KubeVirt's virt-handler relies on for virt-launcher's own
+/// socket, `pkg/virt-handler/cmd-client/client.go`).
+pub fn kubelet_empty_dir(kubelet_root: &Path, pod_uid: &str, volume: &str) -> PathBuf {
+    kubelet_root.join("pods").join(pod_uid).join("volumes").join("kubernetes.io~empty-dir").join(volume)
+}
+
+/// The sidecar's socket of pod `pod_uid`, as the node agent sees it.
+pub fn kubelet_socket_path(kubelet_root: &Path, pod_uid: &str) -> PathBuf {
+    kubelet_empty_dir(kubelet_root, pod_uid, RUN_VOLUME).join(SOCKET_NAME)
+}
 
 /// Name of the injected container.
 pub const CONTAINER_NAME: &str = "kubevirt-imds";
@@ -134,8 +174,10 @@ pub const DEFAULT_AVAILABILITY_ZONE: &str = "kubevirt";
 
 /// The AWS IRSA audience when the ServiceAccount names none.
 pub const DEFAULT_AWS_AUDIENCE: &str = "sts.amazonaws.com";
-/// The binary's path in the image (the startup probe executes it).
-pub const BINARY_PATH: &str = "/usr/local/bin/kubevirt-imds";
+/// The binaries' paths in the image (the startup probe executes the sidecar's).
+pub const SIDECAR_BINARY_PATH: &str = "/usr/local/bin/kubevirt-imds-sidecar";
+pub const AGENT_BINARY_PATH: &str = "/usr/local/bin/kubevirt-imds-agent";
+pub const WEBHOOK_BINARY_PATH: &str = "/usr/local/bin/kubevirt-imds-webhook";
 
 /// Environment of the sidecar (each also a command-line flag).
 pub const ENV_NAMESPACE: &str = "IMDS_NAMESPACE";

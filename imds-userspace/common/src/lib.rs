@@ -3,6 +3,7 @@
 //! and error rendering for log lines ([`errors`]). Nothing here links aya,
 //! netlink, kube or TLS: the per-VM sidecar depends on it.
 
+pub mod channel;
 pub mod contract;
 pub mod errors;
 pub mod http_server;

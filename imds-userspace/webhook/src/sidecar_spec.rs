@@ -167,7 +167,9 @@ pub fn container(
         // As a native sidecar, the kubelet starts `compute` (and so the VM)
         // only after this succeeds: the guest's first request finds the IMDS.
         startup_probe: Some(Probe {
-            exec: Some(ExecAction { command: Some(vec![contract::BINARY_PATH.into(), "probe".into()]) }),
+            exec: Some(ExecAction {
+                command: Some(vec![contract::SIDECAR_BINARY_PATH.into(), "probe".into()]),
+            }),
             period_seconds: Some(1),
             timeout_seconds: Some(3),
             failure_threshold: Some(60),
