@@ -1,19 +1,28 @@
-//! Loading the tc programs with aya and keeping their attachments in line
-//! with the plan.
+//! One pod's eBPF programs: loaded once per pod (its veth's ifindex and MAC
+//! are baked into them), pinned with their maps and links in bpffs (see
+//! [`crate::pins`]), attached and detached as the plan says. Everything is
+//! done through the pins, so a restarted agent works on what it finds
+//! exactly as on what it just loaded.
+//!
+//! Call these from a thread inside the pod's network namespace: interface
+//! names and ifindexes are resolved there.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeSet, io};
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::PerCpuArray,
-    programs::{SchedClassifier, TcAttachType, tc, tc::SchedClassifierLinkId},
+    EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
     util::KernelVersion,
 };
-use imds_ebpf::abi::{
-    Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST,
-};
+use imds_ebpf::abi::{Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, MAP_FLOWS};
 
-use super::plan::{Attachment, Changes, Role};
+use super::plan::{Attachment, Changes, Direction, Role};
+use crate::pins::Generation;
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time
 /// (see `build.rs`).
@@ -27,7 +36,7 @@ const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("this kubevirt-imds binary was built without its eBPF object; build it with `cargo xtask build`")]
+    #[error("this kubevirt-imds-agent was built without its eBPF object; build it with `cargo xtask build`")]
     NotEmbedded,
     #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
@@ -39,6 +48,10 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("pinning {0}")]
+    Pin(String, #[source] aya::pin::PinError),
+    #[error("eBPF map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
     #[error("attaching {program} to {ifname}")]
     Attach {
         program: &'static str,
@@ -46,10 +59,15 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("reading eBPF map {MAP_COUNTERS}")]
-    Counters(#[from] aya::maps::MapError),
-    #[error("starting the eBPF log reader: {0}")]
-    Logger(String),
+    #[error("the link of {program} on ifindex {ifindex}")]
+    Link {
+        program: &'static str,
+        ifindex: u32,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("bpffs {0}")]
+    Io(String, #[source] io::Error),
 }
 
 /// Verbosity of the programs' aya-log messages. `Off` compiles the log
@@ -78,125 +96,244 @@ impl EbpfLogLevel {
     }
 }
 
-/// The loaded programs and where they are attached. Dropping it detaches
-/// everything (TCX links close with their file descriptors).
-pub struct Datapath {
-    ebpf: Ebpf,
-    attached: BTreeMap<(Role, u32), (String, SchedClassifierLinkId)>,
-    /// Kernels before 6.6 have no TCX: programs go through a clsact qdisc
-    /// and outlive the process, so leftovers must be removed by name.
+/// Whether this kernel has TCX (6.6): its links can be pinned. Before, tc
+/// filters through a clsact qdisc, which outlive the process by
+/// themselves but cannot be pinned, listed or adopted by aya 0.14.
+pub fn kernel_has_tcx() -> bool {
+    KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false)
+}
+
+/// A pod's programs, from their pins.
+pub struct PodDatapath {
+    generation: Generation,
+    programs: Vec<(Role, SchedClassifier)>,
     legacy_tc: bool,
+    /// Legacy tc only: what this process attached (TCX keeps it in the pins).
+    legacy_attached: BTreeSet<(Role, u32)>,
+    /// Forwards the programs' own log messages while it lives (only for a
+    /// generation this process loaded with logging on).
     _log_reader: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Datapath {
-    pub fn load(config: &Config, log_level: EbpfLogLevel) -> Result<Self, DatapathError> {
-        if OBJECT.is_empty() {
-            return Err(DatapathError::NotEmbedded);
+impl PodDatapath {
+    /// The programs of `generation`, loaded and pinned first if the
+    /// generation has none yet. `log` only matters for a fresh load.
+    pub fn open_or_load(
+        generation: &Generation,
+        config: &Config,
+        log: EbpfLogLevel,
+    ) -> Result<(Self, bool), DatapathError> {
+        let fresh = !Role::ALL.iter().all(|r| generation.program(r.program()).exists());
+        let log_reader = if fresh {
+            let mut ebpf = load_and_pin(generation, config, log)?;
+            if log == EbpfLogLevel::Off { None } else { Some(spawn_log_reader(&mut ebpf)?) }
+        } else {
+            None
+        };
+        let mut programs = Vec::new();
+        for role in Role::ALL {
+            let name = role.program();
+            let program = SchedClassifier::from_pin(generation.program(name))
+                .map_err(|source| DatapathError::Program { name, source })?;
+            programs.push((role, program));
         }
-        let level = log_level.as_aya_level();
-        let mut loader = EbpfLoader::new();
-        loader.override_global(GLOBAL_CONFIG, config, true).override_global(LOG_LEVEL_GLOBAL, &level, true);
-        if log_level == EbpfLogLevel::Off {
-            // Nothing is ever written: keep the ring at its minimum (a page).
-            loader.map_max_entries(LOG_RING, 4096);
-        }
-        let mut ebpf = loader.load(OBJECT)?;
-        for name in [PROG_TO_GUEST, PROG_GUARD, PROG_FROM_GUEST] {
-            classifier(&mut ebpf, name)?.load().map_err(|source| DatapathError::Program { name, source })?;
-        }
-        let log_reader =
-            if log_level == EbpfLogLevel::Off { None } else { Some(spawn_log_reader(&mut ebpf)?) };
-        let legacy_tc = KernelVersion::current().map(|v| v < KernelVersion::new(6, 6, 0)).unwrap_or(false);
-        Ok(Self { ebpf, attached: BTreeMap::new(), legacy_tc, _log_reader: log_reader })
+        let legacy_tc = !kernel_has_tcx();
+        let datapath = Self {
+            generation: generation.clone(),
+            programs,
+            legacy_tc,
+            legacy_attached: BTreeSet::new(),
+            _log_reader: log_reader,
+        };
+        Ok((datapath, fresh))
     }
 
-    /// Kernel ids of the loaded programs, for the startup log line.
-    pub fn program_ids(&self) -> Vec<(&'static str, u32)> {
-        [PROG_TO_GUEST, PROG_GUARD, PROG_FROM_GUEST]
-            .into_iter()
-            .filter_map(|name| {
-                let program: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
-                Some((name, program.info().ok()?.id()))
-            })
-            .collect()
+    /// What is attached: the pinned links (TCX), or what this process
+    /// attached (legacy tc).
+    pub fn attached(&self) -> Result<BTreeSet<(Role, u32)>, DatapathError> {
+        if self.legacy_tc {
+            return Ok(self.legacy_attached.clone());
+        }
+        let links = self
+            .generation
+            .links()
+            .map_err(|e| DatapathError::Io(format!("listing {}", self.generation.path().display()), e))?;
+        Ok(links.into_iter().filter_map(|(program, ifindex)| Some((Role::from_program(&program)?, ifindex))).collect())
     }
 
-    pub fn attached(&self) -> std::collections::BTreeSet<(Role, u32)> {
-        self.attached.keys().copied().collect()
-    }
-
-    /// Applies `changes`; returns what could not be done (the caller logs it
-    /// and the next link event retries).
-    pub fn apply(&mut self, changes: Changes) -> Vec<DatapathError> {
+    /// Applies `changes`; returns what could not be done (the caller logs
+    /// it and the next reconciliation retries).
+    pub fn apply(&mut self, changes: &Changes) -> Vec<DatapathError> {
         let mut errors = Vec::new();
-        for key in changes.detach {
-            if let Some((ifname, link)) = self.attached.remove(&key) {
-                // The interface is usually gone already, and its link with it.
-                let _ = classifier(&mut self.ebpf, key.0.program()).map(|p| p.detach(link));
-                tracing::info!(program = key.0.program(), ifname, ifindex = key.1, "detached");
+        for &(role, ifindex) in &changes.detach {
+            match self.detach(role, ifindex) {
+                Ok(()) => tracing::info!(program = role.program(), ifindex, "detached"),
+                Err(e) => errors.push(e),
             }
         }
-        for attachment in changes.attach {
-            match self.attach(&attachment) {
-                Ok(link) => {
-                    tracing::info!(
-                        program = attachment.role.program(),
-                        ifname = attachment.ifname,
-                        ifindex = attachment.ifindex,
-                        "attached"
-                    );
-                    self.attached.insert(attachment.key(), (attachment.ifname, link));
-                }
+        for attachment in &changes.attach {
+            match self.attach(attachment) {
+                Ok(()) => tracing::info!(
+                    program = attachment.role.program(),
+                    ifname = attachment.ifname,
+                    ifindex = attachment.ifindex,
+                    "attached"
+                ),
                 Err(e) => errors.push(e),
             }
         }
         errors
     }
 
-    fn attach(&mut self, a: &Attachment) -> Result<SchedClassifierLinkId, DatapathError> {
-        let program = a.role.program();
-        if self.legacy_tc {
-            // Idempotent: the qdisc may exist, a killed predecessor's filter may too.
-            let _ = tc::qdisc_add_clsact(&a.ifname);
-            let _ = tc::qdisc_detach_program(&a.ifname, TcAttachType::Ingress, program);
-        }
-        classifier(&mut self.ebpf, program)?
-            .attach(&a.ifname, TcAttachType::Ingress)
-            .map_err(|source| DatapathError::Attach { program, ifname: a.ifname.clone(), source })
+    fn program(&mut self, role: Role) -> &mut SchedClassifier {
+        // Every role has its program: `open_or_load` loads them all.
+        &mut self.programs.iter_mut().find(|(r, _)| *r == role).expect("every role is loaded").1
     }
 
-    pub fn detach_all(&mut self) {
-        let all = self.attached.keys().copied().collect();
-        self.apply(Changes { attach: Vec::new(), detach: all });
+    fn attach(&mut self, a: &Attachment) -> Result<(), DatapathError> {
+        let name = a.role.program();
+        let attach_type = attach_type(a.role.direction());
+        let legacy = self.legacy_tc;
+        if legacy {
+            // Idempotent: the qdisc may exist, a killed predecessor's filter
+            // too (removed by name, then attached anew).
+            let _ = tc::qdisc_add_clsact(&a.ifname);
+            let _ = tc::qdisc_detach_program(&a.ifname, attach_type, name);
+        }
+        let program = self.program(a.role);
+        let id = program
+            .attach(&a.ifname, attach_type)
+            .map_err(|source| DatapathError::Attach { program: name, ifname: a.ifname.clone(), source })?;
+        let link = program.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+        if legacy {
+            // A tc filter stays in the kernel until removed; dropping its
+            // aya handle would remove it.
+            std::mem::forget(link);
+            self.legacy_attached.insert(a.key());
+            return Ok(());
+        }
+        let fd_link = FdLink::try_from(link)
+            .map_err(|source| DatapathError::Link { program: name, ifindex: a.ifindex, source })?;
+        let path = self.generation.link(name, a.ifindex);
+        fd_link.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
+        Ok(())
+    }
+
+    fn detach(&mut self, role: Role, ifindex: u32) -> Result<(), DatapathError> {
+        let name = role.program();
+        if self.legacy_tc {
+            // The interface is usually gone, and its filters with it.
+            if let Some(ifname) = ifname_of(ifindex) {
+                let _ = tc::qdisc_detach_program(&ifname, attach_type(role.direction()), name);
+            }
+            self.legacy_attached.remove(&(role, ifindex));
+            return Ok(());
+        }
+        let path = self.generation.link(name, ifindex);
+        // Unpinning and dropping the last descriptor detaches the link (the
+        // kernel already did if the interface went away).
+        let pinned =
+            PinnedLink::from_pin(&path).map_err(|source| DatapathError::Link { program: name, ifindex, source })?;
+        let link = pinned.unpin().map_err(|e| DatapathError::Io(format!("unpinning {}", path.display()), e))?;
+        drop(link);
+        Ok(())
+    }
+
+    /// Attaches `role`'s program to `ifname` without pinning (the probe's
+    /// temporary interface); the returned guard detaches it.
+    pub fn attach_unpinned(
+        &mut self,
+        role: Role,
+        ifname: &str,
+    ) -> Result<aya::programs::tc::SchedClassifierLink, DatapathError> {
+        let name = role.program();
+        let attach_type = attach_type(role.direction());
+        if self.legacy_tc {
+            let _ = tc::qdisc_add_clsact(ifname);
+        }
+        let program = self.program(role);
+        let id = program
+            .attach(ifname, attach_type)
+            .map_err(|source| DatapathError::Attach { program: name, ifname: ifname.to_owned(), source })?;
+        program.take_link(id).map_err(|source| DatapathError::Program { name, source })
     }
 
     /// Current value of every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
-        let map = self
-            .ebpf
-            .map(MAP_COUNTERS)
-            .ok_or(aya::maps::MapError::InvalidName { name: MAP_COUNTERS.to_owned() })?;
-        let per_cpu = PerCpuArray::<_, Counters>::try_from(map)?.get(&0, 0)?;
-        Ok(Counter::ALL.into_iter().map(|c| (c, per_cpu.iter().map(|cpu| cpu.get(c)).sum())).collect())
+        counters(&self.generation)
     }
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+/// The counters of a pinned generation.
+pub fn counters(generation: &Generation) -> Result<Vec<(Counter, u64)>, DatapathError> {
+    let data = MapData::from_pin(generation.map(MAP_COUNTERS)).map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
+    let map = PerCpuArray::<_, Counters>::try_from(Map::PerCpuArray(data))
+        .map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
+    let per_cpu = map.get(&0, 0).map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
+    Ok(Counter::ALL.into_iter().map(|c| (c, per_cpu.iter().map(|cpu| cpu.get(c)).sum())).collect())
+}
+
+fn attach_type(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    }
+}
+
+fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if name.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|b| *b == 0)?;
+    String::from_utf8(buf[..len].to_vec()).ok()
+}
+
+/// Loads the object with `config`, pins its programs and maps in
+/// `generation`.
+fn load_and_pin(generation: &Generation, config: &Config, log: EbpfLogLevel) -> Result<aya::Ebpf, DatapathError> {
+    if OBJECT.is_empty() {
+        return Err(DatapathError::NotEmbedded);
+    }
+    generation.create().map_err(|e| DatapathError::Io(format!("creating {}", generation.path().display()), e))?;
+    let level = log.as_aya_level();
+    let mut loader = EbpfLoader::new();
+    loader.override_global(GLOBAL_CONFIG, config, true).override_global(LOG_LEVEL_GLOBAL, &level, true);
+    if log == EbpfLogLevel::Off {
+        // Nothing is ever written: keep the ring at its minimum (a page).
+        loader.map_max_entries(LOG_RING, 4096);
+    }
+    let mut ebpf = loader.load(OBJECT)?;
+    for role in Role::ALL {
+        let name = role.program();
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        program.load().map_err(|source| DatapathError::Program { name, source })?;
+        let path = generation.program(name);
+        program.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
+    }
+    for name in [MAP_COUNTERS, MAP_FLOWS] {
+        let map = ebpf.map(name).ok_or(DatapathError::Map(name, aya::maps::MapError::InvalidName { name: name.to_owned() }))?;
+        let path = generation.map(name);
+        map.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
+    }
+    Ok(ebpf)
 }
 
 /// Forwards aya-log records (through the `log` facade) into tracing.
-fn spawn_log_reader(ebpf: &mut Ebpf) -> Result<tokio::task::JoinHandle<()>, DatapathError> {
-    let logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| DatapathError::Logger(e.to_string()))?;
+fn spawn_log_reader(ebpf: &mut aya::Ebpf) -> Result<tokio::task::JoinHandle<()>, DatapathError> {
+    let logger = aya_log::EbpfLogger::init(ebpf)
+        .map_err(|e| DatapathError::Io("starting the eBPF log reader".into(), io::Error::other(e.to_string())))?;
     // SAFETY: the logger owns the ring buffer's fd for as long as it lives,
     // and the AsyncFd owns the logger.
     let mut logger =
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-            .map_err(|e| DatapathError::Logger(e.to_string()))?;
+            .map_err(|e| DatapathError::Io("starting the eBPF log reader".into(), io::Error::other(e.to_string())))?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(mut guard) = logger.readable_mut().await else {

@@ -3,32 +3,62 @@
 
 use std::collections::BTreeSet;
 
-use imds_ebpf::abi::{PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST};
+use imds_ebpf::abi::{PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST, PROG_TO_UPLINK};
 
 use crate::net::links::LinkSummary;
+
+/// Interfaces the agent creates in a pod start with this; none of them is
+/// an uplink or a VM's port.
+pub const OWN_PREFIX: &str = "imds-";
 
 /// KubeVirt names the bridge of pod interface `X` `k6t-X`.
 pub const KUBEVIRT_BRIDGE_PREFIX: &str = "k6t-";
 
 /// Attachment roles, in the order they must be attached: replies must be
-/// handled before the first guest packet is redirected.
+/// handled before the first guest packet is redirected, and the uplinks
+/// guarded before any VM exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// `imds_to_guest` on the redirect end of the sidecar's veth.
+    /// `imds_to_guest` on the ingress of the redirect end of the veth.
     ToGuest,
-    /// `imds_guard` on a VM bridge.
+    /// `imds_to_uplink` on the egress of every interface that leads out of
+    /// the pod: nothing for the IMDS address leaves, even from a VM whose
+    /// TAP has no program yet.
+    Uplink,
+    /// `imds_guard` on the ingress of a VM bridge.
     Guard,
-    /// `imds_from_guest` on a VM's TAP.
+    /// `imds_from_guest` on the ingress of a VM's TAP.
     FromGuest,
 }
 
+/// Which side of an interface a program runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
 impl Role {
+    pub const ALL: [Role; 4] = [Role::ToGuest, Role::Uplink, Role::Guard, Role::FromGuest];
+
     pub fn program(self) -> &'static str {
         match self {
             Role::ToGuest => PROG_TO_GUEST,
+            Role::Uplink => PROG_TO_UPLINK,
             Role::Guard => PROG_GUARD,
             Role::FromGuest => PROG_FROM_GUEST,
         }
+    }
+
+    pub fn direction(self) -> Direction {
+        match self {
+            Role::Uplink => Direction::Egress,
+            Role::ToGuest | Role::Guard | Role::FromGuest => Direction::Ingress,
+        }
+    }
+
+    pub fn from_program(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.program() == name)
     }
 }
 
@@ -81,6 +111,8 @@ pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
                 && link.name.starts_with(&selector.guest_port_prefix)
             {
                 Role::FromGuest
+            } else if is_uplink(link, selector) {
+                Role::Uplink
             } else {
                 return None;
             };
@@ -89,6 +121,17 @@ pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
         .collect();
     wanted.sort();
     wanted
+}
+
+/// An interface that may carry the pod's traffic out: anything but
+/// loopback, the agent's own interfaces, bridges and (would-be) VM ports.
+/// KubeVirt's bridge binding renames the pod's `eth0` to `eth0-nic` and
+/// enslaves it to the VM's bridge; it keeps its ifindex, and its guard.
+fn is_uplink(link: &LinkSummary, selector: &Selector) -> bool {
+    link.name != "lo"
+        && !link.name.starts_with(OWN_PREFIX)
+        && !link.is_bridge
+        && !link.name.starts_with(&selector.guest_port_prefix)
 }
 
 /// How to get from what is attached to what is wanted.
@@ -139,11 +182,18 @@ mod tests {
     }
 
     #[test]
-    fn masquerade_pod_gets_all_three_programs_in_order() {
+    fn masquerade_pod_gets_every_program_in_order() {
         assert_eq!(
             roles(&plan(&masquerade(), &selector(None))),
-            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "k6t-eth0"), (Role::FromGuest, "tap0")]
+            vec![
+                (Role::ToGuest, "imds-redirect"),
+                (Role::Uplink, "eth0"),
+                (Role::Guard, "k6t-eth0"),
+                (Role::FromGuest, "tap0")
+            ]
         );
+        assert_eq!(Role::Uplink.direction(), Direction::Egress);
+        assert_eq!(Role::from_program(Role::Guard.program()), Some(Role::Guard));
     }
 
     #[test]
@@ -155,16 +205,33 @@ mod tests {
             link(7, "tap0", false, Some(3)),
             link(9, "imds-redirect", false, None),
         ];
+        // eth0-nic (the renamed pod interface, a bridge port) and the dummy
+        // eth0 KubeVirt leaves with the pod's address are both guarded.
         assert_eq!(
             roles(&plan(&links, &selector(None))),
-            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "k6t-eth0"), (Role::FromGuest, "tap0")]
+            vec![
+                (Role::ToGuest, "imds-redirect"),
+                (Role::Uplink, "eth0-nic"),
+                (Role::Uplink, "eth0"),
+                (Role::Guard, "k6t-eth0"),
+                (Role::FromGuest, "tap0")
+            ]
         );
     }
 
     #[test]
-    fn nothing_but_the_reply_path_before_kubevirt_builds_the_bridge() {
-        let links = vec![link(2, "eth0", false, None), link(9, "imds-redirect", false, None)];
-        assert_eq!(roles(&plan(&links, &selector(None))), vec![(Role::ToGuest, "imds-redirect")]);
+    fn the_reply_path_and_the_uplink_before_kubevirt_builds_the_bridge() {
+        let links = vec![
+            link(1, "lo", false, None),
+            link(2, "eth0", false, None),
+            link(8, "imds-sidecar", false, None),
+            link(9, "imds-redirect", false, None),
+            link(10, "imds-probe", false, None),
+        ];
+        assert_eq!(
+            roles(&plan(&links, &selector(None))),
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Uplink, "eth0")]
+        );
     }
 
     #[test]
@@ -188,20 +255,29 @@ mod tests {
         links.push(link(31, "tap9", false, Some(30)));
         assert_eq!(
             roles(&plan(&links, &selector(Some("br-custom")))),
-            vec![(Role::ToGuest, "imds-redirect"), (Role::Guard, "br-custom"), (Role::FromGuest, "tap9")]
+            vec![
+                (Role::ToGuest, "imds-redirect"),
+                (Role::Uplink, "eth0"),
+                (Role::Guard, "br-custom"),
+                (Role::FromGuest, "tap9")
+            ]
         );
         // A named interface that is not a bridge is not treated as one.
-        assert_eq!(roles(&plan(&links, &selector(Some("eth0")))), vec![(Role::ToGuest, "imds-redirect")]);
+        assert_eq!(
+            roles(&plan(&links, &selector(Some("eth0")))),
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Uplink, "eth0")]
+        );
     }
 
     #[test]
-    fn non_bridges_named_like_bridges_and_loose_taps_are_ignored() {
+    fn non_bridges_named_like_bridges_and_loose_taps_are_not_vm_ports() {
         let links = vec![
             link(3, "k6t-eth0", false, None),
             link(4, "tap0", false, Some(3)),
             link(5, "tap1", false, None),
         ];
-        assert!(plan(&links, &selector(None)).is_empty());
+        // The not-a-bridge k6t-eth0 leads out like any other interface.
+        assert_eq!(roles(&plan(&links, &selector(None))), vec![(Role::Uplink, "k6t-eth0")]);
     }
 
     #[test]
@@ -211,7 +287,8 @@ mod tests {
         assert_eq!(diff(&none, &wanted).attach, wanted);
 
         let attached: BTreeSet<_> =
-            [(Role::ToGuest, 9), (Role::Guard, 3), (Role::FromGuest, 4), (Role::FromGuest, 44)].into();
+            [(Role::ToGuest, 9), (Role::Uplink, 2), (Role::Guard, 3), (Role::FromGuest, 4), (Role::FromGuest, 44)]
+                .into();
         let changes = diff(&attached, &wanted);
         assert!(changes.attach.is_empty());
         assert_eq!(changes.detach, vec![(Role::FromGuest, 44)]);

@@ -1,12 +1,8 @@
-//! Everything the sidecar does through rtnetlink.
+//! Everything the agent does in a pod through rtnetlink and sysctls.
 
 pub mod links;
 pub mod sidecar_link;
-
-/// The veth end that holds the IMDS address; the HTTP server binds to it.
-pub const SIDECAR_IF: &str = "imds-sidecar";
-/// Its peer: guest traffic is redirected into it, replies are picked up on it.
-pub const REDIRECT_IF: &str = "imds-redirect";
+pub mod sysctl;
 /// Routing table for traffic sourced from the IMDS address (`ip route show table 169254`).
 pub const ROUTE_TABLE: u32 = 169_254;
 /// Priority of the rule selecting [`ROUTE_TABLE`]; before `main` (32766).

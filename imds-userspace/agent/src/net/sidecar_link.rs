@@ -22,7 +22,8 @@ use rtnetlink::{
     },
 };
 
-use super::{Context as _, NetlinkError, REDIRECT_IF, ROUTE_TABLE, RULE_PRIORITY, SIDECAR_IF, is_not_found};
+use super::{Context as _, NetlinkError, ROUTE_TABLE, RULE_PRIORITY, is_not_found};
+use crate::contract::{REDIRECT_IF, SIDECAR_IF};
 
 /// What the eBPF programs need to know about the veth pair.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +33,31 @@ pub struct SidecarLink {
     pub sidecar_mac: [u8; 6],
 }
 
-/// Removes what a previous run left behind (it may have been killed with
-/// SIGKILL): the veth pair, with its address and table route, and the rule.
+/// The veth pair, its address, route and rule, as they should be: what a
+/// previous agent made is kept (a running VM's IMDS must not blink), what is
+/// missing is added, a half-made pair is made anew.
+pub async fn ensure(handle: &Handle, addr: Ipv4Addr) -> Result<(SidecarLink, Ensured), NetlinkError> {
+    let sidecar = index_of(handle, SIDECAR_IF).await?;
+    let redirect = index_of(handle, REDIRECT_IF).await?;
+    if let (Some(sidecar_index), Some(redirect_index)) = (sidecar, redirect)
+        && has_address(handle, sidecar_index, addr).await?
+    {
+        ensure_route_and_rule(handle, sidecar_index, addr).await?;
+        let sidecar_mac = mac_of(handle, sidecar_index).await?;
+        return Ok((SidecarLink { sidecar_index, redirect_index, sidecar_mac }, Ensured::Adopted));
+    }
+    remove(handle).await?;
+    Ok((create(handle, addr).await?, Ensured::Created))
+}
+
+/// Whether [`ensure`] found the pair or made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    Adopted,
+    Created,
+}
+
+/// Removes the veth pair (with its address and table route) and the rule.
 pub async fn remove(handle: &Handle) -> Result<(), NetlinkError> {
     for name in [SIDECAR_IF, REDIRECT_IF] {
         if let Some(index) = index_of(handle, name).await? {
@@ -45,6 +69,16 @@ pub async fn remove(handle: &Handle) -> Result<(), NetlinkError> {
             }
         }
     }
+    for rule in our_rules(handle).await? {
+        match handle.rule().del(rule).execute().await {
+            Err(e) if !is_not_found(&e) => return Err(e).context("deleting ip rule"),
+            _ => tracing::info!(priority = RULE_PRIORITY, "removed ip rule"),
+        }
+    }
+    Ok(())
+}
+
+async fn our_rules(handle: &Handle) -> Result<Vec<rtnetlink::packet_route::rule::RuleMessage>, NetlinkError> {
     let rules: Vec<_> = handle
         .rule()
         .get(rtnetlink::IpVersion::V4)
@@ -52,21 +86,69 @@ pub async fn remove(handle: &Handle) -> Result<(), NetlinkError> {
         .try_collect()
         .await
         .context("listing ip rules")?;
-    for rule in rules {
-        let ours = rule.attributes.contains(&RuleAttribute::Priority(RULE_PRIORITY))
-            && rule.attributes.contains(&RuleAttribute::Table(ROUTE_TABLE));
-        if ours {
-            match handle.rule().del(rule).execute().await {
-                Err(e) if !is_not_found(&e) => return Err(e).context("deleting ip rule"),
-                _ => tracing::info!(priority = RULE_PRIORITY, "removed ip rule"),
-            }
-        }
+    Ok(rules
+        .into_iter()
+        .filter(|rule| {
+            rule.attributes.contains(&RuleAttribute::Priority(RULE_PRIORITY))
+                && rule.attributes.contains(&RuleAttribute::Table(ROUTE_TABLE))
+        })
+        .collect())
+}
+
+async fn has_address(handle: &Handle, index: u32, addr: Ipv4Addr) -> Result<bool, NetlinkError> {
+    let addresses: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .context(format!("listing the addresses of {SIDECAR_IF}"))?;
+    Ok(addresses.iter().any(|m| {
+        m.attributes.iter().any(|a| {
+            matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
+        })
+    }))
+}
+
+/// The table route and the rule, added if missing (`EEXIST` is fine).
+async fn ensure_route_and_rule(handle: &Handle, sidecar_index: u32, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .output_interface(sidecar_index)
+        .scope(RouteScope::Link)
+        .table_id(ROUTE_TABLE)
+        .build();
+    if let Err(e) = handle.route().add(route).execute().await
+        && !is_exists(&e)
+    {
+        return Err(e).context(format!("adding default route via {SIDECAR_IF} to table {ROUTE_TABLE}"));
+    }
+    if our_rules(handle).await?.is_empty() {
+        add_rule(handle, addr).await?;
     }
     Ok(())
 }
 
+async fn add_rule(handle: &Handle, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+    handle
+        .rule()
+        .add()
+        .v4()
+        .source_prefix(addr, 32)
+        .table_id(ROUTE_TABLE)
+        .priority(RULE_PRIORITY)
+        .action(RuleAction::ToTable)
+        .execute()
+        .await
+        .context(format!("adding ip rule from {addr} lookup {ROUTE_TABLE}"))
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.to_io().raw_os_error() == Some(libc::EEXIST))
+}
+
 /// Creates the veth pair owning `addr` and the route back through it.
-pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, NetlinkError> {
+async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, NetlinkError> {
     handle
         .link()
         .add(LinkVeth::new(SIDECAR_IF, REDIRECT_IF).build())
@@ -110,17 +192,7 @@ pub async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, Netl
         .execute()
         .await
         .context(format!("adding default route via {SIDECAR_IF} to table {ROUTE_TABLE}"))?;
-    handle
-        .rule()
-        .add()
-        .v4()
-        .source_prefix(addr, 32)
-        .table_id(ROUTE_TABLE)
-        .priority(RULE_PRIORITY)
-        .action(RuleAction::ToTable)
-        .execute()
-        .await
-        .context(format!("adding ip rule from {addr} lookup {ROUTE_TABLE}"))?;
+    add_rule(handle, addr).await?;
 
     let sidecar_mac = mac_of(handle, sidecar_index).await?;
     Ok(SidecarLink { sidecar_index, redirect_index, sidecar_mac })
