@@ -1,14 +1,16 @@
-# The single kubevirt-imds image: the webhook and the sidecar it injects.
+# The single kubevirt-imds image, one binary per role: the sidecar injected
+# into virt-launcher pods, the node agent (DaemonSet) and the webhook
+# (Deployment). No ENTRYPOINT: each workload names its binary as its
+# command (deploy/base/, and the webhook for the sidecar it injects).
 #
-# The binary embeds its eBPF object, which needs the nightly toolchain and
-# bpf-linker to build; build it on the host first, then the image:
+# The agent embeds the eBPF object, which needs the nightly toolchain and
+# bpf-linker to build; build on the host first, then the image:
 #
 #   cargo xtask build --release
 #   docker build -t registry.example.com/kubevirt-imds:0.1.0 .
 #
-# distroless/cc: glibc and nothing else (no shell, no package manager).
+# distroless/cc: glibc and nothing else (no shell, no package manager). Its
+# default user is nonroot; the sidecar runs as uid 107 and the agent as
+# root, each set by its workload.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY target/release/kubevirt-imds /usr/local/bin/kubevirt-imds
-# The webhook runs as the image's nonroot user; the injected sidecar runs as
-# root with only NET_ADMIN, BPF and NET_BIND_SERVICE (set by the webhook).
-ENTRYPOINT ["/usr/local/bin/kubevirt-imds"]
+COPY target/release/kubevirt-imds-sidecar target/release/kubevirt-imds-agent target/release/kubevirt-imds-webhook /usr/local/bin/

@@ -6,10 +6,29 @@
 /// The link-local address every cloud serves instance metadata on.
 pub const IMDS_ADDR: [u8; 4] = [169, 254, 169, 254];
 
-/// Program names, as `bpftool prog show` prints them (kernel limit: 15 bytes).
+// Program names, as `bpftool prog show` prints them (kernel limit: 15 bytes),
+// named by the direction of the traffic they see, as Cilium's
+// `cil_from_container` and `cil_to_netdev` are.
+
+/// Ingress of each VM's TAP: what the guest sends.
 pub const PROG_FROM_GUEST: &str = "imds_from_guest";
+/// Ingress of the host end of the sidecar's veth: what the server sends back.
 pub const PROG_TO_GUEST: &str = "imds_to_guest";
+/// Ingress of each VM bridge (`k6t-*`): what the bridge hands up to the pod.
 pub const PROG_GUARD: &str = "imds_guard";
+/// EGRESS (not ingress) of each uplink of the pod: `eth0` (renamed `eth0-nic`
+/// and enslaved to the VM bridge by KubeVirt's bridge binding) and secondary
+/// `podXXX`/`netX` interfaces. Attach it before the VM exists: it stops IMDS
+/// traffic that was not redirected at a TAP from reaching the node's own
+/// metadata service.
+pub const PROG_TO_UPLINK: &str = "imds_to_uplink";
+/// INGRESS of the pod's loopback: what the pod's own processes send to a
+/// local address. The IMDS address is local to the pod (it sits on the
+/// agent's veth), so without this a process of the pod would reach the
+/// sidecar over loopback; with it, only what came through the veth — what
+/// the data path redirected from a VM — does. Attached before the address
+/// is added.
+pub const PROG_FROM_POD: &str = "imds_from_pod";
 
 /// Map names, as `bpftool map show` prints them.
 pub const MAP_COUNTERS: &str = "IMDS_COUNTERS";
@@ -59,20 +78,90 @@ pub struct FlowTarget {
     pub gateway_mac: [u8; 6],
 }
 
-/// The value of [`MAP_COUNTERS`], a one-entry per-CPU array: named fields so
-/// `bpftool map dump name IMDS_COUNTERS` prints them by name (from BTF).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub guest_redirected: u64,
-    pub guest_arp_answered: u64,
-    pub guest_unsupported_dropped: u64,
-    pub reply_forwarded: u64,
-    pub reply_no_flow: u64,
-    pub reply_unexpected_dropped: u64,
-    pub foreign_dropped: u64,
-    pub foreign_arp_dropped: u64,
-    pub rewrite_failed: u64,
+/// The one list of counters. Each line becomes a field of [`Counters`] (its
+/// BTF name, which bpftool prints) and a variant of [`Counter`] (whose
+/// discriminant is the field's index). Append new ones: readers of the raw
+/// value (bpftool without BTF) keep their offsets.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $field:ident,)+) => {
+        /// The value of [`MAP_COUNTERS`], a one-entry per-CPU array: a plain
+        /// struct of named fields so `bpftool map dump name IMDS_COUNTERS`
+        /// prints them by name (from BTF). Every packet a program does not
+        /// pass is counted exactly once.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $($(#[doc = $doc])+ pub $field: u64,)+
+        }
+
+        /// Selects one field of [`Counters`]; the discriminant is the field's index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Counter {
+            pub const COUNT: u32 = [$(Counter::$variant),+].len() as u32;
+            pub const ALL: [Counter; Self::COUNT as usize] = [$(Counter::$variant),+];
+
+            /// The field name in [`Counters`] (and in bpftool's output).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => stringify!($field),)+
+                }
+            }
+        }
+
+        impl Counters {
+            pub fn get(&self, counter: Counter) -> u64 {
+                match counter {
+                    $(Counter::$variant => self.$field,)+
+                }
+            }
+
+            /// Where each field really is, for the layout test.
+            #[cfg(test)]
+            const OFFSETS: [usize; Counter::COUNT as usize] = [$(core::mem::offset_of!(Counters, $field)),+];
+        }
+    };
+}
+
+counters! {
+    /// Guest TCP segment to the IMDS redirected into the sidecar's veth.
+    GuestRedirected => guest_redirected,
+    /// Guest ARP request for the IMDS address answered.
+    GuestArpAnswered => guest_arp_answered,
+    /// Guest packet to the IMDS address that is not TCP to the served port
+    /// (or is a fragment): dropped.
+    GuestUnsupportedDropped => guest_unsupported_dropped,
+    /// Sidecar reply handed back to a guest (resets are counted in
+    /// `reply_reset` instead).
+    ReplyForwarded => reply_forwarded,
+    /// Sidecar reply for a connection the flow table does not know: dropped.
+    ReplyNoFlow => reply_no_flow,
+    /// Anything else leaving the sidecar's veth: dropped.
+    ReplyUnexpectedDropped => reply_unexpected_dropped,
+    /// IPv4 packet for the IMDS address from a non-VM source: dropped.
+    ForeignDropped => foreign_dropped,
+    /// ARP request for the IMDS address from a non-VM source: dropped.
+    ForeignArpDropped => foreign_arp_dropped,
+    /// A packet could not be rewritten (a helper failed): dropped.
+    RewriteFailed => rewrite_failed,
+    /// TCP reset from the IMDS port handed back to a guest. With no server
+    /// listening (sidecar crashed or restarting) the pod's kernel answers
+    /// every guest SYN with one.
+    ReplyReset => reply_reset,
+    /// IPv4 packet for the IMDS address leaving the pod through an uplink:
+    /// dropped, or the node's own metadata service would answer it. Also
+    /// frames under more VLAN tags than the guard reads.
+    UplinkDropped => uplink_dropped,
+    /// ARP request for the IMDS address leaving the pod through an uplink:
+    /// dropped.
+    UplinkArpDropped => uplink_arp_dropped,
+    /// Packet for the IMDS address from a process of the pod itself (over
+    /// loopback): dropped.
+    LocalDropped => local_dropped,
 }
 
 impl Counters {
@@ -81,75 +170,6 @@ impl Counters {
     pub fn field_ptr(this: *mut Counters, counter: Counter) -> *mut u64 {
         // In bounds: fields are u64s in `Counter` order (see the layout test).
         this.cast::<u64>().wrapping_add(counter as usize)
-    }
-
-    pub fn get(&self, counter: Counter) -> u64 {
-        match counter {
-            Counter::GuestRedirected => self.guest_redirected,
-            Counter::GuestArpAnswered => self.guest_arp_answered,
-            Counter::GuestUnsupportedDropped => self.guest_unsupported_dropped,
-            Counter::ReplyForwarded => self.reply_forwarded,
-            Counter::ReplyNoFlow => self.reply_no_flow,
-            Counter::ReplyUnexpectedDropped => self.reply_unexpected_dropped,
-            Counter::ForeignDropped => self.foreign_dropped,
-            Counter::ForeignArpDropped => self.foreign_arp_dropped,
-            Counter::RewriteFailed => self.rewrite_failed,
-        }
-    }
-}
-
-/// Selects one field of [`Counters`]; the discriminant is the field's index.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Guest TCP segment to the IMDS redirected into the sidecar's veth.
-    GuestRedirected = 0,
-    /// Guest ARP request for the IMDS address answered.
-    GuestArpAnswered = 1,
-    /// Guest packet to the IMDS address that is not TCP to the served port
-    /// (or is a fragment): dropped.
-    GuestUnsupportedDropped = 2,
-    /// Sidecar reply handed back to a guest.
-    ReplyForwarded = 3,
-    /// Sidecar reply for a connection the flow table does not know: dropped.
-    ReplyNoFlow = 4,
-    /// Anything else leaving the sidecar's veth: dropped.
-    ReplyUnexpectedDropped = 5,
-    /// IPv4 packet for the IMDS address from a non-VM source: dropped.
-    ForeignDropped = 6,
-    /// ARP request for the IMDS address from a non-VM source: dropped.
-    ForeignArpDropped = 7,
-    /// A packet could not be rewritten (a helper failed): dropped.
-    RewriteFailed = 8,
-}
-
-impl Counter {
-    pub const COUNT: u32 = 9;
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::GuestRedirected,
-        Counter::GuestArpAnswered,
-        Counter::GuestUnsupportedDropped,
-        Counter::ReplyForwarded,
-        Counter::ReplyNoFlow,
-        Counter::ReplyUnexpectedDropped,
-        Counter::ForeignDropped,
-        Counter::ForeignArpDropped,
-        Counter::RewriteFailed,
-    ];
-
-    /// The field name in [`Counters`] (and in bpftool's output).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::GuestRedirected => "guest_redirected",
-            Counter::GuestArpAnswered => "guest_arp_answered",
-            Counter::GuestUnsupportedDropped => "guest_unsupported_dropped",
-            Counter::ReplyForwarded => "reply_forwarded",
-            Counter::ReplyNoFlow => "reply_no_flow",
-            Counter::ReplyUnexpectedDropped => "reply_unexpected_dropped",
-            Counter::ForeignDropped => "foreign_dropped",
-            Counter::ForeignArpDropped => "foreign_arp_dropped",
-            Counter::RewriteFailed => "rewrite_failed",
-        }
     }
 }
 
@@ -178,22 +198,14 @@ mod tests {
     #[test]
     fn counter_fields_follow_the_enum() {
         assert_eq!(size_of::<Counters>(), 8 * Counter::COUNT as usize);
-        let offsets = [
-            core::mem::offset_of!(Counters, guest_redirected),
-            core::mem::offset_of!(Counters, guest_arp_answered),
-            core::mem::offset_of!(Counters, guest_unsupported_dropped),
-            core::mem::offset_of!(Counters, reply_forwarded),
-            core::mem::offset_of!(Counters, reply_no_flow),
-            core::mem::offset_of!(Counters, reply_unexpected_dropped),
-            core::mem::offset_of!(Counters, foreign_dropped),
-            core::mem::offset_of!(Counters, foreign_arp_dropped),
-            core::mem::offset_of!(Counters, rewrite_failed),
-        ];
-        let mut c = Counters::default();
-        for (counter, offset) in Counter::ALL.into_iter().zip(offsets) {
-            assert_eq!(counter as usize * 8, offset, "{counter:?}");
-            unsafe { *Counters::field_ptr(&mut c, counter) += counter as u64 + 1 };
-            assert_eq!(c.get(counter), counter as u64 + 1);
+        for counter in Counter::ALL {
+            assert_eq!(Counters::OFFSETS[counter as usize], counter as usize * 8, "{counter:?}");
+            // field_ptr reaches this field and no other.
+            let mut c = Counters::default();
+            unsafe { *Counters::field_ptr(&mut c, counter) += 7 };
+            for other in Counter::ALL {
+                assert_eq!(c.get(other), if other == counter { 7 } else { 0 }, "{counter:?} wrote {other:?}");
+            }
         }
     }
 
@@ -210,7 +222,15 @@ mod tests {
 
     #[test]
     fn bpf_object_names_fit_the_kernel_limit() {
-        for n in [PROG_FROM_GUEST, PROG_TO_GUEST, PROG_GUARD, MAP_COUNTERS, MAP_FLOWS] {
+        for n in [
+            PROG_FROM_GUEST,
+            PROG_TO_GUEST,
+            PROG_GUARD,
+            PROG_TO_UPLINK,
+            PROG_FROM_POD,
+            MAP_COUNTERS,
+            MAP_FLOWS,
+        ] {
             assert!(n.len() <= 15, "{n} is longer than BPF_OBJ_NAME_LEN - 1");
         }
     }

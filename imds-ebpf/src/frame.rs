@@ -7,7 +7,18 @@
 pub const ETH_HLEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// 802.1Q and 802.1ad VLAN tags, when they are in the frame's bytes rather
+/// than in skb metadata.
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
+/// VLAN tags [`destination`] looks through. A guest's outer tag is in skb
+/// metadata by the time its frame leaves the pod, so this covers a guest
+/// stacking three; deeper frames are [`Destination::Hidden`].
+pub const MAX_VLAN_TAGS: usize = 2;
 pub const IPPROTO_TCP: u8 = 6;
+/// RST in [`Tcp::flags`].
+pub const TCP_RST: u8 = 0x04;
 /// Ethernet + an ARP body for Ethernet/IPv4 (RFC 826).
 pub const ARP_FRAME_LEN: usize = ETH_HLEN + 28;
 const IPV4_MIN_HLEN: usize = 20;
@@ -16,6 +27,13 @@ const IPV4_MIN_HLEN: usize = 20;
 pub trait Frame {
     /// `N` bytes starting at `offset`, or `None` if the frame is shorter.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The same for an offset known at compile time, which the kernel side
+    /// can read straight from the packet, without a helper call.
+    #[inline(always)]
+    fn read_at<const OFFSET: usize, const N: usize>(&self) -> Option<[u8; N]> {
+        self.read::<N>(OFFSET)
+    }
 }
 
 impl Frame for [u8] {
@@ -42,25 +60,43 @@ pub struct Ipv4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub protocol: u8,
-    /// Source and destination port (network order) when the header is a
-    /// well-formed TCP one in an unfragmented datagram.
-    pub tcp_ports: Option<([u8; 2], [u8; 2])>,
+    /// The start of the TCP header when it is a well-formed one in an
+    /// unfragmented datagram from or to the watched address.
+    pub tcp: Option<Tcp>,
 }
 
-/// Ethernet plus a minimal IPv4 header: read in one go, it covers every
-/// field most packets need.
-const L2_L3_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN;
+/// A TCP header as far as its flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    /// Network byte order.
+    pub src_port: [u8; 2],
+    /// Network byte order.
+    pub dst_port: [u8; 2],
+    /// CWR … FIN, e.g. [`TCP_RST`].
+    pub flags: u8,
+}
 
-/// Parses the Ethernet, IPv4/ARP and TCP port fields of `frame`. TCP ports
-/// are only read for packets from or to `watched` (the IMDS address): every
-/// other packet costs a single read.
+/// Ports, sequence and acknowledgement numbers, data offset, flags.
+const TCP_THROUGH_FLAGS: usize = 14;
+
+/// Where the head read starts: the MAC addresses before the EtherType decide
+/// nothing.
+const HEAD_OFFSET: usize = 12;
+/// EtherType plus a minimal IPv4 header, up to its destination: read in one
+/// go, it is all that most packets need.
+const HEAD_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN - HEAD_OFFSET;
+
+/// Parses the EtherType, the IPv4/ARP fields and, for IMDS traffic, the start
+/// of the TCP header of `frame`. The TCP header is only read for packets from
+/// or to `watched` (the IMDS address): every other packet costs a single read.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F, watched: [u8; 4]) -> Packet {
-    let Some(head) = frame.read::<L2_L3_LEN>(0) else {
-        // Shorter than any IPv4 packet, and than an ARP packet.
+    let Some(head) = frame.read_at::<HEAD_OFFSET, HEAD_LEN>() else {
+        // Shorter than any IPv4 packet, and than an ARP packet: no address
+        // in it to match.
         return Packet::Other;
     };
-    match u16::from_be_bytes([head[12], head[13]]) {
+    match u16::from_be_bytes([head[0], head[1]]) {
         ETHERTYPE_IPV4 => parse_ipv4(frame, &head, watched),
         ETHERTYPE_ARP => parse_arp(frame),
         _ => Packet::Other,
@@ -68,13 +104,13 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, watched: [u8; 4]) -> Packet {
 }
 
 #[inline(always)]
-fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; L2_L3_LEN], watched: [u8; 4]) -> Packet {
-    let ip = &head[ETH_HLEN..];
+fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; HEAD_LEN], watched: [u8; 4]) -> Packet {
+    let ip = &head[ETH_HLEN - HEAD_OFFSET..];
     let mut header = Ipv4 {
         src: [ip[12], ip[13], ip[14], ip[15]],
         dst: [ip[16], ip[17], ip[18], ip[19]],
         protocol: ip[9],
-        tcp_ports: None,
+        tcp: None,
     };
     let version = ip[0] >> 4;
     let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -86,25 +122,97 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; L2_L3_LEN], watched: [u8
         && ihl >= IPV4_MIN_HLEN
         && !fragmented
         && header.protocol == IPPROTO_TCP
-        && let Some(p) = frame.read::<4>(ETH_HLEN + ihl)
+        && let Some(t) = frame.read::<TCP_THROUGH_FLAGS>(ETH_HLEN + ihl)
     {
-        header.tcp_ports = Some(([p[0], p[1]], [p[2], p[3]]));
+        header.tcp = Some(Tcp { src_port: [t[0], t[1]], dst_port: [t[2], t[3]], flags: t[13] });
     }
     Packet::Ipv4(header)
 }
 
 #[inline(always)]
 fn parse_arp<F: Frame + ?Sized>(frame: &F) -> Packet {
-    let Some(arp) = frame.read::<28>(ETH_HLEN) else {
-        return Packet::Other;
-    };
+    match arp_request_target(frame, ETH_HLEN) {
+        Some(target) => Packet::ArpRequest { target },
+        None => Packet::Other,
+    }
+}
+
+/// The target of the Ethernet/IPv4 ARP request whose body starts at `offset`.
+#[inline(always)]
+fn arp_request_target<F: Frame + ?Sized>(frame: &F, offset: usize) -> Option<[u8; 4]> {
+    let arp = frame.read::<28>(offset)?;
     let ethernet_ipv4 = arp[0..6] == [0, 1, 0x08, 0x00, 6, 4];
     let request = arp[6..8] == [0, 1];
-    if ethernet_ipv4 && request {
-        Packet::ArpRequest { target: [arp[24], arp[25], arp[26], arp[27]] }
-    } else {
-        Packet::Other
+    (ethernet_ipv4 && request).then_some([arp[24], arp[25], arp[26], arp[27]])
+}
+
+/// Where a frame is going, as far as the uplink guard needs to know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// IPv4, whatever the protocol, fragment or not.
+    Ipv4([u8; 4]),
+    /// An Ethernet/IPv4 ARP request for this address.
+    ArpRequest([u8; 4]),
+    /// More than [`MAX_VLAN_TAGS`] VLAN tags in the frame's bytes: what they
+    /// hide is unknown.
+    Hidden,
+    /// Anything else, including frames too short to hold an address.
+    Other,
+}
+
+/// The destination of `frame`, for traffic that is almost never ours: one
+/// read of the EtherType through the IPv4 destination, nothing else, unless
+/// the frame is ARP or carries VLAN tags in its bytes.
+///
+/// Tags are looked through because a receiver strips priority tags (VLAN 0),
+/// stacked or not, and hands what they carried to its IP stack: the node
+/// would answer an IPv4 packet for the IMDS hidden behind them.
+#[inline(always)]
+pub fn destination<F: Frame + ?Sized>(frame: &F) -> Destination {
+    let Some(head) = frame.read_at::<HEAD_OFFSET, HEAD_LEN>() else {
+        return Destination::Other;
+    };
+    match destination_after(frame, &head, HEAD_OFFSET) {
+        Some(destination) => destination,
+        None => destination_behind_tags(frame),
     }
+}
+
+/// What `head`, read at `offset`, says of the frame's destination; `None` if
+/// it starts with a VLAN tag.
+#[inline(always)]
+fn destination_after<F: Frame + ?Sized>(
+    frame: &F,
+    head: &[u8; HEAD_LEN],
+    offset: usize,
+) -> Option<Destination> {
+    Some(match u16::from_be_bytes([head[0], head[1]]) {
+        ETHERTYPE_IPV4 => {
+            let ip = &head[ETH_HLEN - HEAD_OFFSET..];
+            Destination::Ipv4([ip[16], ip[17], ip[18], ip[19]])
+        }
+        ETHERTYPE_ARP => match arp_request_target(frame, offset + 2) {
+            Some(target) => Destination::ArpRequest(target),
+            None => Destination::Other,
+        },
+        ETHERTYPE_VLAN | ETHERTYPE_QINQ => return None,
+        _ => Destination::Other,
+    })
+}
+
+/// The rare frame with VLAN tags in its bytes: one more read per tag.
+#[inline(always)]
+fn destination_behind_tags<F: Frame + ?Sized>(frame: &F) -> Destination {
+    for tags in 1..=MAX_VLAN_TAGS {
+        let offset = HEAD_OFFSET + tags * VLAN_HLEN;
+        let Some(head) = frame.read::<HEAD_LEN>(offset) else {
+            return Destination::Other;
+        };
+        if let Some(destination) = destination_after(frame, &head, offset) {
+            return destination;
+        }
+    }
+    Destination::Hidden
 }
 
 /// Turns an Ethernet/IPv4 ARP request (its first [`ARP_FRAME_LEN`] bytes) into
@@ -135,7 +243,11 @@ pub(crate) mod tests {
     pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
     pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
-    /// An Ethernet + IPv4 + TCP frame (headers only; checksums are not looked at).
+    /// Offset of the TCP flags in [`tcp_frame`]'s frames.
+    pub const TCP_FLAGS_AT: usize = ETH_HLEN + IPV4_MIN_HLEN + 13;
+
+    /// An Ethernet + IPv4 + TCP frame (headers only; checksums are not looked
+    /// at), flags ACK.
     pub fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&GW_MAC);
@@ -146,8 +258,19 @@ pub(crate) mod tests {
         f.extend_from_slice(&dst);
         f.extend_from_slice(&sport.to_be_bytes());
         f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&[0; 16]);
+        // Sequence and acknowledgement numbers, data offset 5, ACK, window,
+        // checksum, urgent pointer: no byte near the flags looks like them.
+        f.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
         f
+    }
+
+    pub fn with_tcp_flags(mut f: Vec<u8>, flags: u8) -> Vec<u8> {
+        f[TCP_FLAGS_AT] = flags;
+        f
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8) -> Option<Tcp> {
+        Some(Tcp { src_port: sport.to_be_bytes(), dst_port: dport.to_be_bytes(), flags })
     }
 
     pub fn arp_request(sender_ip: [u8; 4], target: [u8; 4]) -> [u8; ARP_FRAME_LEN] {
@@ -162,17 +285,104 @@ pub(crate) mod tests {
         f
     }
 
+    /// A frame that records what is read of it: offset, length, and whether
+    /// the offset was a constant (the kernel reads those without a helper).
+    struct Recorded<'a>(&'a [u8], std::cell::RefCell<Vec<(usize, usize, bool)>>);
+
+    impl Frame for Recorded<'_> {
+        fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+            self.1.borrow_mut().push((offset, N, false));
+            self.0.read(offset)
+        }
+
+        fn read_at<const OFFSET: usize, const N: usize>(&self) -> Option<[u8; N]> {
+            self.1.borrow_mut().push((OFFSET, N, true));
+            self.0.read(OFFSET)
+        }
+    }
+
+    fn reads<T>(frame: &[u8], f: impl Fn(&Recorded) -> T) -> Vec<(usize, usize, bool)> {
+        let recorded = Recorded(frame, Default::default());
+        f(&recorded);
+        recorded.1.into_inner()
+    }
+
+    /// `tags` VLAN tags (VLAN 0) of `ethertype` inserted after the MACs.
+    pub fn tagged(frame: &[u8], ethertype: u16, tags: usize) -> Vec<u8> {
+        let mut f = frame[..12].to_vec();
+        for _ in 0..tags {
+            f.extend_from_slice(&ethertype.to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+        }
+        f.extend_from_slice(&frame[12..]);
+        f
+    }
+
+    #[test]
+    fn other_traffic_costs_one_fixed_read_from_the_ethertype_to_the_ipv4_destination() {
+        let one_read = [(12, 22, true)];
+        let f = tcp_frame([10, 0, 2, 2], [10, 0, 2, 1], 40000, 80);
+        assert_eq!(reads(&f, |r| destination(r)), one_read);
+        assert_eq!(reads(&f, |r| parse(r, IMDS)), one_read);
+        let mut v6 = f.clone();
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert_eq!(reads(&v6, |r| destination(r)), one_read);
+        assert_eq!(reads(&v6, |r| parse(r, IMDS)), one_read);
+        // IMDS traffic for the uplink: the same read, ports are not needed.
+        let imds = tcp_frame([10, 0, 2, 2], IMDS, 40000, 80);
+        assert_eq!(reads(&imds, |r| destination(r)), one_read);
+    }
+
+    #[test]
+    fn destination_is_read_whatever_the_protocol() {
+        let f = tcp_frame([10, 0, 2, 2], IMDS, 40000, 80);
+        assert_eq!(destination(&f[..]), Destination::Ipv4(IMDS));
+        let mut fragment = f.clone();
+        fragment[20..22].copy_from_slice(&185u16.to_be_bytes());
+        fragment[23] = 17;
+        assert_eq!(destination(&fragment[..]), Destination::Ipv4(IMDS));
+        assert_eq!(destination(&f[..34]), Destination::Ipv4(IMDS));
+        assert_eq!(destination(&f[..33]), Destination::Other);
+        let req = arp_request([10, 0, 2, 2], IMDS);
+        assert_eq!(destination(&req[..]), Destination::ArpRequest(IMDS));
+        let reply = arp_reply(&req, [2, 0, 0, 0, 0, 1]).unwrap();
+        assert_eq!(destination(&reply[..]), Destination::Other);
+        let mut v6 = f.clone();
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert_eq!(destination(&v6[..]), Destination::Other);
+    }
+
+    #[test]
+    fn destination_looks_through_vlan_tags_in_the_bytes() {
+        let f = tcp_frame([10, 0, 2, 2], IMDS, 40000, 80);
+        let req = arp_request([10, 0, 2, 2], IMDS);
+        for ethertype in [ETHERTYPE_VLAN, ETHERTYPE_QINQ] {
+            for tags in 1..=MAX_VLAN_TAGS {
+                let t = tagged(&f, ethertype, tags);
+                assert_eq!(destination(&t[..]), Destination::Ipv4(IMDS), "{ethertype:#x} x{tags}");
+                let expected: Vec<_> = (0..=tags).map(|i| (12 + 4 * i, 22, i == 0)).collect();
+                assert_eq!(reads(&t, |r| destination(r)), expected);
+                let t = tagged(&req, ethertype, tags);
+                assert_eq!(destination(&t[..]), Destination::ArpRequest(IMDS), "{ethertype:#x} x{tags}");
+            }
+            let deep = tagged(&f, ethertype, MAX_VLAN_TAGS + 1);
+            assert_eq!(destination(&deep[..]), Destination::Hidden);
+            // A tag and then too little to hold an address.
+            assert_eq!(destination(&tagged(&f, ethertype, 1)[..37]), Destination::Other);
+        }
+    }
+
     #[test]
     fn ports_are_only_read_for_watched_flows() {
         let f = tcp_frame([10, 0, 2, 2], [10, 0, 2, 1], 40000, 80);
         let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp_ports, None);
+        assert_eq!(ip.tcp, None);
         let Packet::Ipv4(ip) = parse(&f[..], [10, 0, 2, 1]) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp_ports, Some((40000u16.to_be_bytes(), 80u16.to_be_bytes())));
+        assert_eq!(ip.tcp, tcp(40000, 80, 0x10));
     }
 
     #[test]
-    fn parses_tcp_ports_and_addresses() {
+    fn parses_tcp_header_and_addresses() {
         let f = tcp_frame([10, 0, 2, 2], [169, 254, 169, 254], 40000, 80);
         assert_eq!(
             parse(&f[..], IMDS),
@@ -180,9 +390,20 @@ pub(crate) mod tests {
                 src: [10, 0, 2, 2],
                 dst: [169, 254, 169, 254],
                 protocol: IPPROTO_TCP,
-                tcp_ports: Some((40000u16.to_be_bytes(), 80u16.to_be_bytes())),
+                tcp: tcp(40000, 80, 0x10),
             })
         );
+        let reset = with_tcp_flags(tcp_frame(IMDS, [10, 0, 2, 2], 80, 40000), TCP_RST | 0x10);
+        let Packet::Ipv4(ip) = parse(&reset[..], IMDS) else { panic!("not ipv4") };
+        assert_eq!(ip.tcp, tcp(80, 40000, TCP_RST | 0x10));
+    }
+
+    #[test]
+    fn the_mac_addresses_are_not_read() {
+        let f = tcp_frame([10, 0, 2, 2], IMDS, 40000, 80);
+        let mut other_macs = f.clone();
+        other_macs[..12].fill(0xee);
+        assert_eq!(parse(&other_macs[..], IMDS), parse(&f[..], IMDS));
     }
 
     #[test]
@@ -191,7 +412,7 @@ pub(crate) mod tests {
         f[14] = 0x46; // IHL 6: four bytes of options before TCP
         f.splice(34..34, [1, 1, 1, 0]);
         let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp_ports, Some((1u16.to_be_bytes(), 2u16.to_be_bytes())));
+        assert_eq!(ip.tcp, tcp(1, 2, 0x10));
     }
 
     #[test]
@@ -200,21 +421,28 @@ pub(crate) mod tests {
             let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
             f[offset] = value;
             let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
-            assert_eq!(ip.tcp_ports, None, "byte {offset} = {value:#x}");
+            assert_eq!(ip.tcp, None, "byte {offset} = {value:#x}");
         }
     }
     const IMDS: [u8; 4] = crate::abi::IMDS_ADDR;
 
     #[test]
     fn truncated_frames_never_panic() {
-        let f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
+        let f = tagged(&tcp_frame([10, 0, 2, 2], IMDS, 1, 80), ETHERTYPE_VLAN, 1);
         for len in 0..f.len() {
             let _ = parse(&f[..len], IMDS);
+            let _ = destination(&f[..len]);
         }
+        let f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
         assert_eq!(parse(&f[..13], IMDS), Packet::Other);
         assert_eq!(parse(&f[..33], IMDS), Packet::Other);
-        let Packet::Ipv4(ip) = parse(&f[..36], IMDS) else { panic!() };
-        assert_eq!(ip.tcp_ports, None);
+        let Packet::Ipv4(ip) = parse(&f[..34], IMDS) else { panic!() };
+        assert_eq!((ip.dst, ip.tcp), (IMDS, None));
+        // Ports without the flags are not enough.
+        let Packet::Ipv4(ip) = parse(&f[..TCP_FLAGS_AT], IMDS) else { panic!() };
+        assert_eq!(ip.tcp, None);
+        let Packet::Ipv4(ip) = parse(&f[..TCP_FLAGS_AT + 1], IMDS) else { panic!() };
+        assert_eq!(ip.tcp, tcp(1, 80, 0x10));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use imds_ebpf::{
     abi::{Config, Counter, Counters, FLOWS_MAX_ENTRIES, FlowKey, FlowTarget},
-    frame::{ARP_FRAME_LEN, Frame, arp_reply, parse},
+    frame::{ARP_FRAME_LEN, Frame, arp_reply, destination, parse},
     rules::{self, GuardVerdict, GuestVerdict, ReplyVerdict},
 };
 
@@ -40,6 +40,12 @@ const DROP: i32 = TC_ACT_SHOT;
 /// skbs (GSO segments from a TAP) and variable offsets (IP options), and it
 /// needs no packet-pointer arithmetic, which the verifier only allows with
 /// CAP_PERFMON; the sidecar runs with CAP_BPF and CAP_NET_ADMIN alone.
+///
+/// Except `read_at`: its offset is a constant, the one packet-pointer
+/// arithmetic allowed without CAP_PERFMON, so the headers every packet needs
+/// come straight from the linear data. Where calls and returns are
+/// Spectre/SRSO-mitigated, a helper call costs several times the rest of a
+/// passing packet's work. A frame whose headers are not linear takes the helper.
 struct Skb<'a>(&'a TcContext);
 
 impl Frame for Skb<'_> {
@@ -47,14 +53,32 @@ impl Frame for Skb<'_> {
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.0.load::<[u8; N]>(offset).ok()
     }
+
+    #[inline(always)]
+    fn read_at<const OFFSET: usize, const N: usize>(&self) -> Option<[u8; N]> {
+        let (start, end) = (self.0.data(), self.0.data_end());
+        if start + OFFSET + N <= end {
+            // SAFETY: inside the linear data, as checked just above.
+            Some(unsafe { core::ptr::read_unaligned((start + OFFSET) as *const [u8; N]) })
+        } else {
+            self.read::<N>(OFFSET)
+        }
+    }
 }
 
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(counters) = IMDS_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, no concurrent writer; the field pointer
-        // stays inside the struct.
-        unsafe { *Counters::field_ptr(counters, counter) += 1 };
+        // Each field at its own constant offset, adding 0 or 1: where LLVM
+        // merges two verdicts, `field_ptr(counters, counter)` would move the
+        // map value pointer by a different amount on each path through one
+        // instruction, which the verifier refuses without CAP_PERFMON. The
+        // additions of 0 fold away.
+        for c in Counter::ALL {
+            // SAFETY: this CPU's slot, no concurrent writer; the field
+            // pointer stays inside the struct.
+            unsafe { *Counters::field_ptr(counters, c) += u64::from(c == counter) };
+        }
     }
 }
 
@@ -131,9 +155,9 @@ fn answer_arp(ctx: &TcContext, frame: &Skb, config: &Config) -> i32 {
 pub fn imds_to_guest(ctx: TcContext) -> i32 {
     let config = IMDS_CONFIG.load();
     match rules::to_guest(&parse(&Skb(&ctx), config.imds_addr), &config) {
-        ReplyVerdict::Forward(key) => {
+        ReplyVerdict::Forward { flow, counter } => {
             // SAFETY: the value is copied out before any other map operation.
-            let Some(target) = (unsafe { IMDS_FLOWS.get(key) }).copied() else {
+            let Some(target) = (unsafe { IMDS_FLOWS.get(flow) }).copied() else {
                 count(Counter::ReplyNoFlow);
                 debug!(&ctx, "sidecar reply for an unknown flow");
                 return DROP;
@@ -145,7 +169,7 @@ pub fn imds_to_guest(ctx: TcContext) -> i32 {
                 count(Counter::RewriteFailed);
                 return DROP;
             }
-            count(Counter::ReplyForwarded);
+            count(counter);
             // SAFETY: plain helper call; egress of the TAP reaches the guest.
             unsafe { bpf_redirect(target.tap_ifindex, 0) as i32 }
         }
@@ -165,6 +189,40 @@ pub fn imds_guard(ctx: TcContext) -> i32 {
         GuardVerdict::Drop(counter) => {
             count(counter);
             debug!(&ctx, "dropped non-VM packet for the IMDS address");
+            DROP
+        }
+    }
+}
+
+/// Egress of each uplink of the pod (`eth0`/`eth0-nic`, `podXXX`, `netX`):
+/// what leaves the pod for the node. Every packet of the VM passes here.
+#[classifier]
+pub fn imds_to_uplink(ctx: TcContext) -> i32 {
+    let destination = destination(&Skb(&ctx));
+    // Loaded once the frame is read, so none of it is spilled across a helper
+    // call: without CAP_PERFMON each spill costs a speculation barrier.
+    let config = IMDS_CONFIG.load();
+    match rules::to_uplink(&destination, &config) {
+        GuardVerdict::Pass => PASS,
+        GuardVerdict::Drop(counter) => {
+            count(counter);
+            debug!(&ctx, "dropped packet for the IMDS address leaving the pod");
+            DROP
+        }
+    }
+}
+
+/// Ingress of the pod's loopback: what the pod's own processes send to its
+/// local addresses.
+#[classifier]
+pub fn imds_from_pod(ctx: TcContext) -> i32 {
+    let destination = destination(&Skb(&ctx));
+    let config = IMDS_CONFIG.load();
+    match rules::from_pod(&destination, &config) {
+        GuardVerdict::Pass => PASS,
+        GuardVerdict::Drop(counter) => {
+            count(counter);
+            debug!(&ctx, "dropped a pod process's packet for the IMDS address");
             DROP
         }
     }

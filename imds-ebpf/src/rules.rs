@@ -1,15 +1,18 @@
 //! The packet rules, as pure functions from a parsed frame to a verdict.
 //!
-//! Three attachment points, three functions:
+//! Four attachment points, four functions:
 //! - [`from_guest`]: ingress of a VM's TAP (what the guest sends);
 //! - [`to_guest`]: ingress of the host end of the sidecar's veth (what the
 //!   sidecar's stack sends back);
 //! - [`guard`]: ingress of the bridge device (what reaches the pod's own stack
-//!   from anything on the bridge other than the VM).
+//!   from anything on the bridge other than the VM);
+//! - [`to_uplink`]: egress of the pod's uplinks (what leaves the pod);
+//! - [`from_pod`]: ingress of the pod's loopback (what the pod's own
+//!   processes send to the pod's local addresses).
 
 use crate::{
     abi::{Config, Counter, FlowKey},
-    frame::{IPPROTO_TCP, Packet},
+    frame::{Destination, IPPROTO_TCP, Packet, TCP_RST},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,9 +30,9 @@ pub enum GuestVerdict {
 #[inline(always)]
 pub fn from_guest(packet: &Packet, config: &Config) -> GuestVerdict {
     match packet {
-        Packet::Ipv4(ip) if ip.dst == config.imds_addr => match ip.tcp_ports {
-            Some((sport, dport)) if dport == config.imds_port => {
-                GuestVerdict::Redirect(FlowKey { guest_addr: ip.src, guest_port: sport, _pad: [0; 2] })
+        Packet::Ipv4(ip) if ip.dst == config.imds_addr => match ip.tcp {
+            Some(tcp) if tcp.dst_port == config.imds_port => {
+                GuestVerdict::Redirect(FlowKey { guest_addr: ip.src, guest_port: tcp.src_port, _pad: [0; 2] })
             }
             _ => GuestVerdict::Drop(Counter::GuestUnsupportedDropped),
         },
@@ -40,8 +43,12 @@ pub fn from_guest(packet: &Packet, config: &Config) -> GuestVerdict {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyVerdict {
-    /// A segment of the IMDS server: hand it to the guest owning this flow.
-    Forward(FlowKey),
+    /// A segment of the IMDS server: hand it to the guest owning `flow`, and
+    /// count it in `counter` once it is on its way.
+    Forward {
+        flow: FlowKey,
+        counter: Counter,
+    },
     Drop(Counter),
 }
 
@@ -50,16 +57,21 @@ pub enum ReplyVerdict {
 #[inline(always)]
 pub fn to_guest(packet: &Packet, config: &Config) -> ReplyVerdict {
     match packet {
-        Packet::Ipv4(ip) if ip.src == config.imds_addr && ip.protocol == IPPROTO_TCP => match ip.tcp_ports {
-            Some((sport, dport)) if sport == config.imds_port => {
-                ReplyVerdict::Forward(FlowKey { guest_addr: ip.dst, guest_port: dport, _pad: [0; 2] })
-            }
+        Packet::Ipv4(ip) if ip.src == config.imds_addr && ip.protocol == IPPROTO_TCP => match ip.tcp {
+            Some(tcp) if tcp.src_port == config.imds_port => ReplyVerdict::Forward {
+                flow: FlowKey { guest_addr: ip.dst, guest_port: tcp.dst_port, _pad: [0; 2] },
+                // Still forwarded, so the guest fails fast instead of
+                // retrying its SYN for two minutes; counted apart so a
+                // missing server shows.
+                counter: if tcp.flags & TCP_RST != 0 { Counter::ReplyReset } else { Counter::ReplyForwarded },
+            },
             _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
         },
         _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
     }
 }
 
+/// The verdict of the two guards, [`guard`] and [`to_uplink`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardVerdict {
     Pass,
@@ -79,14 +91,45 @@ pub fn guard(packet: &Packet, config: &Config) -> GuardVerdict {
     }
 }
 
+/// The fail-closed backstop. A guest's IMDS traffic is redirected at its TAP,
+/// so none of it should get this far; some does when a TAP appeared while no
+/// agent ran (bridge binding: the bridge switches it out of `eth0-nic`). Past
+/// the uplink the node's own metadata service, with the node's credentials,
+/// would answer, so anything for the address stops here: any protocol, any
+/// fragment, and what hides under more VLAN tags than are read. Every packet
+/// of the VM pays for this, hence [`Destination`] rather than [`Packet`].
+#[inline(always)]
+pub fn to_uplink(destination: &Destination, config: &Config) -> GuardVerdict {
+    match *destination {
+        Destination::Ipv4(dst) if dst == config.imds_addr => GuardVerdict::Drop(Counter::UplinkDropped),
+        Destination::Hidden => GuardVerdict::Drop(Counter::UplinkDropped),
+        Destination::ArpRequest(target) if target == config.imds_addr => {
+            GuardVerdict::Drop(Counter::UplinkArpDropped)
+        }
+        _ => GuardVerdict::Pass,
+    }
+}
+
+/// A process of the pod sending to the IMDS address reaches it over
+/// loopback (the address is local to the pod): stopped here, so the server
+/// sees only what came through the veth. Every loopback packet of the pod
+/// passes here, hence [`Destination`].
+#[inline(always)]
+pub fn from_pod(destination: &Destination, config: &Config) -> GuardVerdict {
+    match *destination {
+        Destination::Ipv4(dst) if dst == config.imds_addr => GuardVerdict::Drop(Counter::LocalDropped),
+        _ => GuardVerdict::Pass,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
         abi::IMDS_ADDR,
         frame::{
-            parse,
-            tests::{arp_request, tcp_frame},
+            ETHERTYPE_QINQ, ETHERTYPE_VLAN, MAX_VLAN_TAGS, destination, parse,
+            tests::{arp_request, tagged, tcp_frame, with_tcp_flags},
         },
     };
 
@@ -150,11 +193,10 @@ mod tests {
         let reply = tcp_frame(IMDS_ADDR, GUEST, 80, 41000);
         assert_eq!(
             to_guest(&parse(&reply[..], IMDS_ADDR), &config()),
-            ReplyVerdict::Forward(FlowKey {
-                guest_addr: GUEST,
-                guest_port: 41000u16.to_be_bytes(),
-                _pad: [0; 2]
-            })
+            ReplyVerdict::Forward {
+                flow: FlowKey { guest_addr: GUEST, guest_port: 41000u16.to_be_bytes(), _pad: [0; 2] },
+                counter: Counter::ReplyForwarded,
+            }
         );
         let drop = ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped);
         let other_port = tcp_frame(IMDS_ADDR, GUEST, 8080, 41000);
@@ -162,6 +204,32 @@ mod tests {
         let other_src = tcp_frame([10, 0, 2, 1], GUEST, 80, 41000);
         assert_eq!(to_guest(&parse(&other_src[..], IMDS_ADDR), &config()), drop);
         assert_eq!(to_guest(&parse(&arp_request(IMDS_ADDR, GUEST)[..], IMDS_ADDR), &config()), drop);
+    }
+
+    #[test]
+    fn server_resets_are_forwarded_and_counted_apart() {
+        let reply = |flags| {
+            let f = with_tcp_flags(tcp_frame(IMDS_ADDR, GUEST, 80, 41000), flags);
+            match to_guest(&parse(&f[..], IMDS_ADDR), &config()) {
+                ReplyVerdict::Forward { flow, counter } => {
+                    assert_eq!(flow.guest_port, 41000u16.to_be_bytes());
+                    counter
+                }
+                drop => panic!("{flags:#x}: {drop:?}"),
+            }
+        };
+        // RST|ACK is what a closed port answers a SYN with.
+        assert_eq!(reply(TCP_RST | 0x10), Counter::ReplyReset);
+        assert_eq!(reply(TCP_RST), Counter::ReplyReset);
+        for flags in [0x12 /* SYN|ACK */, 0x10, 0x18 /* PSH|ACK */, 0x11 /* FIN|ACK */] {
+            assert_eq!(reply(flags), Counter::ReplyForwarded, "{flags:#x}");
+        }
+        // A reset from another port is no server's: dropped as before.
+        let other = with_tcp_flags(tcp_frame(IMDS_ADDR, GUEST, 8080, 41000), TCP_RST);
+        assert_eq!(
+            to_guest(&parse(&other[..], IMDS_ADDR), &config()),
+            ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped)
+        );
     }
 
     #[test]
@@ -178,5 +246,115 @@ mod tests {
         assert_eq!(g(&arp_request([10, 0, 2, 9], IMDS_ADDR)), GuardVerdict::Drop(Counter::ForeignArpDropped));
         assert_eq!(g(&tcp_frame([10, 0, 2, 9], [10, 0, 2, 1], 1, 80)), GuardVerdict::Pass);
         assert_eq!(g(&arp_request([10, 0, 2, 9], [10, 0, 2, 1])), GuardVerdict::Pass);
+    }
+
+    fn uplink(frame: &[u8]) -> GuardVerdict {
+        to_uplink(&destination(frame), &config())
+    }
+
+    const POD: [u8; 4] = [10, 244, 1, 7];
+    const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ICMP: u8 = 1;
+
+    fn with_protocol(mut f: Vec<u8>, protocol: u8) -> Vec<u8> {
+        f[23] = protocol;
+        f
+    }
+
+    #[test]
+    fn uplink_drops_every_ipv4_packet_for_imds() {
+        let drop = GuardVerdict::Drop(Counter::UplinkDropped);
+        let tcp = tcp_frame(POD, IMDS_ADDR, 41000, 80);
+        assert_eq!(uplink(&tcp), drop);
+        assert_eq!(uplink(&tcp_frame(POD, IMDS_ADDR, 41000, 443)), drop);
+        assert_eq!(uplink(&with_protocol(tcp.clone(), IPPROTO_UDP)), drop);
+        assert_eq!(uplink(&with_protocol(tcp.clone(), IPPROTO_ICMP)), drop);
+        // First fragment (MF) and a later one (offset 1480): no ports needed.
+        let mut first = tcp.clone();
+        first[20] = 0x20;
+        assert_eq!(uplink(&first), drop);
+        let mut later = with_protocol(tcp.clone(), IPPROTO_UDP);
+        later[20..22].copy_from_slice(&185u16.to_be_bytes());
+        assert_eq!(uplink(&later), drop);
+        // Nothing past the destination is needed, nor a sane header before it.
+        assert_eq!(uplink(&tcp[..34]), drop);
+        let mut odd = tcp.clone();
+        odd[14] = 0x65;
+        assert_eq!(uplink(&odd), drop);
+    }
+
+    #[test]
+    fn uplink_drops_arp_requests_for_imds_only() {
+        assert_eq!(uplink(&arp_request(POD, IMDS_ADDR)), GuardVerdict::Drop(Counter::UplinkArpDropped));
+        assert_eq!(uplink(&arp_request(POD, [10, 244, 1, 1])), GuardVerdict::Pass);
+        assert_eq!(uplink(&arp_request(POD, [169, 254, 169, 253])), GuardVerdict::Pass);
+    }
+
+    #[test]
+    fn uplink_passes_everything_else() {
+        for dst in [[10, 244, 1, 1], [8, 8, 8, 8], [169, 254, 169, 253], [169, 254, 169, 255]] {
+            assert_eq!(uplink(&tcp_frame(POD, dst, 41000, 80)), GuardVerdict::Pass, "{dst:?}");
+            let udp = with_protocol(tcp_frame(POD, dst, 41000, 53), IPPROTO_UDP);
+            assert_eq!(uplink(&udp), GuardVerdict::Pass, "{dst:?}");
+        }
+        // A reply from the address (not for it) is not what the guard is for.
+        assert_eq!(uplink(&tcp_frame(IMDS_ADDR, POD, 80, 41000)), GuardVerdict::Pass);
+        // Runts too short to hold a destination.
+        let tcp = tcp_frame(POD, IMDS_ADDR, 41000, 80);
+        for len in 0..34 {
+            assert_eq!(uplink(&tcp[..len]), GuardVerdict::Pass, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn uplink_tells_ipv6_apart_by_its_ethertype() {
+        // An IPv6 frame whose bytes sit where an IPv4 destination would.
+        let mut v6 = tcp_frame(POD, IMDS_ADDR, 41000, 80);
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        v6[14] = 0x60;
+        assert_eq!(uplink(&v6), GuardVerdict::Pass);
+    }
+
+    #[test]
+    fn uplink_sees_vlan_tags_wherever_the_kernel_keeps_them() {
+        let drop = GuardVerdict::Drop(Counter::UplinkDropped);
+        // On egress the kernel keeps an 802.1Q tag in skb metadata (a VLAN
+        // device's, a VLAN-filtering bridge's, and the one a guest sent, which
+        // the TAP's receive path moves there), so tc shows the frame without
+        // it: these are the bytes of such a frame.
+        let tcp = tcp_frame(POD, IMDS_ADDR, 41000, 80);
+        assert_eq!(uplink(&tcp), drop);
+        // Further tags stay in the bytes. The node strips VLAN 0 ones, however
+        // many, and delivers what they carry: dropped all the same.
+        for ethertype in [ETHERTYPE_VLAN, ETHERTYPE_QINQ] {
+            for tags in 1..=MAX_VLAN_TAGS {
+                assert_eq!(uplink(&tagged(&tcp, ethertype, tags)), drop, "{ethertype:#x} x{tags}");
+                assert_eq!(
+                    uplink(&tagged(&arp_request(POD, IMDS_ADDR), ethertype, tags)),
+                    GuardVerdict::Drop(Counter::UplinkArpDropped)
+                );
+                let elsewhere = tcp_frame(POD, [10, 244, 1, 1], 41000, 80);
+                assert_eq!(uplink(&tagged(&elsewhere, ethertype, tags)), GuardVerdict::Pass);
+            }
+            // Deeper than the guard reads: unknown, so not let out.
+            let elsewhere = tcp_frame(POD, [10, 244, 1, 1], 41000, 80);
+            assert_eq!(uplink(&tagged(&elsewhere, ethertype, MAX_VLAN_TAGS + 1)), drop);
+        }
+    }
+
+    #[test]
+    fn loopback_traffic_to_the_imds_address_is_dropped_and_nothing_else() {
+        let local = |frame: &[u8]| from_pod(&destination(frame), &config());
+        let drop = GuardVerdict::Drop(Counter::LocalDropped);
+        // A pod process connecting to 169.254.169.254:80 (loopback frames
+        // carry an Ethernet header with zero addresses).
+        assert_eq!(local(&tcp_frame(POD, IMDS_ADDR, 41000, 80)), drop);
+        assert_eq!(local(&with_protocol(tcp_frame(POD, IMDS_ADDR, 41000, 53), IPPROTO_UDP)), drop);
+        // The server's own replies and the pod's other local traffic pass.
+        assert_eq!(local(&tcp_frame(IMDS_ADDR, POD, 80, 41000)), GuardVerdict::Pass);
+        for dst in [[127, 0, 0, 1], [10, 0, 2, 1], [169, 254, 169, 253]] {
+            assert_eq!(local(&tcp_frame(POD, dst, 41000, 80)), GuardVerdict::Pass, "{dst:?}");
+        }
+        assert_eq!(local(&arp_request(POD, IMDS_ADDR)), GuardVerdict::Pass);
     }
 }

@@ -6,8 +6,13 @@ use anyhow::Context as _;
 
 use crate::netns::run;
 
-/// Names of the programs the sidecar loads.
-pub const PROGRAMS: [&str; 3] = ["imds_from_guest", "imds_to_guest", "imds_guard"];
+/// Names of the programs the agent loads for every pod.
+pub const PROGRAMS: [&str; 4] = [
+    imds_ebpf::abi::PROG_FROM_GUEST,
+    imds_ebpf::abi::PROG_TO_GUEST,
+    imds_ebpf::abi::PROG_GUARD,
+    imds_ebpf::abi::PROG_TO_UPLINK,
+];
 
 /// How many loaded programs carry `name`, system-wide.
 pub fn programs_named(name: &str) -> anyhow::Result<usize> {
@@ -26,9 +31,10 @@ pub fn links_of(name: &str) -> anyhow::Result<usize> {
     Ok(links.iter().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count())
 }
 
-/// The counter `field` of the (single) IMDS_COUNTERS map, summed over CPUs.
-pub fn counter(field: &str) -> anyhow::Result<u64> {
-    let out = run(Command::new("bpftool").args(["-j", "map", "dump", "name", "IMDS_COUNTERS"]))?;
+/// The counter `field` of the IMDS_COUNTERS map pinned at `pin` (see
+/// `Imds::counters_pin`), summed over CPUs.
+pub fn counter_at(pin: &std::path::Path, field: &str) -> anyhow::Result<u64> {
+    let out = run(Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(pin))?;
     let entries: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool map dump JSON")?;
     anyhow::ensure!(
         entries.len() == 1,

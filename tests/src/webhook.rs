@@ -60,6 +60,11 @@ pub fn patched(object: &Value, answer: &Value) -> anyhow::Result<Value> {
 /// The name the generated certificates are for.
 pub const SERVICE_DNS: &str = "kubevirt-imds-webhook.kubevirt-imds.svc";
 
+/// The webhook binary: `cargo xtask test` builds it and passes its path.
+pub fn binary() -> PathBuf {
+    crate::built_binary("IMDS_WEBHOOK_BIN", "kubevirt-imds-webhook")
+}
+
 /// `cargo xtask` itself: `cargo xtask test` passes its path.
 pub fn xtask_binary() -> PathBuf {
     crate::built_binary("IMDS_XTASK_BIN", "xtask")
@@ -101,8 +106,8 @@ impl Webhook {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_dir = tempfile::tempdir()?;
         let log = log_dir.path().join("webhook.log");
-        let child = Command::new(crate::sidecar::binary())
-            .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+        let child = Command::new(binary())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--tls-cert-file")
             .arg(tls_dir.join("tls.crt"))
             .arg("--tls-key-file")

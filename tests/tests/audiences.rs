@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use imds_tests::{
+    imds::{Identity, Imds},
     netns::{Netns, exclusive, require_root},
-    sidecar::{Identity, Sidecar},
     tokens::{LoopingClient, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
@@ -16,7 +16,7 @@ const ID: Identity = Identity { namespace: "vm-team", service_account: "builder"
 struct Running {
     layout: PodLayout,
     volume: ProjectedVolume,
-    _sidecar: Sidecar,
+    _imds: Imds,
     _dir: tempfile::TempDir,
 }
 
@@ -37,9 +37,9 @@ fn start(args: &[&str], default: &str, sts: &str, vault: &str) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
     publish(&volume, default, sts, vault);
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), args).unwrap();
+    let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
-    Running { layout, volume, _sidecar: sidecar, _dir: dir }
+    Running { layout, volume, _imds: sidecar, _dir: dir }
 }
 
 /// GET from the guest namespace: (status, body). The path goes to curl

@@ -7,8 +7,8 @@ use std::{path::PathBuf, time::Duration};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use imds_common::contract::SEED_SERIAL;
 use imds_tests::{
+    imds::{Identity, Imds},
     netns::{Netns, exclusive, require_root},
-    sidecar::{Identity, Sidecar},
     tokens::{ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
@@ -71,7 +71,7 @@ fn crawl_with_serial(guest: &Netns, flavour: &str, max_wait: u32, serial: &str) 
 struct Running {
     layout: PodLayout,
     secret: ProjectedVolume,
-    _sidecar: Sidecar,
+    _imds: Imds,
     _dir: tempfile::TempDir,
 }
 
@@ -91,9 +91,9 @@ fn start(extra: &[&str]) -> Running {
         vec!["--metadata-flavor", "nocloud,openstack,ec2", "--hostname", HOSTNAME, "--user-data-dir"];
     args.push(&user_data_dir);
     args.extend_from_slice(extra);
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
+    let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
-    Running { layout, secret, _sidecar: sidecar, _dir: dir }
+    Running { layout, secret, _imds: sidecar, _dir: dir }
 }
 
 fn assert_configured(flavour: &str, c: &Crawl, user_data: &str) {

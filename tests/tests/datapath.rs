@@ -1,13 +1,14 @@
 //! Privileged tests of the data path with namespace guests: real kernels,
-//! real packets, the real sidecar binary. Run by `cargo xtask test` as root;
-//! they fail (never skip) when they cannot run.
+//! real packets, the real agent and the real unprivileged sidecar. Run by
+//! `cargo xtask test` as root; they fail (never skip) when they cannot run.
 
 use std::time::Duration;
 
 use imds_tests::{
     bpf,
+    imds::{Identity, Imds, sidecar_binary},
+    kubelet::CgroupLayout,
     netns::{Netns, exclusive, require_root},
-    sidecar::{Identity, Sidecar},
     tokens::{LoopingClient, ProjectedVolume, jwt},
     topology::{Addressing, Binding, GuestKind, PodLayout, attach_namespace_guest},
 };
@@ -21,8 +22,15 @@ struct Running {
     layout: PodLayout,
     volume: ProjectedVolume,
     token: String,
-    sidecar: Sidecar,
+    imds: Imds,
     _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// A counter of this pod's pinned IMDS_COUNTERS.
+    fn counter(&self, name: &str) -> u64 {
+        bpf::counter_at(&self.imds.counters_pin().unwrap(), name).unwrap()
+    }
 }
 
 fn start(binding: Binding) -> Running {
@@ -32,11 +40,10 @@ fn start(binding: Binding) -> Running {
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     let token = jwt(ID.namespace, ID.service_account, EXP, "first");
     volume.publish(&token).unwrap();
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &[]).expect("sidecar");
-    sidecar
-        .wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
+    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &[]).expect("agent and sidecar");
+    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
         .expect("guest program attached");
-    Running { layout, volume, token, sidecar, _dir: dir }
+    Running { layout, volume, token, imds, _dir: dir }
 }
 
 /// `curl` from `ns`; returns (HTTP status, body). Status 0: no connection.
@@ -77,14 +84,11 @@ fn served(binding: Binding) {
     assert_eq!(json(&body)["error"], "metadata_header_missing");
 
     assert_eq!(curl(guest, "/healthz", &[]), (200, "OK".to_owned()));
-    assert!(bpf::counter("guest_redirected").unwrap() >= 4);
-    assert!(bpf::counter("reply_forwarded").unwrap() >= 4);
-    assert_eq!(bpf::counter("reply_no_flow").unwrap(), 0);
-    assert_eq!(
-        bpf::counter("reply_unexpected_dropped").unwrap(),
-        0,
-        "IPv6 or other noise left the sidecar veth"
-    );
+    assert!(r.counter("guest_redirected") >= 4);
+    assert!(r.counter("reply_forwarded") >= 4);
+    assert_eq!(r.counter("reply_no_flow"), 0);
+    assert_eq!(r.counter("reply_unexpected_dropped"), 0, "IPv6 or other noise left the sidecar veth");
+    assert_eq!(r.counter("uplink_dropped"), 0);
 }
 
 #[test]
@@ -113,7 +117,7 @@ fn arp_answered(binding: Binding) {
         neigh.contains(&sidecar_mac),
         "guest neighbour entry {neigh:?} is not the sidecar's {sidecar_mac}"
     );
-    assert!(bpf::counter("guest_arp_answered").unwrap() >= 1);
+    assert!(r.counter("guest_arp_answered") >= 1);
 }
 
 #[test]
@@ -130,7 +134,7 @@ fn foreign_dropped(binding: Binding) {
     let _serial = exclusive();
     let r = start(binding);
     let foreign = &r.layout.foreign;
-    let before = (bpf::counter("foreign_dropped").unwrap(), bpf::counter("foreign_arp_dropped").unwrap());
+    let before = (r.counter("foreign_dropped"), r.counter("foreign_arp_dropped"));
 
     // Routed through the gateway (masquerade: the bridge's own address)…
     assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
@@ -142,7 +146,7 @@ fn foreign_dropped(binding: Binding) {
     foreign.ip(&format!("neigh replace 169.254.169.254 lladdr {bridge_mac} dev eth0 nud permanent")).unwrap();
     assert_eq!(curl(foreign, "/healthz", &[]).0, 0);
 
-    let after = (bpf::counter("foreign_dropped").unwrap(), bpf::counter("foreign_arp_dropped").unwrap());
+    let after = (r.counter("foreign_dropped"), r.counter("foreign_arp_dropped"));
     if binding == Binding::Masquerade {
         assert!(after.0 > before.0, "foreign IPv4 drops did not rise: {before:?} -> {after:?}");
     } else {
@@ -187,7 +191,7 @@ fn ordinary_traffic(binding: Binding) {
     let _gw_http = gateway_ns.http_server(a.gateway_ip, 8082, www.path()).unwrap();
     let got = guest.sh(&format!("curl -sf -m 3 http://{}:8082/hello", a.gateway_ip)).unwrap();
     assert_eq!(got, format!("hello from {}", a.gateway_ip));
-    assert_eq!(bpf::counter("guest_unsupported_dropped").unwrap(), 0);
+    assert_eq!(r.counter("guest_unsupported_dropped"), 0);
 }
 
 #[test]
@@ -209,44 +213,119 @@ fn count_everything(pod: &Netns) -> (usize, usize, usize, Vec<usize>) {
     (sidecar_links, redirect_links, rules, programs)
 }
 
-#[test]
-fn sigkill_then_restart_leaves_exactly_one_of_everything() {
-    let _serial = exclusive();
-    let mut r = start(Binding::Masquerade);
-    r.sidecar.kill9().unwrap();
-    // The veth and rule survive a SIGKILL; the TCX links die with the fds.
-    let (s, d, rules, _) = count_everything(&r.layout.pod);
-    assert_eq!((s, d, rules), (1, 1, 1), "leftovers expected after SIGKILL");
+/// TCX links per program: one per TAP, bridge, uplink and the veth.
+fn links(r: &Running) -> Vec<usize> {
+    let _ = r;
+    bpf::PROGRAMS.iter().map(|p| bpf::links_of(p).unwrap()).collect()
+}
 
-    let mut again = Sidecar::start(&r.layout.pod, &ID, r.volume.dir(), &[]).unwrap();
-    again.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
-    assert_eq!(curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0, 200);
-    assert_eq!(count_everything(&r.layout.pod), (1, 1, 1, vec![1, 1, 1]));
-    for p in bpf::PROGRAMS {
-        assert_eq!(bpf::links_of(p).unwrap(), 1, "{p} attached more than once");
+/// The agent killed and restarted under a guest that never stops asking:
+/// not one request fails, and the restarted agent adopts the pod's veth,
+/// programs and links instead of making them again.
+#[test]
+fn the_agent_killed_and_restarted_under_a_looping_guest_loses_nothing() {
+    for binding in [Binding::Masquerade, Binding::Bridge] {
+        let _serial = exclusive();
+        let mut r = start(binding);
+        let guest = r.layout.guest();
+        let before = (count_everything(&r.layout.pod), links(&r));
+        assert_eq!(before.0, (1, 1, 1, vec![1, 1, 1, 1]), "{binding:?}");
+        let looping = LoopingClient::start(guest, "/v1/token").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        r.imds.agent.kill9().unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        r.imds.agent.restart().unwrap();
+        r.imds.wait_for_log("programs=\"adopted\"", Duration::from_secs(10)).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let seen = looping.stop_and_check(std::slice::from_ref(&r.token)).unwrap();
+        assert!(seen >= 1);
+        let log = r.imds.agent.log();
+        assert!(log.contains("veth=\"adopted\""), "{binding:?}: veth not adopted:\n{log}");
+        assert!(!log.contains("attached"), "{binding:?}: the restarted agent attached anew:\n{log}");
+        assert_eq!((count_everything(&r.layout.pod), links(&r)), before, "{binding:?}");
     }
 }
 
+/// SIGTERM (an upgrade, a drained node): the agent leaves every pod's data
+/// path in place, and the VM goes on being served.
 #[test]
-fn sigterm_removes_everything_it_made() {
+fn the_agent_exiting_leaves_the_data_path_in_place() {
     let _serial = exclusive();
     let mut r = start(Binding::Bridge);
-    assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 200);
-    let probe = |pod: &Netns| {
-        pod.command(imds_tests::sidecar::binary().to_str().unwrap())
-            .args(["probe", "--timeout", "1s"])
-            .output()
-            .unwrap()
-    };
-    let healthy = probe(&r.layout.pod);
-    assert!(healthy.status.success(), "probe failed: {}", String::from_utf8_lossy(&healthy.stderr));
-    let status = r.sidecar.terminate().unwrap();
-    assert!(status.success(), "exit status {status}:\n{}", r.sidecar.log());
-    assert_eq!(count_everything(&r.layout.pod), (0, 0, 0, vec![0, 0, 0]));
-    assert!(r.sidecar.log().contains("data path counters"), "no counter summary on exit");
-    // Guest IMDS traffic is no longer intercepted: nothing answers.
-    assert_eq!(curl(r.layout.guest(), "/healthz", &[]).0, 0);
-    assert!(!probe(&r.layout.pod).status.success(), "probe passed with no sidecar");
+    let status = r.imds.agent.terminate().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(count_everything(&r.layout.pod), (1, 1, 1, vec![1, 1, 1, 1]));
+    assert_eq!(curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0, 200);
+}
+
+/// The kubelet removing the pod's volume is the pod going: the agent lets
+/// go of it and unpins everything (the kernel frees programs and links).
+#[test]
+fn a_pod_that_goes_is_unpinned() {
+    let _serial = exclusive();
+    let mut r = start(Binding::Masquerade);
+    r.imds.kill_sidecar().unwrap();
+    r.imds.pod.remove_volumes().unwrap();
+    r.imds.wait_for_log("its programs, maps and links are unpinned", Duration::from_secs(10)).unwrap();
+    let (_, _, _, programs) = count_everything(&r.layout.pod);
+    assert_eq!(programs, vec![0, 0, 0, 0], "programs left behind:\n{}", r.imds.logs());
+    assert_eq!(links(&r), vec![0, 0, 0, 0]);
+    assert!(!r.imds.agent.pins_dir().join(r.imds.pod.uid()).exists());
+}
+
+/// The sidecar as the webhook runs it: uid and gid 107, no capabilities in
+/// any set, no way to gain one; its startup probe passes once serving.
+#[test]
+fn the_sidecar_runs_unprivileged_and_its_probe_passes() {
+    let _serial = exclusive();
+    let mut r = start(Binding::Masquerade);
+    let pid = r.imds.sidecar.as_mut().and_then(|s| s.process().pid()).unwrap();
+    // The shell that joined the cgroups exec'd `ip netns exec`, which forks:
+    // the sidecar is the newest process of the pod's cgroup.
+    let status = sidecar_status(&r, pid);
+    for (field, wanted) in [
+        ("Uid", "107\t107\t107\t107"),
+        ("Gid", "107\t107\t107\t107"),
+        ("CapInh", "0000000000000000"),
+        ("CapPrm", "0000000000000000"),
+        ("CapEff", "0000000000000000"),
+        ("CapBnd", "0000000000000000"),
+        ("CapAmb", "0000000000000000"),
+        ("NoNewPrivs", "1"),
+    ] {
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_default();
+        assert_eq!(line.split_once(':').map(|(_, v)| v.trim()), Some(wanted), "{field}: {status}");
+    }
+    let probe = r
+        .layout
+        .pod
+        .command(sidecar_binary().to_str().unwrap())
+        .args(["probe", "--timeout", "2s", "--run-dir"])
+        .arg(r.imds.pod.run_dir())
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "probe: {}{}",
+        String::from_utf8_lossy(&probe.stdout),
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert_eq!(curl(r.layout.guest(), "/v1/token", &["Metadata: true"]).0, 200);
+}
+
+/// `/proc/<pid>/status` of the sidecar process itself (the harness's
+/// wrapper shell and `ip netns exec` are its ancestors).
+fn sidecar_status(r: &Running, wrapper_pid: u32) -> String {
+    let procs = r.imds.pod.cgroup_procs();
+    let pids = std::fs::read_to_string(&procs[0]).unwrap();
+    let binary = sidecar_binary();
+    for pid in pids.split_whitespace() {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe == binary {
+            return std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        }
+    }
+    panic!("no sidecar process in the pod's cgroup (wrapper {wrapper_pid}): {pids:?}");
 }
 
 #[test]
@@ -281,8 +360,7 @@ fn bridges_and_taps_created_after_start_are_attached() {
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "late")).unwrap();
-    let mut sidecar = Sidecar::start(&pod, &ID, volume.dir(), &[]).unwrap();
-    assert!(sidecar.log().contains("no VM bridge yet"));
+    let mut sidecar = Imds::start(&pod, &ID, volume.dir(), &[]).unwrap();
 
     pod.ip("link add k6t-eth0 type bridge").unwrap();
     pod.ip("addr add 10.0.2.1/24 dev k6t-eth0").unwrap();
@@ -333,7 +411,7 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
+    let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     drop(poller);
@@ -344,38 +422,10 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
     let after: Vec<&&str> = codes[first_ok..codes.len() - 1].iter().filter(|c| **c != "200").collect();
     assert!(after.is_empty(), "requests failed after the first success: {after:?} (all: {codes:?})");
     assert!(codes.len() - first_ok > 5, "too few requests after startup: {codes:?}");
-    // The server was up before the first program was attached.
-    let text = sidecar.log();
-    let serving = text.find("IMDS serving").unwrap();
-    let attached = text.find("attached").unwrap();
-    assert!(serving < attached, "attached before serving:\n{text}");
 }
 
-/// The capabilities the injected container gets (README, "Security model"):
-/// everything works with exactly these and nothing else.
-#[test]
-fn works_with_only_net_admin_bpf_and_net_bind_service() {
-    let _serial = exclusive();
-    require_root();
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    let token = jwt(ID.namespace, ID.service_account, EXP, "confined");
-    volume.publish(&token).unwrap();
-    let mut sidecar =
-        Sidecar::start_confined(&layout.pod, &ID, volume.dir(), &["net_admin", "bpf", "net_bind_service"])
-            .unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
-    let (status, body) = curl(layout.guest(), "/v1/token", &["Metadata: true"]);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(json(&body)["token"], token);
-    let status = sidecar.terminate().unwrap();
-    assert!(status.success(), "{status}:\n{}", sidecar.log());
-    assert_eq!(count_everything(&layout.pod), (0, 0, 0, vec![0, 0, 0]));
-}
-
-/// `--ebpf-log debug` turns on the programs' own messages, which reach the
-/// sidecar's log; by default (`off`) there are none.
+/// The agent's `--ebpf-log debug` turns on the programs' own messages,
+/// which reach the agent's log; by default (`off`) there are none.
 #[test]
 fn ebpf_log_messages_are_opt_in() {
     let _serial = exclusive();
@@ -383,9 +433,9 @@ fn ebpf_log_messages_are_opt_in() {
     assert_eq!(curl(quiet.layout.guest(), "/healthz", &[]).0, 200);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        !quiet.sidecar.log().contains("imds_ebpf"),
+        !quiet.imds.agent.log().contains("imds_ebpf"),
         "eBPF messages without --ebpf-log:\n{}",
-        quiet.sidecar.log()
+        quiet.imds.agent.log()
     );
     drop(quiet);
 
@@ -394,7 +444,15 @@ fn ebpf_log_messages_are_opt_in() {
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "log")).unwrap();
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &["--ebpf-log", "debug"]).unwrap();
+    let mut sidecar = Imds::start_with(
+        &layout.pod,
+        &ID,
+        volume.dir(),
+        &[],
+        &["--ebpf-log", "debug"],
+        CgroupLayout::SystemdV2,
+    )
+    .unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     assert_eq!(curl(layout.guest(), "/healthz", &[]).0, 200);
     sidecar.wait_for_log("guest 10.0.2.2:", Duration::from_secs(5)).unwrap();

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use imds_tests::{
     bpf,
+    imds::{Identity, Imds},
     netns::{exclusive, require_root},
-    sidecar::{Identity, Sidecar},
     tokens::{ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout, TAP},
     vm::{GuestKit, default_cache_dir},
@@ -25,7 +25,7 @@ fn scenario(binding: Binding) {
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
     let token = jwt(ID.namespace, ID.service_account, 1_795_000_000, "vm");
     volume.publish(&token).unwrap();
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
+    let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
     let www = tempfile::tempdir().unwrap();
     let _neighbour_http = layout.foreign.http_server(a.foreign_ip, 8080, www.path()).unwrap();
@@ -71,8 +71,9 @@ section neigh ip neigh show 169.254.169.254
         "guest did not ARP-resolve the IMDS to the sidecar: {}",
         section("neigh")
     );
-    assert!(bpf::counter("guest_arp_answered").unwrap() >= 1);
-    assert!(bpf::counter("guest_redirected").unwrap() >= 4);
+    let counters = sidecar.counters_pin().unwrap();
+    assert!(bpf::counter_at(&counters, "guest_arp_answered").unwrap() >= 1);
+    assert!(bpf::counter_at(&counters, "guest_redirected").unwrap() >= 4);
 }
 
 #[test]

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use imds_tests::{
+    imds::{Identity, Imds},
     netns::{exclusive, require_root},
-    sidecar::{Identity, Sidecar},
     tokens::{ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
@@ -54,7 +54,7 @@ fn guest_recipes_work_against_the_real_sidecar() {
         ])
         .unwrap();
     let args = ["--token-audience", "sts.amazonaws.com,vault,spire-server", "--aws-role-arn", ROLE];
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
+    let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
 
     // Stand-ins for STS and Vault on the pod's bridge address.

@@ -17,8 +17,8 @@ use imds_common::contract::Flavor;
 use imds_tests::{
     cloud_init_outcome::CloudInitOutcome,
     dhcp::{DhcpServer, Lease},
+    imds::{Identity, Imds},
     netns::{exclusive, require_root},
-    sidecar::{Identity, Sidecar},
     smbios,
     stock_image::{self, Booted, Release, StockImage},
     tokens::{ProjectedVolume, jwt},
@@ -107,7 +107,7 @@ fn hinted_vmi(flavor: Flavor) -> Value {
 struct Pod {
     layout: PodLayout,
     dhcp: DhcpServer,
-    _sidecar: Sidecar,
+    _imds: Imds,
     _dir: tempfile::TempDir,
 }
 
@@ -121,7 +121,7 @@ fn pod(flavor: Flavor) -> Pod {
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
     let args =
         ["--metadata-flavor", flavor.name(), "--hostname", HOSTNAME, "--user-data-dir", &user_data_dir];
-    let mut sidecar = Sidecar::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
+    let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
 
     let a = layout.addressing;
@@ -149,7 +149,7 @@ fn pod(flavor: Flavor) -> Pod {
         },
     )
     .unwrap();
-    Pod { layout, dhcp, _sidecar: sidecar, _dir: dir }
+    Pod { layout, dhcp, _imds: sidecar, _dir: dir }
 }
 
 /// One boot and what it left.

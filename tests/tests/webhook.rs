@@ -1,5 +1,6 @@
-//! The real `kubevirt-imds webhook` over real TLS, with certificates from
-//! `cargo xtask generate-certs`, fed real virt-launcher pods.
+//! The real `kubevirt-imds-webhook` over real TLS, with certificates from
+//! `cargo xtask generate-certs`, fed the virt-launcher pods of
+//! `tests/fixtures/` (OpenShift's, captured; KubeVirt v1.9's, derived).
 
 use std::{
     sync::{
@@ -10,11 +11,13 @@ use std::{
 };
 
 use imds_tests::{
+    fixtures::{LAUNCHER_PODS, OPENSHIFT, OPENSHIFT_CAT8KV, V1_9_DEDICATED_CPU},
     tokens::ProjectedVolume,
     webhook::{POD, REQUEST_UID, Subject, VMI, Webhook, admission_review, generate_certs, patched},
 };
 use imds_webhook::{
     annotations::DATASOURCE_HINT_APPLIED,
+    contract,
     datasource_hint::{OPENSTACK_ASSET_TAG, SEED_SERIAL},
 };
 use serde_json::{Value, json};
@@ -24,19 +27,8 @@ const VMI_FIXTURES: [&str; 2] = [
     include_str!("../fixtures/vmi/vmi-masquerade-direct.json"),
 ];
 
-const FIXTURES: [&str; 2] = [
-    include_str!("../fixtures/virt-launcher-pod-openshift.json"),
-    include_str!("../fixtures/virt-launcher-pod-openshift-cat8kv.json"),
-];
-
 fn review(object: Value, api_version: &str) -> Vec<u8> {
     admission_review(&POD, object, "vm-team", api_version)
-}
-
-fn enabled(fixture: &str) -> Value {
-    let mut pod: Value = serde_json::from_str(fixture).unwrap();
-    pod["metadata"]["annotations"]["imds.kubevirt.io/enabled"] = json!("true");
-    pod
 }
 
 /// The patched pod against the Kubernetes Pod schema (`kubernetes-validate
@@ -45,8 +37,15 @@ fn enabled(fixture: &str) -> Value {
 fn validate_pod(pod: &Value) {
     let validator = std::env::var_os("IMDS_KUBERNETES_VALIDATE")
         .expect("IMDS_KUBERNETES_VALIDATE is not set: run the tests with `cargo xtask test`");
+    // A pod reaches the webhook before the API server generates its name
+    // from generateName; the validator wants one to report on.
+    let mut pod = pod.clone();
+    if pod["metadata"]["name"].is_null() {
+        let name = format!("{}x7k2q", pod["metadata"]["generateName"].as_str().unwrap());
+        pod["metadata"]["name"] = json!(name);
+    }
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(pod).unwrap()).unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&pod).unwrap()).unwrap();
     let out = std::process::Command::new(validator)
         .args(["--strict", "--kubernetes-version", "1.37.0"])
         .arg(file.path())
@@ -97,8 +96,8 @@ fn admission_round_trip_over_verified_tls() {
     let tls = tls();
     let webhook = Webhook::start(&tls.mount_dir, &tls.first.join("ca.crt"), &[]).unwrap();
     let ca = tls.first.join("ca.crt");
-    for fixture in FIXTURES {
-        let pod = enabled(fixture);
+    for fixture in &LAUNCHER_PODS {
+        let pod = fixture.enabled();
         let (status, body) =
             webhook.post("/mutate", &review(pod.clone(), "admission.k8s.io/v1"), &ca).unwrap();
         assert_eq!(status, 200, "{body}");
@@ -119,6 +118,39 @@ fn admission_round_trip_over_verified_tls() {
             .clone();
         assert_eq!(sidecar["image"], "registry.example/kubevirt-imds:test");
         assert_eq!(sidecar["restartPolicy"], "Always");
+        assert_eq!(sidecar["command"], json!([contract::SIDECAR_BINARY_PATH, "run"]), "{}", fixture.file);
+        assert!(sidecar.get("args").is_none());
+        assert_eq!(
+            sidecar["securityContext"],
+            json!({
+                "runAsUser": 107, "runAsGroup": 107, "runAsNonRoot": true,
+                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+            })
+        );
+        assert_eq!(
+            sidecar["startupProbe"],
+            json!({"exec": {"command": [contract::SIDECAR_BINARY_PATH, "probe"]},
+                   "periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 300})
+        );
+        assert_eq!(
+            sidecar["volumeMounts"][0],
+            json!({"name": contract::RUN_VOLUME, "mountPath": contract::RUN_DIR})
+        );
+        // The flags' defaults, per QoS class (a Guaranteed pod stays one).
+        let resources = if fixture.file == V1_9_DEDICATED_CPU.file {
+            json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "10m", "memory": "32Mi"}})
+        } else {
+            json!({"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
+        };
+        assert_eq!(sidecar["resources"], resources, "{}", fixture.file);
+        let volumes = patched["spec"]["volumes"].as_array().unwrap();
+        let original_volumes = pod["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(&volumes[..original_volumes.len()], &original_volumes[..]);
+        assert_eq!(
+            volumes[original_volumes.len()],
+            json!({"name": contract::RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}})
+        );
         assert_eq!(patched["spec"]["containers"], pod["spec"]["containers"]);
         validate_pod(&patched);
 
@@ -129,7 +161,7 @@ fn admission_round_trip_over_verified_tls() {
         assert!(again["response"].get("patch").is_none());
     }
     // A malformed annotation is refused with a message naming it.
-    let mut pod = enabled(FIXTURES[0]);
+    let mut pod = OPENSHIFT.enabled();
     pod["metadata"]["annotations"]["imds.kubevirt.io/token-expiration-seconds"] = json!("soon");
     let (status, body) = webhook.post("/mutate", &review(pod, "admission.k8s.io/v1"), &ca).unwrap();
     assert_eq!(status, 200);
@@ -239,7 +271,7 @@ fn a_renewed_certificate_is_served_without_a_restart_or_a_failed_request() {
         let (stop, ok, failed, both) = (stop.clone(), ok.clone(), failed.clone(), tls.both_cas.clone());
         let webhook_view = WebhookView { port };
         std::thread::spawn(move || {
-            let body = review(enabled(FIXTURES[1]), "admission.k8s.io/v1");
+            let body = review(OPENSHIFT_CAT8KV.enabled(), "admission.k8s.io/v1");
             while !stop.load(Ordering::Relaxed) {
                 match webhook_view.post(&body, &both) {
                     Some(200) => ok.fetch_add(1, Ordering::Relaxed),
@@ -328,7 +360,7 @@ fn hostile_input_gets_a_clear_answer_never_a_crash() {
     assert_eq!(status, 413);
 
     let (status, body) =
-        webhook.post("/mutate", &review(enabled(FIXTURES[0]), "admission.k8s.io/v1beta1"), &ca).unwrap();
+        webhook.post("/mutate", &review(OPENSHIFT.enabled(), "admission.k8s.io/v1beta1"), &ca).unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("admission.k8s.io/v1"), "{body}");
 

@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use imds_tests::{
+    imds::{Identity, Imds, SIDECAR_LISTENING},
     netns::{Background, Netns},
-    sidecar::{Identity, Sidecar},
     tokens::{ProjectedVolume, jwt},
     topology::{BRIDGE, Binding, GuestKind, PodLayout},
 };
@@ -124,7 +124,7 @@ const NODE_IP: &str = "10.244.0.1";
 /// with a namespace guest on the bridge, and a kubelet-style token volume.
 struct Bench<'a> {
     options: &'a Options,
-    binary: PathBuf,
+    binaries: build::Binaries,
     layout: PodLayout,
     volume: ProjectedVolume,
     scratch: tempfile::TempDir,
@@ -137,14 +137,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     ensure!(options.repetitions >= 1, "--repetitions must be at least 1");
     ensure!(options.duration >= Duration::from_secs(1), "--duration must be at least 1 second");
     setup::ensure()?;
-    let binary = build::all(true)?;
+    let binaries = build::all(true)?;
+    crate::test::point_harness_at(&binaries);
     let scratch = tempfile::tempdir()?;
     let volume = ProjectedVolume::new(&scratch.path().join("token"))?;
     let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs() + 3600;
     volume.publish(&jwt(ID.namespace, ID.service_account, exp, "bench"))?;
     let bench = Bench {
         options,
-        binary,
+        binaries,
         layout: PodLayout::build(Binding::Masquerade, GuestKind::Namespace)?,
         volume,
         scratch,
@@ -183,8 +184,10 @@ impl Bench<'_> {
         self.layout.guest()
     }
 
-    fn sidecar(&self) -> anyhow::Result<Sidecar> {
-        Sidecar::start_binary(&self.binary, &self.layout.pod, &ID, self.volume.dir(), &[])
+    /// The agent and the sidecar, serving the pod's namespace guest. Dropping
+    /// it takes the whole data path away (the agent's bpffs goes with it).
+    fn sidecar(&self) -> anyhow::Result<Imds> {
+        Imds::start(&self.layout.pod, &ID, self.volume.dir(), &[])
     }
 
     /// Every way of reaching the server is up at once and the runs are
@@ -197,7 +200,7 @@ impl Bench<'_> {
         let (pod, guest) = (&self.layout.pod, self.guest());
         let mut sidecar = self.sidecar()?;
         sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
-        let pid = sidecar.pid().context("sidecar pid")?;
+        let pid = sidecar.sidecar.as_mut().and_then(|s| s.process().pid()).context("sidecar pid")?;
         // Idle: settled after start-up, before any request.
         std::thread::sleep(Duration::from_secs(1));
         report.footprint.insert(RSS_IDLE, rss_mib(pid, "VmRSS")?);
@@ -214,7 +217,7 @@ impl Bench<'_> {
         }
         if self.options.runs(Section::Alternatives) {
             // (a) nftables DNAT to the same server on the pod's address.
-            servers.push(serve(pod, &self.binary, "10.0.2.1:8080", self.volume.dir())?);
+            servers.push(serve(pod, &self.binaries.sidecar, "10.0.2.1:8080", self.volume.dir())?);
             pod.sh(&format!(
                 "nft -f - <<'EOF'\ntable ip imdsbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
                  ip daddr {DNAT_ADDR} tcp dport 80 dnat to 10.0.2.1:8080\n }}\n}}\nEOF"
@@ -227,7 +230,7 @@ impl Bench<'_> {
             pod.ip(&format!("addr add {VETH_ADDR}/32 dev imdsb"))?;
             pod.ip("link set imdsb up")?;
             guest.ip(&format!("route add {VETH_ADDR}/32 dev eth0"))?;
-            servers.push(serve(pod, &self.binary, &format!("{VETH_ADDR}:80"), self.volume.dir())?);
+            servers.push(serve(pod, &self.binaries.sidecar, &format!("{VETH_ADDR}:80"), self.volume.dir())?);
             ways.push((VETH, format!("http://{VETH_ADDR}")));
             // (c) nginx serving the bodies our server returns, from the pod.
             let bodies = ["/v1/token", "/v1/identity"]
@@ -266,7 +269,7 @@ impl Bench<'_> {
         }
         report.footprint.insert("sidecar RSS peak under load (MiB)", sampler.stop());
         report.footprint.insert("sidecar RSS after load (MiB)", rss_mib(pid, "VmRSS")?);
-        sidecar.terminate()?;
+        drop(sidecar);
         drop(servers);
         Ok(())
     }
@@ -324,7 +327,7 @@ impl Bench<'_> {
             for (path, _, ip) in paths {
                 with.entry(path).or_default().add(self.guest(), ip, &secs)?;
             }
-            sidecar.terminate()?;
+            drop(sidecar);
             for (path, _, ip) in paths {
                 without.entry(path).or_default().add(self.guest(), ip, &secs)?;
             }
@@ -343,7 +346,7 @@ impl Bench<'_> {
                 report.per_packet.insert(program, prog_run_stats(program)?);
             }
             drop(stats);
-            sidecar.terminate()?;
+            drop(sidecar);
         }
         for (path, _, _) in paths {
             let (w, wo) = (&with[path], &without[path]);
@@ -368,9 +371,10 @@ impl Bench<'_> {
         let mut serving = Vec::new();
         for _ in 0..self.options.repetitions {
             let before = SystemTime::now();
-            let mut sidecar = self.sidecar()?;
-            serving.push(log_delay_ms(&sidecar.log(), "IMDS serving", before)?);
-            sidecar.terminate()?;
+            let sidecar = self.sidecar()?;
+            let log = sidecar.sidecar.as_ref().map(|s| s.log()).unwrap_or_default();
+            serving.push(log_delay_ms(&log, SIDECAR_LISTENING, before)?);
+            drop(sidecar);
         }
         report.footprint.insert("sidecar start → serving (ms)", median(serving));
 
@@ -385,17 +389,17 @@ impl Bench<'_> {
             self.layout.pod.ip(&format!("link set {tap} master {BRIDGE} up"))?;
             let needle = format!("ifname=\"{tap}\"");
             sidecar.wait_for_log(&needle, Duration::from_secs(5))?;
-            attach.push(log_delay_ms(&sidecar.log(), &needle, before)?);
+            attach.push(log_delay_ms(&sidecar.agent.log(), &needle, before)?);
             self.layout.pod.ip(&format!("link del {tap}"))?;
         }
-        sidecar.terminate()?;
+        drop(sidecar);
         report.footprint.insert(ATTACH_DELAY, median(attach));
 
-        let stripped = self.scratch.path().join("kubevirt-imds.stripped");
-        std::fs::copy(&self.binary, &stripped)?;
+        let stripped = self.scratch.path().join("kubevirt-imds-sidecar.stripped");
+        std::fs::copy(&self.binaries.sidecar, &stripped)?;
         cmd::run(Command::new("strip").arg(&stripped))?;
         report.footprint.insert("binary, stripped (MiB)", mib(&stripped)?);
-        report.footprint.insert("binary, as built (MiB)", mib(&self.binary)?);
+        report.footprint.insert("binary, as built (MiB)", mib(&self.binaries.sidecar)?);
         Ok(())
     }
 }
@@ -494,7 +498,7 @@ fn wait_for(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubevirt-imds serve` (the same API and limits, no data path) in `ns`.
+/// `kubevirt-imds-sidecar serve` (the same API and limits, no data path) in `ns`.
 fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -> anyhow::Result<Background> {
     let server = ns.spawn(
         binary.to_str().context("binary path")?,

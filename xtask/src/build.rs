@@ -20,14 +20,29 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("bpfel-unknown-none/release/imds-ebpf"))
 }
 
-/// Builds the eBPF object and the `kubevirt-imds` binary that embeds it.
-pub fn all(release: bool) -> anyhow::Result<PathBuf> {
+/// The three binaries of the product.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub sidecar: PathBuf,
+    /// Embeds the eBPF object.
+    pub agent: PathBuf,
+    pub webhook: PathBuf,
+}
+
+/// Builds the eBPF object, then every binary (the agent embeds the object).
+pub fn all(release: bool) -> anyhow::Result<Binaries> {
     let object = ebpf()?;
     let mut c = cmd::cargo(None);
-    c.args(["build", "-p", "imds-agent", "--bin", "kubevirt-imds"]).env("IMDS_EBPF_OBJECT", &object);
+    c.args(["build", "-p", "imds-sidecar", "-p", "imds-agent", "-p", "imds-webhook", "--bins"])
+        .env("IMDS_EBPF_OBJECT", &object);
     if release {
         c.arg("--release");
     }
     cmd::run(&mut c)?;
-    Ok(target_dir().join(if release { "release" } else { "debug" }).join("kubevirt-imds"))
+    let dir = target_dir().join(if release { "release" } else { "debug" });
+    Ok(Binaries {
+        sidecar: dir.join("kubevirt-imds-sidecar"),
+        agent: dir.join("kubevirt-imds-agent"),
+        webhook: dir.join("kubevirt-imds-webhook"),
+    })
 }

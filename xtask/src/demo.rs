@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use imds_tests::{
-    sidecar::{Identity, Sidecar},
+    imds::{Identity, Imds},
     tokens::{ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout, TAP},
     vm::{GuestKit, default_cache_dir},
@@ -19,7 +19,8 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the demo creates network namespaces and loads eBPF: run `cargo xtask demo` as root");
     }
     setup::ensure()?;
-    let binary = build::all(false)?;
+    let binaries = build::all(false)?;
+    crate::test::point_harness_at(&binaries);
 
     step("Preparing a guest VM image (Debian kernel, busybox, curl)");
     let kit = GuestKit::prepare(&default_cache_dir())?;
@@ -37,11 +38,19 @@ pub fn run() -> anyhow::Result<()> {
         volume.token_path().display()
     );
 
-    step("Starting `kubevirt-imds sidecar` in the pod");
-    let mut sidecar = Sidecar::start_binary(&binary, &layout.pod, &ID, volume.dir(), &[])?;
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
-    for line in sidecar.log().lines().filter(|l| l.contains("attached") || l.contains("serving")) {
-        println!("  {}", line.trim());
+    step("Starting the node agent and, in the pod, the unprivileged sidecar (uid 107, no capabilities)");
+    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &[])?;
+    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
+    for line in imds
+        .agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("attached") || l.contains("plumbed") || l.contains("probe"))
+    {
+        println!("  agent:   {}", line.trim());
+    }
+    for line in imds.sidecar.as_ref().map(|s| s.log()).unwrap_or_default().lines() {
+        println!("  sidecar: {}", line.trim());
     }
 
     step("Booting the guest (QEMU, software emulation: ~10 s); its init runs curl");
@@ -66,14 +75,14 @@ section no-header curl -sS -m 20 -w ' (HTTP %{http_code})' http://169.254.169.25
         serde_json::from_str::<serde_json::Value>(&served).ok().is_some_and(|v| v["token"] == token.as_str());
     println!("  token served == token file: {matches}");
 
-    step("Data path counters (bpftool map dump name IMDS_COUNTERS, summed)");
+    let pin = imds.counters_pin()?;
+    step(&format!("Data path counters (bpftool map dump pinned {}, summed)", pin.display()));
     for counter in ["guest_redirected", "reply_forwarded", "guest_arp_answered", "foreign_dropped"] {
-        println!("  {counter:<20} {}", imds_tests::bpf::counter(counter)?);
+        println!("  {counter:<20} {}", imds_tests::bpf::counter_at(&pin, counter)?);
     }
 
-    step("Stopping the sidecar (SIGTERM) and removing the namespaces");
-    let status = sidecar.terminate()?;
-    println!("  sidecar exited: {status}");
+    step("Stopping the agent and the sidecar, removing the namespaces");
+    drop(imds);
     if !matches {
         bail!("the guest did not receive the token");
     }

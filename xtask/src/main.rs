@@ -7,7 +7,7 @@ mod cmd;
 mod demo;
 mod manifests;
 mod setup;
-mod test;
+pub(crate) mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -24,7 +24,7 @@ enum Command {
     Setup,
     /// Build the eBPF object (nightly, bpfel-unknown-none).
     BuildEbpf,
-    /// Build the eBPF object, then the `kubevirt-imds` binary embedding it.
+    /// Build the eBPF object, then the three binaries (the agent embeds the object).
     Build {
         #[arg(long)]
         release: bool,
@@ -83,8 +83,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Build { release } => {
             setup::ensure()?;
-            let bin = build::all(release)?;
-            println!("built {}", bin.display());
+            let built = build::all(release)?;
+            for bin in [&built.sidecar, &built.agent, &built.webhook] {
+                println!("built {}", bin.display());
+            }
             Ok(())
         }
         Command::Test { cargo_args } => test::run(&cargo_args),

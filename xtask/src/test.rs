@@ -9,9 +9,12 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
         bail!("the privileged tests build network namespaces and load eBPF: run `cargo xtask test` as root");
     }
     setup::ensure()?;
-    let sidecar = build::all(false)?;
+    let binaries = build::all(false)?;
     let mut c = cmd::cargo(None);
-    c.args(["test", "--workspace"]).env("IMDS_SIDECAR_BIN", &sidecar);
+    c.args(["test", "--workspace"])
+        .env("IMDS_SIDECAR_BIN", &binaries.sidecar)
+        .env("IMDS_AGENT_BIN", &binaries.agent)
+        .env("IMDS_WEBHOOK_BIN", &binaries.webhook);
     // The webhook tests get their certificates from `cargo xtask generate-certs`.
     c.env("IMDS_XTASK_BIN", std::env::current_exe()?);
     // Pods the webhook patched are validated against the Pod schema too.
@@ -23,4 +26,17 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.args(cargo_args);
     cmd::run(&mut c)?;
     crate::manifests::run()
+}
+
+/// Lets the harness (`imds_tests`), used in-process by the demo and the
+/// benchmark, find the binaries just built.
+pub fn point_harness_at(binaries: &build::Binaries) {
+    for (var, path) in [
+        ("IMDS_SIDECAR_BIN", &binaries.sidecar),
+        ("IMDS_AGENT_BIN", &binaries.agent),
+        ("IMDS_WEBHOOK_BIN", &binaries.webhook),
+    ] {
+        // SAFETY: called before the harness starts any thread.
+        unsafe { std::env::set_var(var, path) };
+    }
 }

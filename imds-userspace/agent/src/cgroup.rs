@@ -104,7 +104,13 @@ mod tests {
     #[test]
     fn pod_uids() {
         assert!(is_pod_uid(UID));
-        for bad in ["", "..", "0c1e7f0a-2d3b-4c5d-8e9f-0a1b2c3d4e5", "0c1e7f0a_2d3b_4c5d_8e9f_0a1b2c3d4e5f", "../../../../etc/x"] {
+        for bad in [
+            "",
+            "..",
+            "0c1e7f0a-2d3b-4c5d-8e9f-0a1b2c3d4e5",
+            "0c1e7f0a_2d3b_4c5d_8e9f_0a1b2c3d4e5f",
+            "../../../../etc/x",
+        ] {
             assert!(!is_pod_uid(bad), "{bad}");
         }
     }

@@ -59,7 +59,8 @@ mod tests {
         assert_eq!(a.scan_interval, Duration::from_millis(250));
         assert_eq!(a.ebpf_log, EbpfLogLevel::Off);
         for bad in [&["--scan-interval", "1ms"][..], &["--scan-interval", "soon"], &["--ebpf-log", "loud"]] {
-            let err = Cli::try_parse_from(std::iter::once("x").chain(bad.iter().copied())).err().expect("accepted");
+            let err =
+                Cli::try_parse_from(std::iter::once("x").chain(bad.iter().copied())).err().expect("accepted");
             assert!(err.to_string().contains("invalid value"), "{bad:?}: {err}");
         }
     }

@@ -126,7 +126,9 @@ pub async fn locate(socket: &Path, uid: &str, timeout: Duration) -> Result<Locat
         .filter(|p| *p > 0)
         .ok_or_else(|| LocateError::NoPid(socket.to_owned()))?;
     let netns = netns_of_pod_process(pid, uid).map_err(|e| match e {
-        LocateError::WrongPod { pid, uid, .. } => LocateError::WrongPod { pid, uid, socket: socket.to_owned() },
+        LocateError::WrongPod { pid, uid, .. } => {
+            LocateError::WrongPod { pid, uid, socket: socket.to_owned() }
+        }
         other => other,
     })?;
     Ok(Located { netns, pid, stream })
@@ -179,10 +181,12 @@ mod tests {
         assert!(scan(root.path()).unwrap().is_empty(), "no pods dir yet");
         let other = "11111111-2222-3333-4444-555555555555";
         for uid in [UID, other] {
-            std::fs::create_dir_all(contract::kubelet_empty_dir(root.path(), uid, contract::RUN_VOLUME)).unwrap();
+            std::fs::create_dir_all(contract::kubelet_empty_dir(root.path(), uid, contract::RUN_VOLUME))
+                .unwrap();
         }
         // A pod without our volume, and junk.
-        std::fs::create_dir_all(root.path().join("pods/22222222-2222-3333-4444-555555555555/volumes")).unwrap();
+        std::fs::create_dir_all(root.path().join("pods/22222222-2222-3333-4444-555555555555/volumes"))
+            .unwrap();
         std::fs::create_dir_all(root.path().join("pods/not-a-uid")).unwrap();
         let socket = contract::kubelet_socket_path(root.path(), UID);
         assert!(socket.as_os_str().len() > 108, "the kubelet's paths are longer than a socket address");
@@ -202,7 +206,8 @@ mod tests {
     /// A listener at a path longer than a socket address (as a kubelet path is).
     fn bind_long(path: &Path) -> std::os::unix::net::UnixListener {
         let dir = std::fs::File::open(path.parent().unwrap()).unwrap();
-        let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(path.file_name().unwrap());
+        let short =
+            Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(path.file_name().unwrap());
         std::os::unix::net::UnixListener::bind(short).unwrap()
     }
 

@@ -7,7 +7,11 @@ use imds_agent::config::AgentArgs;
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Debug, Parser)]
-#[command(name = "kubevirt-imds-agent", version, about = "Plumbs the kubevirt-imds data path of this node's VMs")]
+#[command(
+    name = "kubevirt-imds-agent",
+    version,
+    about = "Plumbs the kubevirt-imds data path of this node's VMs"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, env = imds_common::contract::ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]

@@ -101,7 +101,9 @@ impl PodPins {
             Ok(entries) => {
                 for entry in entries {
                     let name = entry?.file_name();
-                    if let Some(n) = name.to_str().and_then(|n| n.strip_prefix("gen-")).and_then(|n| n.parse().ok()) {
+                    if let Some(n) =
+                        name.to_str().and_then(|n| n.strip_prefix("gen-")).and_then(|n| n.parse().ok())
+                    {
                         found.push(n);
                     }
                 }

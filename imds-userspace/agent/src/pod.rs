@@ -136,7 +136,11 @@ struct PodWork {
 }
 
 impl PodWork {
-    async fn run(mut self, stream: Option<std::os::unix::net::UnixStream>, mut stop: watch::Receiver<Option<Stop>>) {
+    async fn run(
+        mut self,
+        stream: Option<std::os::unix::net::UnixStream>,
+        mut stop: watch::Receiver<Option<Stop>>,
+    ) {
         if let Some(stream) = stream {
             self.connect(stream).await;
         }
@@ -158,8 +162,12 @@ impl PodWork {
     }
 
     /// Plumbs the pod and keeps it plumbed until told to stop.
-    async fn serve(&mut self, stop: &mut watch::Receiver<Option<Stop>>) -> Result<Stop, Box<dyn std::error::Error>> {
-        sysctl::allow_unprivileged_ports().map_err(|e| format!("setting net.ipv4.ip_unprivileged_port_start: {e}"))?;
+    async fn serve(
+        &mut self,
+        stop: &mut watch::Receiver<Option<Stop>>,
+    ) -> Result<Stop, Box<dyn std::error::Error>> {
+        sysctl::allow_unprivileged_ports()
+            .map_err(|e| format!("setting net.ipv4.ip_unprivileged_port_start: {e}"))?;
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
         // Subscribe before the first look, so nothing created in between is missed.
@@ -212,9 +220,14 @@ impl PodWork {
         }
     }
 
-    /// The veth and route, then the programs of their generation.
-    async fn plumb(&mut self, handle: &rtnetlink::Handle) -> Result<(SidecarLink, PodDatapath), Box<dyn std::error::Error>> {
-        let (link, ensured) = sidecar_link::ensure(handle, contract::IMDS_IP).await?;
+    /// The veth, the programs of its generation attached where the plan
+    /// says, then the IMDS address and its route: by the time anything can
+    /// reach the address, the pod's loopback and uplinks are guarded.
+    async fn plumb(
+        &mut self,
+        handle: &rtnetlink::Handle,
+    ) -> Result<(SidecarLink, PodDatapath), Box<dyn std::error::Error>> {
+        let (link, ensured) = sidecar_link::ensure_pair(handle).await?;
         let pod_pins = self.shared.pins.pod(&self.uid);
         let generation = pod_pins.generation(link.redirect_index);
         // Programs of another generation point at a veth that is gone.
@@ -228,7 +241,14 @@ impl PodWork {
             imds_port: contract::IMDS_PORT.to_be_bytes(),
             sidecar_mac: link.sidecar_mac,
         };
-        let (datapath, fresh) = PodDatapath::open_or_load(&generation, &config, self.shared.ebpf_log)?;
+        let (mut datapath, fresh) = PodDatapath::open_or_load(&generation, &config, self.shared.ebpf_log)?;
+        let failed = self.reconcile(&mut datapath, &links::dump(handle).await?);
+        if failed > 0 {
+            // No address until every guard is on: a guest is never served
+            // by a half-plumbed pod (the sidecar stays not ready).
+            return Err(format!("{failed} attachment(s) failed; the IMDS address is not added").into());
+        }
+        sidecar_link::ensure_address(handle, &link, contract::IMDS_IP).await?;
         tracing::info!(
             veth = if ensured == Ensured::Adopted { "adopted" } else { "created" },
             programs = if fresh { "loaded" } else { "adopted" },
@@ -243,20 +263,29 @@ impl PodWork {
     fn selector(&self) -> Selector {
         Selector {
             bridge: self.settings.as_ref().and_then(|s| s.bridge.clone()),
-            guest_port_prefix: self.settings.as_ref().map_or_else(|| "tap".to_owned(), |s| s.guest_port_prefix.clone()),
+            guest_port_prefix: self
+                .settings
+                .as_ref()
+                .map_or_else(|| "tap".to_owned(), |s| s.guest_port_prefix.clone()),
             redirect_ifname: contract::REDIRECT_IF.to_owned(),
         }
     }
 
-    fn reconcile(&self, datapath: &mut PodDatapath, links: &[links::LinkSummary]) {
+    /// Makes the attachments what the plan says; returns how many changes failed.
+    fn reconcile(&self, datapath: &mut PodDatapath, links: &[links::LinkSummary]) -> usize {
         let wanted = plan::plan(links, &self.selector());
         match datapath.attached() {
             Ok(attached) => {
-                for e in datapath.apply(&plan::diff(&attached, &wanted)) {
-                    tracing::warn!(error = %chain(&e), "attach failed; retrying on the next link event");
+                let errors = datapath.apply(&plan::diff(&attached, &wanted));
+                for e in &errors {
+                    tracing::warn!(error = %chain(e), "attach failed; retrying on the next link event");
                 }
+                errors.len()
             }
-            Err(e) => tracing::warn!(error = %chain(&e), "cannot tell what is attached"),
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot tell what is attached");
+                1
+            }
         }
     }
 
@@ -288,7 +317,15 @@ impl PodWork {
         }
         let nonce = nonce();
         let started = Instant::now();
-        match probe::run(handle, datapath, &self.shared.probe_netns, &nonce, self.shared.timings.request_timeout).await {
+        match probe::run(
+            handle,
+            datapath,
+            &self.shared.probe_netns,
+            &nonce,
+            self.shared.timings.request_timeout,
+        )
+        .await
+        {
             Ok(()) => {
                 let Some(session) = self.session.as_mut() else { return };
                 match session.probe_succeeded(&nonce).await {
@@ -296,7 +333,9 @@ impl PodWork {
                         tracing::info!(took = ?started.elapsed(), "the data path answered the probe: the sidecar is ready");
                         self.ready = true;
                     }
-                    Err(e) => tracing::warn!(error = %chain(&e), "the sidecar did not take the probe's result"),
+                    Err(e) => {
+                        tracing::warn!(error = %chain(&e), "the sidecar did not take the probe's result")
+                    }
                 }
             }
             // Usually the sidecar is not listening yet: retried every heartbeat.

@@ -98,8 +98,10 @@ async fn exchange(
     let _attached = datapath.attach_unpinned(Role::FromGuest, PROBE_IF).map_err(ProbeError::Attach)?;
 
     block_on_in(probe_netns, || async {
-        let (connection, guest, _) = rtnetlink::new_connection()
-            .map_err(|e| NetlinkError { what: format!("opening rtnetlink in the probe namespace: {e}"), source: rtnetlink::Error::RequestFailed })?;
+        let (connection, guest, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+            what: format!("opening rtnetlink in the probe namespace: {e}"),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
         tokio::spawn(connection);
         configure_guest(&guest).await
     })
@@ -138,7 +140,8 @@ async fn configure_guest(handle: &Handle) -> Result<(), NetlinkError> {
 fn request(nonce: &str, timeout: Duration) -> Result<(), ProbeError> {
     let addr = SocketAddrV4::new(contract::IMDS_IP, contract::IMDS_PORT);
     let failed = |what: &str, e: std::io::Error| ProbeError::Request(format!("{what} {addr}: {e}"));
-    let mut stream = TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| failed("connecting to", e))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr.into(), timeout).map_err(|e| failed("connecting to", e))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| failed("configuring", e))?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| failed("configuring", e))?;
     let request = format!(
@@ -153,7 +156,10 @@ fn request(nonce: &str, timeout: Duration) -> Result<(), ProbeError> {
     if text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nOK") {
         Ok(())
     } else {
-        Err(ProbeError::Request(format!("unexpected answer from {addr}: {:?}", text.chars().take(200).collect::<String>())))
+        Err(ProbeError::Request(format!(
+            "unexpected answer from {addr}: {:?}",
+            text.chars().take(200).collect::<String>()
+        )))
     }
 }
 
@@ -177,5 +183,8 @@ async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkErr
 }
 
 fn vanished(name: &str) -> NetlinkError {
-    NetlinkError { what: format!("link {name} vanished right after it was created"), source: rtnetlink::Error::RequestFailed }
+    NetlinkError {
+        what: format!("link {name} vanished right after it was created"),
+        source: rtnetlink::Error::RequestFailed,
+    }
 }

@@ -28,7 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.bpffs_dir).with_context(|| format!("creating {}", args.bpffs_dir.display()))?;
+    std::fs::create_dir_all(&args.bpffs_dir)
+        .with_context(|| format!("creating {}", args.bpffs_dir.display()))?;
     check_bpffs(&args.bpffs_dir).context("the pin directory")?;
     let tcx = kernel_has_tcx();
     if !tcx {
@@ -85,7 +86,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         }
         // Workers that gave up: try again later.
-        let finished: Vec<String> = workers.iter().filter(|(_, w)| w.is_finished()).map(|(u, _)| u.clone()).collect();
+        let finished: Vec<String> =
+            workers.iter().filter(|(_, w)| w.is_finished()).map(|(u, _)| u.clone()).collect();
         for uid in finished {
             if let Some(worker) = workers.remove(&uid) {
                 worker.join();
@@ -161,7 +163,9 @@ fn forget_vanished_pods(shared: &Shared) {
             for uid in uids.iter().filter(|uid| !pod::pod_present(shared, uid)) {
                 match shared.pins.pod(uid).remove() {
                     Ok(()) => tracing::info!(%uid, "removed the pins of a pod that is gone"),
-                    Err(e) => tracing::warn!(%uid, error = %e, "could not remove the pins of a pod that is gone"),
+                    Err(e) => {
+                        tracing::warn!(%uid, error = %e, "could not remove the pins of a pod that is gone")
+                    }
                 }
             }
         }

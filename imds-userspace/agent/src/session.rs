@@ -79,7 +79,8 @@ impl Session {
             if read == 0 {
                 return Err(SessionError::Closed);
             }
-            let line = line.strip_suffix(b"\n").ok_or_else(|| SessionError::Protocol("an overlong line".into()))?;
+            let line =
+                line.strip_suffix(b"\n").ok_or_else(|| SessionError::Protocol("an overlong line".into()))?;
             let response: Response = channel::decode(line).map_err(SessionError::Protocol)?;
             match response {
                 Response::Error { message } => Err(SessionError::Refused(message)),

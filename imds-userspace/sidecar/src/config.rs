@@ -1,5 +1,6 @@
-//! The sidecar's command line, with an environment variable for every flag
-//! (the webhook injects env vars from the downward API).
+//! The options of what the API serves ([`ApiArgs`], flattened into `run`
+//! and `serve` in [`crate::cli`]), with an environment variable for every
+//! flag (the webhook injects env vars from the downward API).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -15,7 +16,7 @@ use crate::{
 };
 
 /// What the IMDS serves, and how it bounds its clients: shared by
-/// `sidecar` and `serve`.
+/// `run` and `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Namespace of the VM.

@@ -1,93 +1,96 @@
-//! The IMDS listening socket, which only accepts what arrived through the
-//! sidecar's veth, i.e. what the eBPF program redirected from a VM.
+//! The IMDS listening socket, bound to the agent's veth end
+//! ([`crate::contract::SIDECAR_IF`]).
 //!
-//! Binding to the device is not enough: a process in the pod connecting to
-//! 169.254.169.254 is routed over loopback with the veth as its nominal
-//! interface and would match. A classic BPF socket filter checks the real
-//! arrival interface of every segment (for listeners it runs on the SYN).
-//! The sidecar's own health probe, which does come over loopback, gets in
-//! by carrying [`PROBE_MARK`]: setting a socket mark takes CAP_NET_ADMIN,
-//! which no other container of a virt-launcher pod has.
+//! Binding to the device does not keep the pod's own processes out: a
+//! process in the pod connecting to 169.254.169.254 goes over loopback with
+//! the veth as its nominal interface and would match. The node agent keeps
+//! them out with a program on the pod's loopback (`imds_from_pod`), which
+//! drops every packet for the IMDS address there, so what reaches this
+//! socket arrived through the veth: what the data path redirected from a
+//! VM. (A classic BPF socket filter on the arrival interface would do the
+//! same from here, but some kernels refuse one to a process without
+//! CAP_NET_ADMIN, and the sidecar has none.)
+//!
+//! None of it takes a capability: SO_BINDTODEVICE on a socket not yet bound
+//! to a device (Linux ≥ 5.7) and IP_FREEBIND (so the bind does not depend
+//! on the agent having added the address yet) are open to any user. Only
+//! the port is privileged, until the agent lowers
+//! `net.ipv4.ip_unprivileged_port_start` in the pod's network namespace.
 
-use std::{io, net::SocketAddrV4};
+use std::{fmt, io, net::SocketAddrV4};
 
-use socket2::{Domain, Protocol, SockFilter, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
 
-/// The fwmark of the sidecar's own probe connections ("IMDS").
-pub const PROBE_MARK: u32 = 0x494d_4453;
-
-// Classic BPF opcodes and the ancillary-data offsets (linux/filter.h).
-const LD_W_ABS: u16 = 0x20;
-const JEQ_K: u16 = 0x15;
-const RET_K: u16 = 0x06;
-const SKF_AD_OFF: i32 = -0x1000;
-const SKF_AD_IFINDEX: i32 = 8;
-const SKF_AD_MARK: i32 = 20;
-
-/// Accept a segment iff it arrived on `ifindex` or carries `mark`.
-pub fn arrival_filter(ifindex: u32, mark: u32) -> [SockFilter; 6] {
-    let ancillary = |field: i32| (SKF_AD_OFF + field) as u32;
-    [
-        SockFilter::new(LD_W_ABS, 0, 0, ancillary(SKF_AD_IFINDEX)),
-        SockFilter::new(JEQ_K, 3, 0, ifindex), // -> accept
-        SockFilter::new(LD_W_ABS, 0, 0, ancillary(SKF_AD_MARK)),
-        SockFilter::new(JEQ_K, 1, 0, mark), // -> accept
-        SockFilter::new(RET_K, 0, 0, 0),
-        SockFilter::new(RET_K, 0, 0, u32::MAX),
-    ]
+/// The step of [`bind`] that failed: what the caller can do about an
+/// error depends on it (EPERM from SO_BINDTODEVICE is an old kernel,
+/// EACCES from `bind` a port the agent has not opened yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindStep {
+    Socket,
+    Options,
+    Device,
+    Bind,
+    Listen,
 }
 
-/// Listens on `addr`, bound to `device` (ifindex `ifindex`).
-pub fn bind(addr: SocketAddrV4, device: &str, ifindex: u32) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.bind_device(Some(device.as_bytes()))?;
-    socket.attach_filter(&arrival_filter(ifindex, PROBE_MARK))?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+impl fmt::Display for BindStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BindStep::Socket => "creating the socket",
+            BindStep::Options => "setting SO_REUSEADDR and IP_FREEBIND",
+            BindStep::Device => "binding to the device (SO_BINDTODEVICE)",
+            BindStep::Bind => "binding the address",
+            BindStep::Listen => "listening",
+        })
+    }
 }
 
-/// An unconnected socket for the sidecar's own probe of the listener.
-pub fn probe_socket(device: &str) -> io::Result<TcpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_mark(PROBE_MARK)?;
-    socket.bind_device(Some(device.as_bytes()))?;
-    socket.set_nonblocking(true)?;
-    Ok(TcpSocket::from_std_stream(socket.into()))
+#[derive(Debug, thiserror::Error)]
+#[error("listening on {addr} through {device}: {step}")]
+pub struct BindError {
+    pub step: BindStep,
+    pub addr: SocketAddrV4,
+    pub device: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Listens on `addr`, bound to `device`. Must run inside the tokio runtime.
+pub fn bind(addr: SocketAddrV4, device: &str) -> Result<TcpListener, BindError> {
+    let error = |step| move |source| BindError { step, addr, device: device.to_owned(), source };
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(error(BindStep::Socket))?;
+    socket.set_reuse_address(true).map_err(error(BindStep::Options))?;
+    socket.set_freebind_v4(true).map_err(error(BindStep::Options))?;
+    socket.bind_device(Some(device.as_bytes())).map_err(error(BindStep::Device))?;
+    socket.bind(&addr.into()).map_err(error(BindStep::Bind))?;
+    socket.listen(1024).map_err(error(BindStep::Listen))?;
+    socket.set_nonblocking(true).map_err(error(BindStep::Listen))?;
+    TcpListener::from_std(socket.into()).map_err(error(BindStep::Listen))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    /// The filter, on a loopback listener: segments from `lo` pass when the
-    /// filter names lo's ifindex and are dropped when it names another.
-    async fn connects_with_filter_for(ifindex: u32) -> bool {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        socket.attach_filter(&arrival_filter(ifindex, PROBE_MARK)).unwrap();
-        socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-        socket.listen(8).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let listener = TcpListener::from_std(socket.into()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connect = tokio::net::TcpStream::connect(addr);
-        matches!(tokio::time::timeout(Duration::from_millis(500), connect).await, Ok(Ok(_)))
+    #[tokio::test]
+    async fn binds_an_address_not_yet_assigned_to_a_device_without_privileges() {
+        // Port 0: any user may bind it; IP_FREEBIND lets the IMDS address
+        // be bound before any interface of this namespace holds it.
+        let addr = SocketAddrV4::new(imds_common::contract::IMDS_IP, 0);
+        let listener = bind(addr, "lo").unwrap();
+        let bound = listener.local_addr().unwrap();
+        assert_eq!(bound.ip(), std::net::IpAddr::from(imds_common::contract::IMDS_IP));
     }
 
     #[tokio::test]
-    async fn filter_admits_only_the_named_interface() {
-        let lo = nix_if_nametoindex("lo");
-        assert!(connects_with_filter_for(lo).await, "segments from lo were dropped");
-        assert!(!connects_with_filter_for(lo + 1000).await, "segments from lo were admitted");
-    }
-
-    fn nix_if_nametoindex(name: &str) -> u32 {
-        let c = std::ffi::CString::new(name).unwrap();
-        // SAFETY: valid NUL-terminated string.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
+    async fn errors_name_the_failing_step() {
+        // No such device: SO_BINDTODEVICE fails (ENODEV), whatever the privileges.
+        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+        let err = bind(addr, "imds-nonexist0").unwrap_err();
+        assert_eq!(err.step, BindStep::Device, "{err}");
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENODEV), "{err}");
+        assert!(err.to_string().contains("imds-nonexist0"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, ValueEnum};
 
 use super::{
+    sidecar_resources::{self, Burstable, Guaranteed, SidecarResources},
     sidecar_spec::{InjectionMode, SidecarTemplate},
     tls::CertificateFiles,
 };
@@ -35,15 +36,28 @@ pub struct WebhookArgs {
     #[arg(long, env = "IMDS_SIDECAR_IMAGE_PULL_POLICY", value_enum, default_value_t = PullPolicy::IfNotPresent)]
     pub sidecar_image_pull_policy: PullPolicy,
 
-    /// CPU request of the sidecar (one runs per VM).
-    #[arg(long, env = "IMDS_SIDECAR_CPU_REQUEST", default_value = "5m", value_parser = quantity)]
+    /// CPU request of the sidecar in Burstable pods (KubeVirt's default; one
+    /// sidecar runs per VM).
+    #[arg(long, env = "IMDS_SIDECAR_CPU_REQUEST", default_value = sidecar_resources::DEFAULT_CPU_REQUEST, value_parser = quantity)]
     pub sidecar_cpu_request: String,
 
-    #[arg(long, env = "IMDS_SIDECAR_MEMORY_REQUEST", default_value = "16Mi", value_parser = quantity)]
+    /// Memory request of the sidecar in Burstable pods.
+    #[arg(long, env = "IMDS_SIDECAR_MEMORY_REQUEST", default_value = sidecar_resources::DEFAULT_MEMORY_REQUEST, value_parser = quantity)]
     pub sidecar_memory_request: String,
 
-    #[arg(long, env = "IMDS_SIDECAR_MEMORY_LIMIT", default_value = "64Mi", value_parser = quantity)]
+    /// Memory limit of the sidecar in Burstable pods (a memory limit alone
+    /// cannot change a Burstable pod's class).
+    #[arg(long, env = "IMDS_SIDECAR_MEMORY_LIMIT", default_value = sidecar_resources::DEFAULT_MEMORY_LIMIT, value_parser = quantity)]
     pub sidecar_memory_limit: String,
+
+    /// CPU request and limit of the sidecar in Guaranteed pods (dedicated
+    /// CPUs), where requests must equal limits or the pod loses its class.
+    #[arg(long, env = "IMDS_SIDECAR_GUARANTEED_CPU", default_value = sidecar_resources::DEFAULT_GUARANTEED_CPU, value_parser = quantity)]
+    pub sidecar_guaranteed_cpu: String,
+
+    /// Memory request and limit of the sidecar in Guaranteed pods.
+    #[arg(long, env = "IMDS_SIDECAR_GUARANTEED_MEMORY", default_value = sidecar_resources::DEFAULT_GUARANTEED_MEMORY, value_parser = quantity)]
+    pub sidecar_guaranteed_memory: String,
 
     /// Read each injected pod's ServiceAccount for an AWS IRSA role
     /// (`eks.amazonaws.com/role-arn`); needs `get serviceaccounts`.
@@ -80,24 +94,36 @@ pub enum PullPolicy {
 }
 
 impl WebhookArgs {
-    pub fn template(&self) -> SidecarTemplate {
+    /// What to inject, or why these flags cannot work: a memory request
+    /// above its limit would make the API server refuse every pod injected.
+    pub fn template(&self) -> anyhow::Result<SidecarTemplate> {
         let pull = match self.sidecar_image_pull_policy {
             PullPolicy::Always => "Always",
             PullPolicy::IfNotPresent => "IfNotPresent",
             PullPolicy::Never => "Never",
         };
-        SidecarTemplate {
+        let (request, limit) = (&self.sidecar_memory_request, &self.sidecar_memory_limit);
+        if crate::quantity::parse(request) > crate::quantity::parse(limit) {
+            anyhow::bail!(
+                "--sidecar-memory-request {request} is above --sidecar-memory-limit {limit}: the API server \
+                 would refuse every pod the webhook injects"
+            );
+        }
+        Ok(SidecarTemplate {
             image: self.sidecar_image.clone(),
             image_pull_policy: pull.into(),
-            resources: SidecarTemplate::resources(
-                &self.sidecar_cpu_request,
-                &self.sidecar_memory_request,
-                &self.sidecar_memory_limit,
+            resources: SidecarResources::new(
+                Burstable {
+                    cpu_request: &self.sidecar_cpu_request,
+                    memory_request: request,
+                    memory_limit: limit,
+                },
+                Guaranteed { cpu: &self.sidecar_guaranteed_cpu, memory: &self.sidecar_guaranteed_memory },
             ),
             mode: self.injection_mode,
             region: self.metadata_region.clone(),
             availability_zone: self.metadata_availability_zone.clone(),
-        }
+        })
     }
 
     pub fn certificate_files(&self) -> CertificateFiles {
@@ -109,19 +135,15 @@ fn placement_name(s: &str) -> Result<String, String> {
     crate::contract::check_placement_name(s).map(|()| s.to_owned()).map_err(str::to_owned)
 }
 
-/// A Kubernetes resource quantity as people write them: `5m`, `0.1`, `16Mi`, `1G`.
+/// A positive Kubernetes resource quantity as people write them: `5m`,
+/// `0.1`, `16Mi`, `1G` (Kubernetes' own grammar, from a digit on).
 fn quantity(s: &str) -> Result<String, String> {
-    const SUFFIXES: [&str; 14] = ["m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", ""];
-    let number_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_end);
-    let number_ok = !number.is_empty()
-        && number.matches('.').count() <= 1
-        && !number.starts_with('.')
-        && !number.ends_with('.');
-    if number_ok && SUFFIXES.contains(&suffix) {
-        Ok(s.to_owned())
-    } else {
-        Err("not a Kubernetes quantity (e.g. `5m`, `16Mi`, `0.5`)".into())
+    let digit = |c: char| c.is_ascii_digit();
+    let written_plainly =
+        s.starts_with(digit) && s.match_indices('.').all(|(i, _)| s[i + 1..].starts_with(digit));
+    match crate::quantity::parse(s) {
+        Some(value) if written_plainly && value > 0 => Ok(s.to_owned()),
+        _ => Err("not a positive Kubernetes quantity (e.g. `5m`, `16Mi`, `0.5`)".into()),
     }
 }
 
@@ -134,8 +156,42 @@ mod tests {
         for ok in ["5m", "0.5", "16Mi", "1G", "100", "2Gi"] {
             assert_eq!(quantity(ok), Ok(ok.to_owned()));
         }
-        for bad in ["", "Mi", "5 m", "5mb", "-1", ".5", "1..2", "1.2.3Mi"] {
+        for bad in ["", "Mi", "5 m", "5mb", "-1", ".5", "1..2", "1.2.3Mi", "0", "0Mi", "5.", "1e3x"] {
             assert!(quantity(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn args(extra: &[&str]) -> WebhookArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            webhook: WebhookArgs,
+        }
+        let argv = ["webhook", "--sidecar-image", "registry.example/kubevirt-imds:0.1.0"].iter().chain(extra);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().webhook
+    }
+
+    #[test]
+    fn the_defaults_size_the_sidecar_per_qos_class() {
+        use crate::qos::QosClass;
+        let template = args(&[]).template().unwrap();
+        let resources = |class| serde_json::to_value(template.resources.for_class(class)).unwrap();
+        assert_eq!(
+            resources(QosClass::Burstable),
+            serde_json::json!({"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
+        );
+        assert_eq!(
+            resources(QosClass::Guaranteed),
+            serde_json::json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "10m", "memory": "32Mi"}})
+        );
+        assert_eq!(resources(QosClass::BestEffort), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_memory_request_above_its_limit_is_refused_at_start() {
+        let error = args(&["--sidecar-memory-request", "128Mi"]).template().unwrap_err().to_string();
+        assert!(error.contains("--sidecar-memory-limit"), "{error}");
+        // Equal is fine, whatever the spelling.
+        assert!(args(&["--sidecar-memory-request", "65536Ki"]).template().is_ok());
     }
 }

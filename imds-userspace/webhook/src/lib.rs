@@ -1,6 +1,6 @@
-//! `kubevirt-imds webhook`: the mutating admission webhook that injects the
-//! IMDS sidecar into virt-launcher pods of VMs that ask for it, and the
-//! SMBIOS datasource hint into their VirtualMachineInstances.
+//! The mutating admission webhook: injects the IMDS sidecar into
+//! virt-launcher pods of VMs that ask for it, and the SMBIOS datasource hint
+//! into their VirtualMachineInstances.
 
 pub use imds_common::{contract, errors, http_server};
 
@@ -9,7 +9,10 @@ pub mod aws;
 pub mod config;
 pub mod datasource_hint;
 pub mod mutation;
+pub mod qos;
+pub mod quantity;
 pub mod server;
+pub mod sidecar_resources;
 pub mod sidecar_spec;
 pub mod tls;
 pub mod vmi;
@@ -26,6 +29,7 @@ pub use config::WebhookArgs;
 use tls::ReloadingCertificate;
 
 pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
+    let template = args.template()?;
     let certificate =
         ReloadingCertificate::load(args.certificate_files()).context("loading the TLS certificate")?;
     let acceptor = TlsAcceptor::from(Arc::new(certificate.server_config()?));
@@ -46,7 +50,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = Arc::new(server::WebhookState { template: args.template(), service_accounts });
+    let state = Arc::new(server::WebhookState { template, service_accounts });
     tracing::info!(
         listen = %args.listen,
         image = %state.template.image,

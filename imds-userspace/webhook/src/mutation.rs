@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::{
     annotations::{self, ImdsSettings},
+    qos,
     sidecar_spec::{self, AwsHint, DataVolumes, InjectionMode, PodInfo, SidecarTemplate},
 };
 use crate::contract;
@@ -129,7 +130,7 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
     if all_containers().any(|c| c.name == contract::CONTAINER_NAME) {
         return (Decision::Unchanged("already injected"), warnings);
     }
-    for ours in [contract::TOKEN_VOLUME, contract::USER_DATA_VOLUME] {
+    for ours in [contract::RUN_VOLUME, contract::TOKEN_VOLUME, contract::USER_DATA_VOLUME] {
         if spec.volumes.iter().flatten().any(|v| v.name == ours) {
             let message = format!("the pod already has a volume named {ours:?}, which kubevirt-imds needs");
             return (Decision::Refuse(message), warnings);
@@ -182,6 +183,7 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
         vm_name: vm_name.clone(),
         hostname: spec.hostname.clone().unwrap_or_else(|| vm_name.clone()),
         data,
+        qos: qos::qos_class(spec),
     };
     match patch(spec, template, &settings, &pod_info, aws) {
         Ok(patch) => (Decision::Inject { patch, vm_name: vm_name.clone() }, warnings),
@@ -228,9 +230,12 @@ fn patch(
     };
     ops.push(append(&["spec", field], existing, container));
     let mut volumes_exist = spec.volumes.is_some();
-    for volume in
-        [sidecar_spec::token_volume(settings), sidecar_spec::user_data_volume(settings)].into_iter().flatten()
-    {
+    let ours = [
+        Some(sidecar_spec::run_volume()),
+        sidecar_spec::token_volume(settings),
+        sidecar_spec::user_data_volume(settings),
+    ];
+    for volume in ours.into_iter().flatten() {
         ops.push(append(&["spec", "volumes"], volumes_exist, serde_json::to_value(volume)?));
         volumes_exist = true;
     }
@@ -259,19 +264,26 @@ fn add(path: &[&str], value: Value) -> PatchOperation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::{BRIDGE_NAME, ENABLED, INJECTED, TOKEN_EXPIRATION_SECONDS};
+    use crate::{
+        annotations::{BRIDGE_NAME, ENABLED, INJECTED, TOKEN_EXPIRATION_SECONDS},
+        qos::{QosClass, qos_class},
+    };
     use kube::core::admission::AdmissionReview;
     use serde_json::json;
     use std::collections::HashSet;
 
     const OPENSHIFT: &str = include_str!("../../../tests/fixtures/virt-launcher-pod-openshift.json");
     const CAT8KV: &str = include_str!("../../../tests/fixtures/virt-launcher-pod-openshift-cat8kv.json");
+    const V1_9_MASQUERADE: &str = include_str!("../../../tests/fixtures/virt-launcher-v1.9-masquerade.json");
+    const V1_9_RESTRICTED: &str = include_str!("../../../tests/fixtures/virt-launcher-v1.9-restricted.json");
+    const V1_9_DEDICATED_CPU: &str =
+        include_str!("../../../tests/fixtures/virt-launcher-v1.9-dedicated-cpu.json");
 
     fn template(mode: InjectionMode) -> SidecarTemplate {
         SidecarTemplate {
             image: "registry.example/kubevirt-imds:0.1.0".into(),
             image_pull_policy: "IfNotPresent".into(),
-            resources: SidecarTemplate::resources("5m", "16Mi", "64Mi"),
+            resources: crate::sidecar_resources::SidecarResources::defaults(),
             mode,
             region: None,
             availability_zone: None,
@@ -287,7 +299,21 @@ mod tests {
     }
 
     fn enabled_fixtures() -> Vec<Value> {
-        vec![fixture(OPENSHIFT, &[(ENABLED, "true")]), fixture(CAT8KV, &[(ENABLED, "true")])]
+        fixtures_named().into_iter().map(|(pod, _, _)| pod).collect()
+    }
+
+    /// Every fixture, opted in, with its VM's name and its QoS class.
+    fn fixtures_named() -> Vec<(Value, &'static str, QosClass)> {
+        [
+            (OPENSHIFT, "fedora02", QosClass::Burstable),
+            (CAT8KV, "cat8kv-01", QosClass::Burstable),
+            (V1_9_MASQUERADE, "fedora-imds", QosClass::Burstable),
+            (V1_9_RESTRICTED, "rhel9-db", QosClass::Burstable),
+            (V1_9_DEDICATED_CPU, "latency-01", QosClass::Guaranteed),
+        ]
+        .into_iter()
+        .map(|(text, vm, class)| (fixture(text, &[(ENABLED, "true")]), vm, class))
+        .collect()
     }
 
     fn request_for(
@@ -342,11 +368,26 @@ mod tests {
         for c in &containers {
             for m in c.volume_mounts.iter().flatten() {
                 assert!(volumes.contains(&&m.name), "{} mounts missing volume {}", c.name, m.name);
-                if m.name == contract::TOKEN_VOLUME {
-                    assert_eq!(c.name, contract::CONTAINER_NAME, "token volume mounted into {}", c.name);
+                if m.name == contract::TOKEN_VOLUME || m.name == contract::RUN_VOLUME {
+                    assert_eq!(c.name, contract::CONTAINER_NAME, "{} mounted into {}", m.name, c.name);
                 }
             }
         }
+        // The run volume: a small emptyDir, after the pod's own volumes.
+        let run_volume = spec.volumes.iter().flatten().find(|v| v.name == contract::RUN_VOLUME).unwrap();
+        assert_eq!(
+            serde_json::to_value(run_volume).unwrap(),
+            json!({"name": contract::RUN_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}})
+        );
+        if let Some(original_volumes) = original["spec"]["volumes"].as_array() {
+            assert_eq!(
+                &patched["spec"]["volumes"].as_array().unwrap()[..original_volumes.len()],
+                &original_volumes[..]
+            );
+        }
+        // The pod keeps its QoS class.
+        let original_spec: PodSpec = serde_json::from_value(original["spec"].clone()).unwrap();
+        assert_eq!(qos_class(spec), qos_class(&original_spec), "the QoS class changed");
         // The original containers are untouched, byte for byte.
         let original_containers = original["spec"]["containers"].as_array().unwrap();
         let patched_containers = patched["spec"]["containers"].as_array().unwrap();
@@ -365,19 +406,33 @@ mod tests {
             sidecar.restart_policy.as_deref(),
             (mode == InjectionMode::NativeSidecar).then_some("Always")
         );
-        // Valid inside a pod whose context says runAsNonRoot/runAsUser 107.
-        let sc = sidecar.security_context.as_ref().unwrap();
-        assert_eq!((sc.run_as_user, sc.run_as_non_root), (Some(0), Some(false)));
-        assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        let caps = sc.capabilities.as_ref().unwrap();
-        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        // Unprivileged whatever the pod says: every field set on the container itself.
         assert_eq!(
-            caps.add.as_deref(),
-            Some(&["NET_ADMIN".to_owned(), "BPF".into(), "NET_BIND_SERVICE".into()][..])
+            serde_json::to_value(sidecar.security_context.as_ref().unwrap()).unwrap(),
+            json!({
+                "runAsUser": 107, "runAsGroup": 107, "runAsNonRoot": true,
+                "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}
+            })
         );
-        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
-        assert!(sidecar.startup_probe.is_some());
+        assert_eq!(
+            sidecar.command.as_deref(),
+            Some(&[contract::SIDECAR_BINARY_PATH.to_owned(), "run".into()][..])
+        );
+        assert_eq!(sidecar.args, None);
+        assert_eq!(
+            serde_json::to_value(sidecar.startup_probe.as_ref().unwrap()).unwrap(),
+            json!({"exec": {"command": [contract::SIDECAR_BINARY_PATH, "probe"]},
+                   "periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 300})
+        );
+        let run_mount =
+            sidecar.volume_mounts.iter().flatten().find(|m| m.name == contract::RUN_VOLUME).unwrap();
+        assert_eq!((run_mount.mount_path.as_str(), run_mount.read_only), (contract::RUN_DIR, None));
+        assert!(
+            !sidecar.env.iter().flatten().any(|e| e.name == contract::ENV_RUN_DIR),
+            "the run directory is the sidecar's default"
+        );
         assert_eq!(patched["metadata"]["annotations"][INJECTED], env!("CARGO_PKG_VERSION"));
     }
 
@@ -406,13 +461,19 @@ mod tests {
 
     #[test]
     fn fixtures_get_the_sidecar_and_its_token_volume() {
-        for (pod, vm) in enabled_fixtures().iter().zip(["fedora02", "cat8kv-01"]) {
+        for (pod, vm, _) in &fixtures_named() {
             for mode in [InjectionMode::NativeSidecar, InjectionMode::Container] {
                 let (response, outcome) = run(pod, mode);
                 assert!(response.allowed, "{:?}", response.result);
-                assert_eq!(outcome, Outcome::Injected { vm_name: vm.into() });
+                assert_eq!(outcome, Outcome::Injected { vm_name: (*vm).into() });
                 let patched = apply(pod, &response);
                 check_valid(pod, &patched, mode);
+                let ours: Vec<_> = patched["spec"]["volumes"].as_array().unwrap()
+                    [pod["spec"]["volumes"].as_array().unwrap().len()..]
+                    .iter()
+                    .map(|v| v["name"].as_str().unwrap())
+                    .collect();
+                assert_eq!(ours, [contract::RUN_VOLUME, contract::TOKEN_VOLUME]);
                 let volume = patched["spec"]["volumes"].as_array().unwrap().last().unwrap().clone();
                 assert_eq!(
                     volume,
@@ -540,7 +601,7 @@ mod tests {
         assert_eq!(init.len(), 3);
         assert_eq!(init[2]["name"], contract::CONTAINER_NAME);
         let volumes = patched["spec"]["volumes"].as_array().unwrap();
-        assert_eq!(volumes.len(), pod["spec"]["volumes"].as_array().unwrap().len() + 1);
+        assert_eq!(volumes.len(), pod["spec"]["volumes"].as_array().unwrap().len() + 2);
     }
 
     #[test]
@@ -554,7 +615,7 @@ mod tests {
         }
         let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
         check_valid(&pod, &patched, InjectionMode::NativeSidecar);
-        assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 1);
+        assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 2);
     }
 
     #[test]
@@ -574,14 +635,57 @@ mod tests {
 
     #[test]
     fn a_conflicting_volume_name_is_refused() {
-        let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true")]);
-        pod["spec"]["volumes"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"name": contract::TOKEN_VOLUME, "emptyDir": {}}));
-        let (response, _) = run(&pod, InjectionMode::NativeSidecar);
-        assert!(!response.allowed);
-        assert!(response.result.message.contains(contract::TOKEN_VOLUME));
+        for ours in [contract::RUN_VOLUME, contract::TOKEN_VOLUME, contract::USER_DATA_VOLUME] {
+            let mut pod = fixture(V1_9_MASQUERADE, &[(ENABLED, "true")]);
+            pod["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": ours, "emptyDir": {}}));
+            let (response, _) = run(&pod, InjectionMode::NativeSidecar);
+            assert!(!response.allowed, "{ours}");
+            assert!(response.result.message.contains(ours), "{}", response.result.message);
+        }
+    }
+
+    fn resources_of(patched: &Value) -> Value {
+        serde_json::to_value(sidecar_of(patched).resources).unwrap()
+    }
+
+    #[test]
+    fn the_sidecar_is_sized_to_keep_the_pods_qos_class() {
+        for (pod, vm, class) in fixtures_named() {
+            let original: Pod = serde_json::from_value(pod.clone()).unwrap();
+            assert_eq!(qos_class(original.spec.as_ref().unwrap()), class, "{vm}");
+            let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+            check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+            let expected = match class {
+                QosClass::Guaranteed => {
+                    json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "10m", "memory": "32Mi"}})
+                }
+                _ => json!({"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}}),
+            };
+            assert_eq!(resources_of(&patched), expected, "{vm}");
+        }
+        // A BestEffort pod (not a virt-launcher pod in practice) stays one: no resources at all.
+        let mut pod = fixture(V1_9_MASQUERADE, &[(ENABLED, "true")]);
+        for list in ["containers", "initContainers"] {
+            for c in pod["spec"][list].as_array_mut().unwrap() {
+                c.as_object_mut().unwrap().remove("resources");
+            }
+        }
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        assert_eq!(resources_of(&patched), Value::Null);
+        let patched: Pod = serde_json::from_value(patched).unwrap();
+        assert_eq!(qos_class(patched.spec.as_ref().unwrap()), QosClass::BestEffort);
+    }
+
+    #[test]
+    fn a_root_pod_does_not_make_the_sidecar_root() {
+        // KubeVirt's Root feature gate: the pod runs as uid 0, compute too,
+        // without runAsNonRoot (template.go, computePodSecurityContext).
+        let mut pod = fixture(V1_9_MASQUERADE, &[(ENABLED, "true")]);
+        pod["spec"]["securityContext"] = json!({"runAsUser": 0, "fsGroup": 107});
+        let patched = apply(&pod, &run(&pod, InjectionMode::NativeSidecar).0);
+        // check_valid holds the sidecar to uid 107, runAsNonRoot, its own seccomp profile.
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
     }
 
     #[test]
@@ -816,10 +920,23 @@ mod tests {
         let env = env_of(&patched);
         assert!(env.contains(&(contract::ENV_NETWORK_DATA_DIR.into(), json!(contract::NETWORK_DATA_DIR))));
         assert!(env.contains(&(contract::ENV_EC2_IMDSV2.into(), json!("required"))));
-        // No new volume but the token's.
+        // No new volume but the run directory and the token.
         assert_eq!(
             patched["spec"]["volumes"].as_array().unwrap().len(),
-            pod["spec"]["volumes"].as_array().unwrap().len() + 1
+            pod["spec"]["volumes"].as_array().unwrap().len() + 2
+        );
+    }
+
+    #[test]
+    fn the_cloud_init_secret_of_a_kubevirt_v1_9_pod_is_found() {
+        use crate::annotations::METADATA_FLAVORS;
+        let pod = fixture(V1_9_RESTRICTED, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
+        let (response, _) = run(&pod, InjectionMode::NativeSidecar);
+        assert!(response.warnings.is_none(), "{:?}", response.warnings);
+        let patched = apply(&pod, &response);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        assert!(
+            mounts_of(&patched).contains(&("cloudinitdisk-udata".into(), contract::USER_DATA_DIR.into()))
         );
     }
 
@@ -831,7 +948,10 @@ mod tests {
         let patched = apply(&pod, &response);
         assert_eq!(
             mounts_of(&patched),
-            vec![(contract::TOKEN_VOLUME.to_owned(), contract::TOKEN_DIR.to_owned())]
+            vec![
+                (contract::RUN_VOLUME.to_owned(), contract::RUN_DIR.to_owned()),
+                (contract::TOKEN_VOLUME.to_owned(), contract::TOKEN_DIR.to_owned())
+            ]
         );
         assert!(!env_of(&patched).iter().any(|(k, _)| k == contract::ENV_METADATA_FLAVORS));
         assert!(response.warnings.unwrap().iter().any(|w| w.contains("no effect")));

@@ -1,17 +1,15 @@
-//! The container and volume the webhook adds to a virt-launcher pod.
-
-use std::collections::BTreeMap;
+//! The container and volumes the webhook adds to a virt-launcher pod.
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, Probe,
-        ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector,
+        Probe, ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext,
         ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::api::resource::Quantity,
 };
 
-use super::annotations::ImdsSettings;
+use super::{annotations::ImdsSettings, qos::QosClass, sidecar_resources::SidecarResources};
 use crate::contract;
 
 /// How the sidecar runs in the pod.
@@ -31,26 +29,11 @@ pub enum InjectionMode {
 pub struct SidecarTemplate {
     pub image: String,
     pub image_pull_policy: String,
-    pub resources: ResourceRequirements,
+    pub resources: SidecarResources,
     pub mode: InjectionMode,
     /// Cluster-wide placement for the cloud metadata (`None`: the sidecar's default).
     pub region: Option<String>,
     pub availability_zone: Option<String>,
-}
-
-impl SidecarTemplate {
-    /// Requests and limits from quantities such as `5m`, `16Mi`.
-    pub fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
-        let q = |s: &str| Quantity(s.to_owned());
-        ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), q(cpu_request)),
-                ("memory".into(), q(memory_request)),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), q(memory_limit))])),
-            ..Default::default()
-        }
-    }
 }
 
 fn env_value(name: &str, value: &str) -> EnvVar {
@@ -84,6 +67,8 @@ pub struct PodInfo {
     pub hostname: String,
     /// Pod volumes holding user-data and network-data, to mount whole.
     pub data: DataVolumes,
+    /// The pod's QoS class before injection, which the sidecar must keep.
+    pub qos: QosClass,
 }
 
 /// Names of pod volumes to mount into the sidecar for the metadata flavours.
@@ -107,6 +92,7 @@ pub fn container(
         env_value(contract::ENV_VM_NAME, &pod.vm_name),
         env_value(contract::ENV_TOKEN_DIR, contract::TOKEN_DIR),
         env_value(contract::ENV_LOG_FORMAT, "json"),
+        // No ENV_RUN_DIR: the sidecar's default is RUN_DIR, where the run volume is mounted.
     ];
     if let Some(bridge) = &settings.bridge_name {
         env.push(env_value(contract::ENV_BRIDGE_NAME, bridge));
@@ -127,7 +113,12 @@ pub fn container(
         read_only: Some(true),
         ..Default::default()
     };
-    let mut mounts = Vec::new();
+    // Read-write: the sidecar creates its socket there.
+    let mut mounts = vec![VolumeMount {
+        name: contract::RUN_VOLUME.into(),
+        mount_path: contract::RUN_DIR.into(),
+        ..Default::default()
+    }];
     if has_tokens(settings) {
         mounts.push(mount(contract::TOKEN_VOLUME, contract::TOKEN_DIR));
     }
@@ -155,52 +146,67 @@ pub fn container(
             env.push(env_value(contract::ENV_NETWORK_DATA_DIR, contract::NETWORK_DATA_DIR));
         }
     }
-    let volume_mounts = (!mounts.is_empty()).then_some(mounts);
     Container {
         name: contract::CONTAINER_NAME.into(),
         image: Some(template.image.clone()),
         image_pull_policy: Some(template.image_pull_policy.clone()),
-        args: Some(vec!["sidecar".into()]),
+        command: Some(vec![contract::SIDECAR_BINARY_PATH.into(), "run".into()]),
         env: Some(env),
-        resources: Some(template.resources.clone()),
+        resources: template.resources.for_class(pod.qos),
         restart_policy: (template.mode == InjectionMode::NativeSidecar).then(|| "Always".into()),
-        // As a native sidecar, the kubelet starts `compute` (and so the VM)
-        // only after this succeeds: the guest's first request finds the IMDS.
-        startup_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(vec![contract::SIDECAR_BINARY_PATH.into(), "probe".into()]),
-            }),
-            period_seconds: Some(1),
-            timeout_seconds: Some(3),
-            failure_threshold: Some(60),
-            ..Default::default()
-        }),
+        startup_probe: Some(startup_probe()),
         security_context: Some(security_context()),
-        volume_mounts,
+        volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
 }
 
-/// Least privilege for what the sidecar does (README, "Security model"):
-/// NET_ADMIN for the veth, route, rule, tc attachments and the probe's
-/// socket mark; BPF to load the programs; NET_BIND_SERVICE for port 80.
-/// Root, because Kubernetes grants added capabilities to root only (no
-/// ambient capabilities); this overrides the pod's `runAsNonRoot: true` /
-/// `runAsUser: 107` for this container alone.
+/// Ready means the node agent has plumbed the pod and a request it sent
+/// through the real data path (as a guest would) came back: as a native
+/// sidecar, the kubelet starts `compute`, and so the VM, only then, so the
+/// guest's first request finds the IMDS. 300 tries a second apart (5
+/// minutes) cover an agent DaemonSet still rolling out onto the node; the
+/// probe's failure message names what is missing (ARCHITECTURE.md).
+fn startup_probe() -> Probe {
+    Probe {
+        exec: Some(ExecAction { command: Some(vec![contract::SIDECAR_BINARY_PATH.into(), "probe".into()]) }),
+        period_seconds: Some(1),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(300),
+        ..Default::default()
+    }
+}
+
+/// Nothing beyond what a restricted pod may have: the node agent does all
+/// the privileged plumbing. Set on the container whatever the pod says, so
+/// that a pod running as root (KubeVirt's Root feature gate) or without a
+/// seccomp profile does not take this container with it. Uid and gid 107:
+/// KubeVirt's own non-root user (also the pod's `fsGroup`).
 fn security_context() -> SecurityContext {
     SecurityContext {
-        run_as_user: Some(0),
-        run_as_group: Some(0),
-        run_as_non_root: Some(false),
-        privileged: Some(false),
+        run_as_user: Some(contract::SIDECAR_UID),
+        run_as_group: Some(contract::SIDECAR_UID),
+        run_as_non_root: Some(true),
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: Some(vec!["NET_ADMIN".into(), "BPF".into(), "NET_BIND_SERVICE".into()]),
-        }),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Where the sidecar's unix socket lives, for the node agent (which finds
+/// it under the kubelet's pod directory) and the startup probe. An emptyDir
+/// on the node's disk: the socket is a directory entry, no bytes, so 1Mi is
+/// room to spare, and the agent sees it without a tmpfs mount to propagate.
+pub fn run_volume() -> Volume {
+    Volume {
+        name: contract::RUN_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("1Mi".into())),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -158,7 +158,10 @@ impl PodDatapath {
             .generation
             .links()
             .map_err(|e| DatapathError::Io(format!("listing {}", self.generation.path().display()), e))?;
-        Ok(links.into_iter().filter_map(|(program, ifindex)| Some((Role::from_program(&program)?, ifindex))).collect())
+        Ok(links
+            .into_iter()
+            .filter_map(|(program, ifindex)| Some((Role::from_program(&program)?, ifindex)))
+            .collect())
     }
 
     /// Applies `changes`; returns what could not be done (the caller logs
@@ -201,9 +204,11 @@ impl PodDatapath {
             let _ = tc::qdisc_detach_program(&a.ifname, attach_type, name);
         }
         let program = self.program(a.role);
-        let id = program
-            .attach(&a.ifname, attach_type)
-            .map_err(|source| DatapathError::Attach { program: name, ifname: a.ifname.clone(), source })?;
+        let id = program.attach(&a.ifname, attach_type).map_err(|source| DatapathError::Attach {
+            program: name,
+            ifname: a.ifname.clone(),
+            source,
+        })?;
         let link = program.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
         if legacy {
             // A tc filter stays in the kernel until removed; dropping its
@@ -212,8 +217,11 @@ impl PodDatapath {
             self.legacy_attached.insert(a.key());
             return Ok(());
         }
-        let fd_link = FdLink::try_from(link)
-            .map_err(|source| DatapathError::Link { program: name, ifindex: a.ifindex, source })?;
+        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            program: name,
+            ifindex: a.ifindex,
+            source,
+        })?;
         let path = self.generation.link(name, a.ifindex);
         fd_link.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
         Ok(())
@@ -232,9 +240,13 @@ impl PodDatapath {
         let path = self.generation.link(name, ifindex);
         // Unpinning and dropping the last descriptor detaches the link (the
         // kernel already did if the interface went away).
-        let pinned =
-            PinnedLink::from_pin(&path).map_err(|source| DatapathError::Link { program: name, ifindex, source })?;
-        let link = pinned.unpin().map_err(|e| DatapathError::Io(format!("unpinning {}", path.display()), e))?;
+        let pinned = PinnedLink::from_pin(&path).map_err(|source| DatapathError::Link {
+            program: name,
+            ifindex,
+            source,
+        })?;
+        let link =
+            pinned.unpin().map_err(|e| DatapathError::Io(format!("unpinning {}", path.display()), e))?;
         drop(link);
         Ok(())
     }
@@ -252,9 +264,11 @@ impl PodDatapath {
             let _ = tc::qdisc_add_clsact(ifname);
         }
         let program = self.program(role);
-        let id = program
-            .attach(ifname, attach_type)
-            .map_err(|source| DatapathError::Attach { program: name, ifname: ifname.to_owned(), source })?;
+        let id = program.attach(ifname, attach_type).map_err(|source| DatapathError::Attach {
+            program: name,
+            ifname: ifname.to_owned(),
+            source,
+        })?;
         program.take_link(id).map_err(|source| DatapathError::Program { name, source })
     }
 
@@ -266,7 +280,8 @@ impl PodDatapath {
 
 /// The counters of a pinned generation.
 pub fn counters(generation: &Generation) -> Result<Vec<(Counter, u64)>, DatapathError> {
-    let data = MapData::from_pin(generation.map(MAP_COUNTERS)).map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
+    let data =
+        MapData::from_pin(generation.map(MAP_COUNTERS)).map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
     let map = PerCpuArray::<_, Counters>::try_from(Map::PerCpuArray(data))
         .map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
     let per_cpu = map.get(&0, 0).map_err(|e| DatapathError::Map(MAP_COUNTERS, e))?;
@@ -293,11 +308,17 @@ fn ifname_of(ifindex: u32) -> Option<String> {
 
 /// Loads the object with `config`, pins its programs and maps in
 /// `generation`.
-fn load_and_pin(generation: &Generation, config: &Config, log: EbpfLogLevel) -> Result<aya::Ebpf, DatapathError> {
+fn load_and_pin(
+    generation: &Generation,
+    config: &Config,
+    log: EbpfLogLevel,
+) -> Result<aya::Ebpf, DatapathError> {
     if OBJECT.is_empty() {
         return Err(DatapathError::NotEmbedded);
     }
-    generation.create().map_err(|e| DatapathError::Io(format!("creating {}", generation.path().display()), e))?;
+    generation
+        .create()
+        .map_err(|e| DatapathError::Io(format!("creating {}", generation.path().display()), e))?;
     let level = log.as_aya_level();
     let mut loader = EbpfLoader::new();
     loader.override_global(GLOBAL_CONFIG, config, true).override_global(LOG_LEVEL_GLOBAL, &level, true);
@@ -318,7 +339,9 @@ fn load_and_pin(generation: &Generation, config: &Config, log: EbpfLogLevel) -> 
         program.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
     }
     for name in [MAP_COUNTERS, MAP_FLOWS] {
-        let map = ebpf.map(name).ok_or(DatapathError::Map(name, aya::maps::MapError::InvalidName { name: name.to_owned() }))?;
+        let map = ebpf
+            .map(name)
+            .ok_or(DatapathError::Map(name, aya::maps::MapError::InvalidName { name: name.to_owned() }))?;
         let path = generation.map(name);
         map.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
     }
@@ -327,13 +350,16 @@ fn load_and_pin(generation: &Generation, config: &Config, log: EbpfLogLevel) -> 
 
 /// Forwards aya-log records (through the `log` facade) into tracing.
 fn spawn_log_reader(ebpf: &mut aya::Ebpf) -> Result<tokio::task::JoinHandle<()>, DatapathError> {
-    let logger = aya_log::EbpfLogger::init(ebpf)
-        .map_err(|e| DatapathError::Io("starting the eBPF log reader".into(), io::Error::other(e.to_string())))?;
+    let logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| {
+        DatapathError::Io("starting the eBPF log reader".into(), io::Error::other(e.to_string()))
+    })?;
     // SAFETY: the logger owns the ring buffer's fd for as long as it lives,
     // and the AsyncFd owns the logger.
     let mut logger =
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-            .map_err(|e| DatapathError::Io("starting the eBPF log reader".into(), io::Error::other(e.to_string())))?;
+            .map_err(|e| {
+                DatapathError::Io("starting the eBPF log reader".into(), io::Error::other(e.to_string()))
+            })?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(mut guard) = logger.readable_mut().await else {

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use imds_ebpf::abi::{PROG_FROM_GUEST, PROG_GUARD, PROG_TO_GUEST, PROG_TO_UPLINK};
+use imds_ebpf::abi::{PROG_FROM_GUEST, PROG_FROM_POD, PROG_GUARD, PROG_TO_GUEST, PROG_TO_UPLINK};
 
 use crate::net::links::LinkSummary;
 
 /// Interfaces the agent creates in a pod start with this; none of them is
 /// an uplink or a VM's port.
 pub const OWN_PREFIX: &str = "imds-";
+const LOOPBACK: &str = "lo";
 
 /// KubeVirt names the bridge of pod interface `X` `k6t-X`.
 pub const KUBEVIRT_BRIDGE_PREFIX: &str = "k6t-";
@@ -21,6 +22,9 @@ pub const KUBEVIRT_BRIDGE_PREFIX: &str = "k6t-";
 pub enum Role {
     /// `imds_to_guest` on the ingress of the redirect end of the veth.
     ToGuest,
+    /// `imds_from_pod` on the ingress of the pod's loopback: the pod's own
+    /// processes do not reach the IMDS address, which is local to the pod.
+    Local,
     /// `imds_to_uplink` on the egress of every interface that leads out of
     /// the pod: nothing for the IMDS address leaves, even from a VM whose
     /// TAP has no program yet.
@@ -39,11 +43,12 @@ pub enum Direction {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::ToGuest, Role::Uplink, Role::Guard, Role::FromGuest];
+    pub const ALL: [Role; 5] = [Role::ToGuest, Role::Local, Role::Uplink, Role::Guard, Role::FromGuest];
 
     pub fn program(self) -> &'static str {
         match self {
             Role::ToGuest => PROG_TO_GUEST,
+            Role::Local => PROG_FROM_POD,
             Role::Uplink => PROG_TO_UPLINK,
             Role::Guard => PROG_GUARD,
             Role::FromGuest => PROG_FROM_GUEST,
@@ -53,7 +58,7 @@ impl Role {
     pub fn direction(self) -> Direction {
         match self {
             Role::Uplink => Direction::Egress,
-            Role::ToGuest | Role::Guard | Role::FromGuest => Direction::Ingress,
+            Role::ToGuest | Role::Local | Role::Guard | Role::FromGuest => Direction::Ingress,
         }
     }
 
@@ -105,6 +110,8 @@ pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
         .filter_map(|link| {
             let role = if link.name == selector.redirect_ifname {
                 Role::ToGuest
+            } else if link.name == LOOPBACK {
+                Role::Local
             } else if bridges.contains(&link.index) {
                 Role::Guard
             } else if link.controller.is_some_and(|c| bridges.contains(&c))
@@ -128,7 +135,7 @@ pub fn plan(links: &[LinkSummary], selector: &Selector) -> Vec<Attachment> {
 /// KubeVirt's bridge binding renames the pod's `eth0` to `eth0-nic` and
 /// enslaves it to the VM's bridge; it keeps its ifindex, and its guard.
 fn is_uplink(link: &LinkSummary, selector: &Selector) -> bool {
-    link.name != "lo"
+    link.name != LOOPBACK
         && !link.name.starts_with(OWN_PREFIX)
         && !link.is_bridge
         && !link.name.starts_with(&selector.guest_port_prefix)
@@ -187,6 +194,7 @@ mod tests {
             roles(&plan(&masquerade(), &selector(None))),
             vec![
                 (Role::ToGuest, "imds-redirect"),
+                (Role::Local, "lo"),
                 (Role::Uplink, "eth0"),
                 (Role::Guard, "k6t-eth0"),
                 (Role::FromGuest, "tap0")
@@ -230,7 +238,7 @@ mod tests {
         ];
         assert_eq!(
             roles(&plan(&links, &selector(None))),
-            vec![(Role::ToGuest, "imds-redirect"), (Role::Uplink, "eth0")]
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Local, "lo"), (Role::Uplink, "eth0")]
         );
     }
 
@@ -257,6 +265,7 @@ mod tests {
             roles(&plan(&links, &selector(Some("br-custom")))),
             vec![
                 (Role::ToGuest, "imds-redirect"),
+                (Role::Local, "lo"),
                 (Role::Uplink, "eth0"),
                 (Role::Guard, "br-custom"),
                 (Role::FromGuest, "tap9")
@@ -265,7 +274,7 @@ mod tests {
         // A named interface that is not a bridge is not treated as one.
         assert_eq!(
             roles(&plan(&links, &selector(Some("eth0")))),
-            vec![(Role::ToGuest, "imds-redirect"), (Role::Uplink, "eth0")]
+            vec![(Role::ToGuest, "imds-redirect"), (Role::Local, "lo"), (Role::Uplink, "eth0")]
         );
     }
 
@@ -286,9 +295,15 @@ mod tests {
         let none = BTreeSet::new();
         assert_eq!(diff(&none, &wanted).attach, wanted);
 
-        let attached: BTreeSet<_> =
-            [(Role::ToGuest, 9), (Role::Uplink, 2), (Role::Guard, 3), (Role::FromGuest, 4), (Role::FromGuest, 44)]
-                .into();
+        let attached: BTreeSet<_> = [
+            (Role::ToGuest, 9),
+            (Role::Local, 1),
+            (Role::Uplink, 2),
+            (Role::Guard, 3),
+            (Role::FromGuest, 4),
+            (Role::FromGuest, 44),
+        ]
+        .into();
         let changes = diff(&attached, &wanted);
         assert!(changes.attach.is_empty());
         assert_eq!(changes.detach, vec![(Role::FromGuest, 44)]);

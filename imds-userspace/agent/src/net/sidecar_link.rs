@@ -33,21 +33,33 @@ pub struct SidecarLink {
     pub sidecar_mac: [u8; 6],
 }
 
-/// The veth pair, its address, route and rule, as they should be: what a
-/// previous agent made is kept (a running VM's IMDS must not blink), what is
-/// missing is added, a half-made pair is made anew.
-pub async fn ensure(handle: &Handle, addr: Ipv4Addr) -> Result<(SidecarLink, Ensured), NetlinkError> {
+/// The veth pair, up, as it should be: what a previous agent made is kept
+/// (a running VM's IMDS must not blink), a half-made pair is made anew. No
+/// address yet: the programs that keep the pod's own processes and the
+/// uplinks away from it go on first ([`ensure_address`] comes after).
+pub async fn ensure_pair(handle: &Handle) -> Result<(SidecarLink, Ensured), NetlinkError> {
     let sidecar = index_of(handle, SIDECAR_IF).await?;
     let redirect = index_of(handle, REDIRECT_IF).await?;
-    if let (Some(sidecar_index), Some(redirect_index)) = (sidecar, redirect)
-        && has_address(handle, sidecar_index, addr).await?
-    {
-        ensure_route_and_rule(handle, sidecar_index, addr).await?;
+    if let (Some(sidecar_index), Some(redirect_index)) = (sidecar, redirect) {
         let sidecar_mac = mac_of(handle, sidecar_index).await?;
         return Ok((SidecarLink { sidecar_index, redirect_index, sidecar_mac }, Ensured::Adopted));
     }
     remove(handle).await?;
-    Ok((create(handle, addr).await?, Ensured::Created))
+    Ok((create(handle).await?, Ensured::Created))
+}
+
+/// The IMDS address on the sidecar's end, and the route and rule that send
+/// the server's replies back through the veth; what is there is kept.
+pub async fn ensure_address(handle: &Handle, link: &SidecarLink, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+    if !has_address(handle, link.sidecar_index, addr).await? {
+        handle
+            .address()
+            .add(link.sidecar_index, IpAddr::V4(addr), 32)
+            .execute()
+            .await
+            .context(format!("adding {addr}/32 to {SIDECAR_IF}"))?;
+    }
+    ensure_route_and_rule(handle, link.sidecar_index, addr).await
 }
 
 /// Whether [`ensure`] found the pair or made it.
@@ -112,7 +124,11 @@ async fn has_address(handle: &Handle, index: u32, addr: Ipv4Addr) -> Result<bool
 }
 
 /// The table route and the rule, added if missing (`EEXIST` is fine).
-async fn ensure_route_and_rule(handle: &Handle, sidecar_index: u32, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+async fn ensure_route_and_rule(
+    handle: &Handle,
+    sidecar_index: u32,
+    addr: Ipv4Addr,
+) -> Result<(), NetlinkError> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .output_interface(sidecar_index)
         .scope(RouteScope::Link)
@@ -147,8 +163,8 @@ fn is_exists(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.to_io().raw_os_error() == Some(libc::EEXIST))
 }
 
-/// Creates the veth pair owning `addr` and the route back through it.
-async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, NetlinkError> {
+/// Creates the veth pair, up, without addresses.
+async fn create(handle: &Handle) -> Result<SidecarLink, NetlinkError> {
     handle
         .link()
         .add(LinkVeth::new(SIDECAR_IF, REDIRECT_IF).build())
@@ -174,25 +190,6 @@ async fn create(handle: &Handle, addr: Ipv4Addr) -> Result<SidecarLink, NetlinkE
         let up = LinkUnspec::new_with_index(index).arp(false).up().build();
         handle.link().set(up).execute().await.context(format!("bringing {name} up"))?;
     }
-
-    handle
-        .address()
-        .add(sidecar_index, IpAddr::V4(addr), 32)
-        .execute()
-        .await
-        .context(format!("adding {addr}/32 to {SIDECAR_IF}"))?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .output_interface(sidecar_index)
-        .scope(RouteScope::Link)
-        .table_id(ROUTE_TABLE)
-        .build();
-    handle
-        .route()
-        .add(route)
-        .execute()
-        .await
-        .context(format!("adding default route via {SIDECAR_IF} to table {ROUTE_TABLE}"))?;
-    add_rule(handle, addr).await?;
 
     let sidecar_mac = mac_of(handle, sidecar_index).await?;
     Ok(SidecarLink { sidecar_index, redirect_index, sidecar_mac })

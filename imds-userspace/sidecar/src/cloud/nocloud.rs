@@ -46,7 +46,7 @@ mod tests {
         assert!(SEED_SERIAL.split(';').any(|kv| kv == "dsmode=net"), "{SEED_SERIAL}");
         assert!(!SEED_SERIAL.contains(|c: char| c.is_whitespace() || c == ','), "{SEED_SERIAL}");
         let seed_url = SEED_SERIAL.split(';').find_map(|kv| kv.strip_prefix("s=")).unwrap();
-        let [a, b, c, d] = imds_ebpf::abi::IMDS_ADDR;
+        let [a, b, c, d] = crate::contract::IMDS_IP.octets();
         assert_eq!(seed_url, format!("http://{a}.{b}.{c}.{d}/{PREFIX}/"));
         // What cloud-init 22.4.2 then fetches resolves here.
         let path = seed_url.strip_prefix(&format!("http://{a}.{b}.{c}.{d}")).unwrap();
