@@ -7,11 +7,12 @@ use anyhow::Context as _;
 use crate::netns::run;
 
 /// Names of the programs the agent loads for every pod.
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     imds_ebpf::abi::PROG_FROM_GUEST,
     imds_ebpf::abi::PROG_TO_GUEST,
     imds_ebpf::abi::PROG_GUARD,
     imds_ebpf::abi::PROG_TO_UPLINK,
+    imds_ebpf::abi::PROG_FROM_POD,
 ];
 
 /// How many loaded programs carry `name`, system-wide.

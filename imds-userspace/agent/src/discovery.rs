@@ -17,8 +17,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    os::fd::AsRawFd as _,
-    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -94,20 +93,10 @@ pub struct Located {
     pub stream: UnixStream,
 }
 
-/// Connects to a unix socket whose path may be longer than a socket
-/// address holds (108 bytes; `<kubelet root>/pods/<uid>/volumes/…` often
-/// is — KubeVirt's virt-handler mounts the kubelet's pods at `/pods` for
-/// the same reason): through `/proc/self/fd/<directory>/<name>`.
+/// Connects to a unix socket at a kubelet path (see
+/// [`imds_common::socket_path`]: often longer than a socket address holds).
 pub async fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    let (dir, name) = match (socket.parent(), socket.file_name()) {
-        (Some(dir), Some(name)) => (dir, name),
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket path")),
-    };
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)?;
-    let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+    let (dir, short) = imds_common::socket_path::shorten(socket)?;
     let connected = tokio::time::timeout(timeout, UnixStream::connect(&short)).await;
     drop(dir);
     connected.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")))?
@@ -205,9 +194,7 @@ mod tests {
 
     /// A listener at a path longer than a socket address (as a kubelet path is).
     fn bind_long(path: &Path) -> std::os::unix::net::UnixListener {
-        let dir = std::fs::File::open(path.parent().unwrap()).unwrap();
-        let short =
-            Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(path.file_name().unwrap());
+        let (_dir, short) = imds_common::socket_path::shorten(path).unwrap();
         std::os::unix::net::UnixListener::bind(short).unwrap()
     }
 

@@ -7,3 +7,4 @@ pub mod channel;
 pub mod contract;
 pub mod errors;
 pub mod http_server;
+pub mod socket_path;

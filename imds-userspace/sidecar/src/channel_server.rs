@@ -53,19 +53,10 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Binds at a path that may be longer than a socket address holds (108
-/// bytes: the run directory is short in a pod, but not where a kubelet
-/// keeps it on a node or a test): through `/proc/self/fd/<directory>/<name>`.
+/// Binds at `path`, however deep (see [`imds_common::socket_path`]).
 fn bind_long(path: &Path) -> io::Result<UnixListener> {
-    use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket path"));
-    };
-    let dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
-    UnixListener::bind(Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name))
+    let (_dir, short) = imds_common::socket_path::shorten(path)?;
+    UnixListener::bind(short)
 }
 
 /// What every conversation answers from.

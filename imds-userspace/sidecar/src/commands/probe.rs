@@ -75,7 +75,10 @@ pub async fn status(socket: &Path, timeout: Duration) -> Result<Status, ProbeErr
 
 async fn exchange(socket: &Path) -> Result<Status, ProbeError> {
     let path = || socket.to_owned();
-    let stream = UnixStream::connect(socket)
+    // The run directory may sit deeper than a socket address reaches.
+    let (_dir, short) = imds_common::socket_path::shorten(socket)
+        .map_err(|source| ProbeError::NotListening { path: path(), source })?;
+    let stream = UnixStream::connect(&short)
         .await
         .map_err(|source| ProbeError::NotListening { path: path(), source })?;
     let failed = |source| ProbeError::Exchange { path: path(), source };
