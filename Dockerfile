@@ -6,11 +6,11 @@
 # The agent embeds the eBPF object, which needs the nightly toolchain and
 # bpf-linker to build; build on the host first, then the image:
 #
-#   cargo xtask build --release
+#   cargo xtask build --release     # the sidecar into target/sidecar/ (its own profile)
 #   docker build -t registry.example.com/kubevirt-imds:0.1.0 .
 #
 # distroless/cc: glibc and nothing else (no shell, no package manager). Its
 # default user is nonroot; the sidecar runs as uid 107 and the agent as
 # root, each set by its workload.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY target/release/kubevirt-imds-sidecar target/release/kubevirt-imds-agent target/release/kubevirt-imds-webhook /usr/local/bin/
+COPY target/sidecar/kubevirt-imds-sidecar target/release/kubevirt-imds-agent target/release/kubevirt-imds-webhook /usr/local/bin/

@@ -92,9 +92,13 @@ impl Agent {
             .arg(self.node.root())
             .arg("--bpffs-dir")
             .arg(self.pins_dir())
-            .args(["--node-name", "test-node", "--scan-interval", "50ms"])
-            .args(&self.extra)
-            .env("RUST_LOG", "info,imds_agent=debug");
+            .args(["--node-name", "test-node"]);
+        // Tests scan often so that pods are found quickly; a caller that
+        // passes its own interval (the benchmark: production's) keeps it.
+        if !self.extra.iter().any(|a| a.starts_with("--scan-interval")) {
+            command.args(["--scan-interval", "50ms"]);
+        }
+        command.args(&self.extra).env("RUST_LOG", "info,imds_agent=debug");
         let mut process = Process::spawn("agent", command)?;
         process.wait_for_log(AGENT_READY, Duration::from_secs(10))?;
         self.process = Some(process);
@@ -142,13 +146,26 @@ impl Sidecar {
         token_dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_in_cgroups(netns, pod.run_dir(), &pod.cgroup_procs(), id, token_dir, extra)
+    }
+
+    /// [`Sidecar::start`] with its socket in `run_dir` but its process in
+    /// the cgroups of `cgroup_procs` (another pod's, to test the agent).
+    pub fn start_in_cgroups(
+        netns: &Netns,
+        run_dir: &Path,
+        cgroup_procs: &[PathBuf],
+        id: &Identity,
+        token_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         make_traversable(token_dir)?;
         // Paths among the arguments (`--user-data-dir`, …) are in test
         // temporaries too: uid 107 must reach them as it would its volumes.
         for arg in extra.iter().map(Path::new).filter(|p| p.is_absolute() && p.exists()) {
             make_traversable(arg)?;
         }
-        let procs: Vec<String> = pod.cgroup_procs().iter().map(|p| p.display().to_string()).collect();
+        let procs: Vec<String> = cgroup_procs.iter().map(|p| p.display().to_string()).collect();
         // The shell joins the pod's cgroups before it becomes the sidecar, so
         // the agent never sees the sidecar outside its pod.
         let mut command = Command::new("sh");
@@ -167,7 +184,7 @@ impl Sidecar {
             .args(["--vm-name", id.vm_name, "--pod-name", "virt-launcher-test", "--token-dir"])
             .arg(token_dir)
             .arg("--run-dir")
-            .arg(pod.run_dir())
+            .arg(run_dir)
             .args(extra)
             .env("RUST_LOG", "info");
         Ok(Self { process: Process::spawn("sidecar", command)? })

@@ -118,6 +118,21 @@ impl KubeletPod {
         self.cgroups.iter().map(|(root, path)| root.join(path).join("cgroup.procs")).collect()
     }
 
+    /// The pod's sandbox process (the "pause" container every runtime but
+    /// CRI-O without an infra container starts first): a process of the
+    /// pod's cgroup in its network namespace, alive for as long as the pod.
+    pub fn start_sandbox(&self, netns: &crate::netns::Netns) -> anyhow::Result<crate::netns::Background> {
+        let procs: Vec<String> = self.cgroup_procs().iter().map(|p| p.display().to_string()).collect();
+        let script = format!(
+            "for f in {}; do echo $$ > \"$f\" || exit 97; done; exec ip netns exec {} sleep 86400",
+            procs.join(" "),
+            netns.name()
+        );
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", &script]);
+        crate::netns::Background::spawn(command)
+    }
+
     /// What the kubelet does once the pod's containers are gone: the
     /// volumes go, then the pod's directory.
     pub fn remove_volumes(&self) -> anyhow::Result<()> {

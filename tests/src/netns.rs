@@ -111,6 +111,19 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 /// A background process in a namespace, killed on drop.
 pub struct Background(std::process::Child);
 
+impl Background {
+    /// Starts `command` (stdin and stdout closed, stderr inherited).
+    pub fn spawn(mut command: Command) -> anyhow::Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        Ok(Self(child))
+    }
+}
+
 impl Netns {
     pub fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Background> {
         let child = self

@@ -10,7 +10,41 @@
 //! The guest is either a namespace on a veth named `tap0` (fast; enough for
 //! most checks) or a real TAP for a QEMU guest.
 
-use crate::netns::Netns;
+use crate::netns::{Background, Netns, run};
+
+/// What the node's own metadata service answers: a test fails if a guest
+/// ever reads it.
+pub const NODE_SECRET: &str = "NODE-CLOUD-CREDENTIALS";
+
+/// The node's metadata service (see [`PodLayout::node_metadata_service`]).
+pub struct NodeMetadata {
+    _server: Background,
+    _dir: tempfile::TempDir,
+    node: String,
+}
+
+impl NodeMetadata {
+    /// Packets for 169.254.169.254 that reached the node's stack since start.
+    pub fn packets_reached(&self) -> anyhow::Result<u64> {
+        let out = run(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.node,
+            "nft",
+            "-j",
+            "list",
+            "counter",
+            "ip",
+            "node_imds",
+            "reached",
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["nftables"]
+            .as_array()
+            .and_then(|items| items.iter().find_map(|i| i["counter"]["packets"].as_u64()))
+            .ok_or_else(|| anyhow::anyhow!("no counter in {out}"))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binding {
@@ -110,6 +144,39 @@ impl PodLayout {
             GuestKind::Namespace => Some(attach_namespace_guest(&pod, TAP, &addressing)?),
         };
         Ok(Self { binding, addressing, pod, node, foreign, guest })
+    }
+
+    /// Forwards and masquerades the guest's traffic out of the pod's eth0,
+    /// as KubeVirt's masquerade binding does (`pkg/network/setup/netpod/`
+    /// installs nftables NAT in the pod): without it a guest packet the data
+    /// path missed would simply die in the pod, and tests of what leaves the
+    /// pod would prove nothing.
+    pub fn masquerade_nat(&self) -> anyhow::Result<()> {
+        assert_eq!(self.binding, Binding::Masquerade, "NAT is the masquerade binding's");
+        self.pod.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 && nft -f - <<'EOF'\ntable ip kubevirt_masquerade {\n chain post {\n  \
+             type nat hook postrouting priority srcnat;\n  oifname \"eth0\" ip saddr 10.0.2.0/24 masquerade\n }\n}\nEOF",
+        )?;
+        Ok(())
+    }
+
+    /// Gives the node a metadata service of its own at 169.254.169.254, as
+    /// every EC2 or GCP node has (with the node's cloud credentials behind
+    /// it): `/v1/token` answers [`NODE_SECRET`], and an nftables counter
+    /// counts every packet for the address that reaches the node.
+    pub fn node_metadata_service(&self) -> anyhow::Result<NodeMetadata> {
+        self.node.ip("addr add 169.254.169.254/32 dev lo")?;
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("v1"))?;
+        std::fs::write(dir.path().join("v1/token"), NODE_SECRET)?;
+        self.node.sh(
+            "nft -f - <<'EOF'\ntable ip node_imds {\n counter reached {}\n chain input {\n  \
+             type filter hook input priority 0;\n  ip daddr 169.254.169.254 counter name reached\n }\n}\nEOF",
+        )?;
+        let server = self.node.http_server("169.254.169.254", 80, dir.path())?;
+        // The server's own readiness check went to it: count from here.
+        self.node.sh("nft reset counter ip node_imds reached >/dev/null")?;
+        Ok(NodeMetadata { _server: server, _dir: dir, node: self.node.name().to_owned() })
     }
 
     /// The namespace guest (panics for a QEMU layout: a test bug).

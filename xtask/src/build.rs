@@ -30,19 +30,27 @@ pub struct Binaries {
 }
 
 /// Builds the eBPF object, then every binary (the agent embeds the object).
+/// `--release` builds the sidecar with the `sidecar` profile (LTO, small
+/// code: it runs beside every VM, see the workspace Cargo.toml) and the
+/// others with `release`.
 pub fn all(release: bool) -> anyhow::Result<Binaries> {
     let object = ebpf()?;
-    let mut c = cmd::cargo(None);
-    c.args(["build", "-p", "imds-sidecar", "-p", "imds-agent", "-p", "imds-webhook", "--bins"])
-        .env("IMDS_EBPF_OBJECT", &object);
-    if release {
-        c.arg("--release");
-    }
-    cmd::run(&mut c)?;
-    let dir = target_dir().join(if release { "release" } else { "debug" });
+    let build = |packages: &[&str], profile: &str| -> anyhow::Result<()> {
+        let mut c = cmd::cargo(None);
+        c.arg("build");
+        for p in packages {
+            c.args(["-p", p]);
+        }
+        c.args(["--bins", "--profile", profile]).env("IMDS_EBPF_OBJECT", &object);
+        cmd::run(&mut c)
+    };
+    let (others, sidecar_profile) = if release { ("release", "sidecar") } else { ("dev", "dev") };
+    build(&["imds-agent", "imds-webhook"], others)?;
+    build(&["imds-sidecar"], sidecar_profile)?;
+    let dir = |profile: &str| target_dir().join(if profile == "dev" { "debug" } else { profile });
     Ok(Binaries {
-        sidecar: dir.join("kubevirt-imds-sidecar"),
-        agent: dir.join("kubevirt-imds-agent"),
-        webhook: dir.join("kubevirt-imds-webhook"),
+        sidecar: dir(sidecar_profile).join("kubevirt-imds-sidecar"),
+        agent: dir(others).join("kubevirt-imds-agent"),
+        webhook: dir(others).join("kubevirt-imds-webhook"),
     })
 }

@@ -133,7 +133,9 @@ fn check_binaries_installed(dockerfile: &str) -> anyhow::Result<()> {
     let copy = dockerfile.lines().find(|l| l.starts_with("COPY ")).context("the Dockerfile has no COPY")?;
     for path in [contract::SIDECAR_BINARY_PATH, contract::AGENT_BINARY_PATH, contract::WEBHOOK_BINARY_PATH] {
         let (dir, name) = path.rsplit_once('/').context("a binary path without a directory")?;
-        let source = format!("target/release/{name}");
+        // The sidecar is built with its own profile (see `build::all`).
+        let profile = if path == contract::SIDECAR_BINARY_PATH { "sidecar" } else { "release" };
+        let source = format!("target/{profile}/{name}");
         if !copy.split_whitespace().any(|w| w == source) || !copy.ends_with(&format!(" {dir}/")) {
             bail!("the Dockerfile does not install {source} as {path} (imds_common::contract): {copy}");
         }
