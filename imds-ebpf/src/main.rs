@@ -39,7 +39,8 @@ const DROP: i32 = TC_ACT_SHOT;
 /// The frame, read through `bpf_skb_load_bytes`: it copes with non-linear
 /// skbs (GSO segments from a TAP) and variable offsets (IP options), and it
 /// needs no packet-pointer arithmetic, which the verifier only allows with
-/// CAP_PERFMON; the sidecar runs with CAP_BPF and CAP_NET_ADMIN alone.
+/// CAP_PERFMON. The node agent is privileged today, but the programs keep
+/// to what CAP_BPF and CAP_NET_ADMIN allow so a narrower loader stays possible.
 ///
 /// Except `read_at`: its offset is a constant, the one packet-pointer
 /// arithmetic allowed without CAP_PERFMON, so the headers every packet needs

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! <bpffs>/<pod uid>/gen-<ifindex of imds-redirect>/
-//!     prog_imds_from_guest  prog_imds_to_guest  prog_imds_guard  prog_imds_to_uplink
+//!     prog_imds_from_guest  prog_imds_to_guest  prog_imds_guard
+//!     prog_imds_to_uplink   prog_imds_from_pod
 //!     map_IMDS_COUNTERS  map_IMDS_FLOWS
 //!     link_<program>_<ifindex>          one per attachment (TCX)
 //! ```
