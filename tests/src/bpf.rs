@@ -15,21 +15,57 @@ pub const PROGRAMS: [&str; 5] = [
     imds_ebpf::abi::PROG_FROM_POD,
 ];
 
-/// How many loaded programs carry `name`, system-wide.
-pub fn programs_named(name: &str) -> anyhow::Result<usize> {
-    let out = run(Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool prog show JSON")?;
-    Ok(progs.iter().filter(|p| p["name"] == name).count())
+/// The programs pinned anywhere under `dir` (one agent's pin root), as
+/// (id, name). Scoped to one agent so that programs loaded by anything else
+/// on the machine (another test, a benchmark left behind) never count.
+pub fn pinned_programs(dir: &std::path::Path) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("prog_")) {
+                let out = run(Command::new("bpftool").args(["-j", "prog", "show", "pinned"]).arg(&path))?;
+                let prog: serde_json::Value = serde_json::from_str(&out).context("bpftool prog show JSON")?;
+                let id = prog["id"].as_u64().with_context(|| format!("no id for {}", path.display()))?;
+                found.push((id, prog["name"].as_str().unwrap_or_default().to_owned()));
+            }
+        }
+    }
+    Ok(found)
 }
 
-/// How many TCX links attach a program named `name`.
-pub fn links_of(name: &str) -> anyhow::Result<usize> {
-    let progs: Vec<serde_json::Value> =
-        serde_json::from_str(&run(Command::new("bpftool").args(["-j", "prog", "show"]))?)?;
-    let ids: Vec<u64> = progs.iter().filter(|p| p["name"] == name).filter_map(|p| p["id"].as_u64()).collect();
+/// How many of `programs` carry each name of [`PROGRAMS`], in that order.
+pub fn count_by_name(programs: &[(u64, String)]) -> Vec<usize> {
+    PROGRAMS.iter().map(|name| programs.iter().filter(|(_, n)| n == name).count()).collect()
+}
+
+/// Which of the program ids `ids` the kernel still holds.
+pub fn still_loaded(ids: &[u64]) -> anyhow::Result<Vec<(u64, String)>> {
+    let out = run(Command::new("bpftool").args(["-j", "prog", "show"]))?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool prog show JSON")?;
+    Ok(progs
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .filter(|(id, _)| ids.contains(id))
+        .collect())
+}
+
+/// How many links attach each of `programs`, summed per name of
+/// [`PROGRAMS`], in that order.
+pub fn links_by_name(programs: &[(u64, String)]) -> anyhow::Result<Vec<usize>> {
     let links: Vec<serde_json::Value> =
         serde_json::from_str(&run(Command::new("bpftool").args(["-j", "link", "show"]))?)?;
-    Ok(links.iter().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count())
+    Ok(PROGRAMS
+        .iter()
+        .map(|name| {
+            let ids: Vec<u64> = programs.iter().filter(|(_, n)| n == name).map(|(id, _)| *id).collect();
+            links.iter().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count()
+        })
+        .collect())
 }
 
 /// The counter `field` of the IMDS_COUNTERS map pinned at `pin` (see

@@ -204,19 +204,26 @@ fn ordinary_guest_traffic_passes_bridge() {
     ordinary_traffic(Binding::Bridge);
 }
 
-fn count_everything(pod: &Netns) -> (usize, usize, usize, Vec<usize>) {
+/// The pod's veths and rules, and the programs this test's agent pinned
+/// (per name of `bpf::PROGRAMS`): never what else runs on the machine.
+fn count_everything(r: &Running) -> (usize, usize, usize, Vec<usize>) {
+    let pod = &r.layout.pod;
     let veths: Vec<Value> = serde_json::from_str(&pod.ip("-j link show type veth").unwrap()).unwrap();
     let named = |n: &str| veths.iter().filter(|l| l["ifname"] == n).count();
     let (sidecar_links, redirect_links) = (named("imds-sidecar"), named("imds-redirect"));
     let rules = pod.ip("rule show").unwrap().lines().filter(|l| l.contains("169254")).count();
-    let programs = bpf::PROGRAMS.iter().map(|p| bpf::programs_named(p).unwrap()).collect();
+    let programs = bpf::count_by_name(&pinned(r));
     (sidecar_links, redirect_links, rules, programs)
 }
 
-/// TCX links per program: one per TAP, bridge, uplink and the veth.
+fn pinned(r: &Running) -> Vec<(u64, String)> {
+    bpf::pinned_programs(&r.imds.agent.pins_dir()).unwrap()
+}
+
+/// TCX links per program of this test's agent: one per TAP, bridge, uplink
+/// and the veth.
 fn links(r: &Running) -> Vec<usize> {
-    let _ = r;
-    bpf::PROGRAMS.iter().map(|p| bpf::links_of(p).unwrap()).collect()
+    bpf::links_by_name(&pinned(r)).unwrap()
 }
 
 /// The agent killed and restarted under a guest that never stops asking:
@@ -228,7 +235,7 @@ fn the_agent_killed_and_restarted_under_a_looping_guest_loses_nothing() {
         let _serial = exclusive();
         let mut r = start(binding);
         let guest = r.layout.guest();
-        let before = (count_everything(&r.layout.pod), links(&r));
+        let before = (count_everything(&r), links(&r));
         assert_eq!(before.0, (1, 1, 1, vec![1, 1, 1, 1, 1]), "{binding:?}");
         let looping = LoopingClient::start(guest, "/v1/token").unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -242,7 +249,7 @@ fn the_agent_killed_and_restarted_under_a_looping_guest_loses_nothing() {
         let log = r.imds.agent.log();
         assert!(log.contains("veth=\"adopted\""), "{binding:?}: veth not adopted:\n{log}");
         assert!(!log.contains("attached"), "{binding:?}: the restarted agent attached anew:\n{log}");
-        assert_eq!((count_everything(&r.layout.pod), links(&r)), before, "{binding:?}");
+        assert_eq!((count_everything(&r), links(&r)), before, "{binding:?}");
     }
 }
 
@@ -254,7 +261,7 @@ fn the_agent_exiting_leaves_the_data_path_in_place() {
     let mut r = start(Binding::Bridge);
     let status = r.imds.agent.terminate().unwrap();
     assert!(status.success(), "exit status {status}");
-    assert_eq!(count_everything(&r.layout.pod), (1, 1, 1, vec![1, 1, 1, 1, 1]));
+    assert_eq!(count_everything(&r), (1, 1, 1, vec![1, 1, 1, 1, 1]));
     assert_eq!(curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0, 200);
 }
 
@@ -264,12 +271,22 @@ fn the_agent_exiting_leaves_the_data_path_in_place() {
 fn a_pod_that_goes_is_unpinned() {
     let _serial = exclusive();
     let mut r = start(Binding::Masquerade);
+    let pinned_before = pinned(&r);
+    assert_eq!(bpf::count_by_name(&pinned_before), vec![1, 1, 1, 1, 1]);
+    let ids: Vec<u64> = pinned_before.iter().map(|(id, _)| *id).collect();
     r.imds.kill_sidecar().unwrap();
     r.imds.pod.remove_volumes().unwrap();
     r.imds.wait_for_log("its programs, maps and links are unpinned", Duration::from_secs(10)).unwrap();
-    let (_, _, _, programs) = count_everything(&r.layout.pod);
-    assert_eq!(programs, vec![0, 0, 0, 0, 0], "programs left behind:\n{}", r.imds.logs());
-    assert_eq!(links(&r), vec![0, 0, 0, 0, 0]);
+    // The kernel frees programs once their last pin and link are gone,
+    // after an RCU grace period: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut left = bpf::still_loaded(&ids).unwrap();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = bpf::still_loaded(&ids).unwrap();
+    }
+    assert!(left.is_empty(), "programs left behind: {left:?}\n{}", r.imds.logs());
+    assert_eq!(bpf::links_by_name(&pinned_before).unwrap(), vec![0, 0, 0, 0, 0]);
     assert!(!r.imds.agent.pins_dir().join(r.imds.pod.uid()).exists());
 }
 
