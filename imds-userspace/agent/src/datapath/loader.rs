@@ -7,7 +7,11 @@
 //! Call these from a thread inside the pod's network namespace: interface
 //! names and ifindexes are resolved there.
 
-use std::{collections::BTreeSet, io};
+use std::{
+    collections::BTreeSet,
+    io,
+    sync::{Mutex, mpsc},
+};
 
 use aya::{
     EbpfLoader,
@@ -125,7 +129,7 @@ impl PodDatapath {
     ) -> Result<(Self, bool), DatapathError> {
         let fresh = !Role::ALL.iter().all(|r| generation.program(r.program()).exists());
         let log_reader = if fresh {
-            let mut ebpf = load_and_pin(generation, config, log)?;
+            let mut ebpf = load_on_loader_thread(generation, config, log)?;
             if log == EbpfLogLevel::Off { None } else { Some(spawn_log_reader(&mut ebpf)?) }
         } else {
             None
@@ -304,6 +308,72 @@ fn ifname_of(ifindex: u32) -> Option<String> {
     }
     let len = buf.iter().position(|b| *b == 0)?;
     String::from_utf8(buf[..len].to_vec()).ok()
+}
+
+/// One load, handed to the loader thread.
+struct LoadJob {
+    generation: Generation,
+    config: Config,
+    log: EbpfLogLevel,
+    reply: mpsc::SyncSender<Result<aya::Ebpf, DatapathError>>,
+}
+
+/// Loads on the one thread that does nothing else, then gives the heap back.
+///
+/// Every `EbpfLoader::new` parses the kernel's BTF (`/sys/kernel/btf/vmlinux`,
+/// about 5 MiB, some 80 MiB of allocations at the peak), and aya offers no
+/// loader without it. Done on each pod's own thread, glibc kept most of each
+/// parse in that thread's arena: the agent grew by 18.5 MiB per pod (176 MiB
+/// at 10 pods, against a 256Mi limit; `cargo xtask bench --only scale`). On
+/// one thread the parse reuses one arena, and `malloc_trim` returns it.
+fn load_on_loader_thread(
+    generation: &Generation,
+    config: &Config,
+    log: EbpfLogLevel,
+) -> Result<aya::Ebpf, DatapathError> {
+    static JOBS: Mutex<Option<mpsc::Sender<LoadJob>>> = Mutex::new(None);
+    let (reply, result) = mpsc::sync_channel(1);
+    let job = LoadJob { generation: generation.clone(), config: *config, log, reply };
+    {
+        let mut jobs = JOBS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if jobs.is_none() {
+            let (tx, rx) = mpsc::channel::<LoadJob>();
+            std::thread::Builder::new()
+                .name("ebpf-loader".into())
+                .spawn(move || {
+                    for job in rx {
+                        let loaded = load_and_pin(&job.generation, &job.config, job.log);
+                        let _ = job.reply.send(loaded);
+                        release_free_heap();
+                    }
+                })
+                .map_err(|e| DatapathError::Io("starting the eBPF loader thread".into(), e))?;
+            *jobs = Some(tx);
+        }
+        if let Some(tx) = jobs.as_ref()
+            && tx.send(job).is_err()
+        {
+            // The thread is gone (it only ends if a load panicked): start
+            // another next time.
+            *jobs = None;
+            return Err(DatapathError::Io(
+                "the eBPF loader thread".into(),
+                io::Error::other("it has stopped"),
+            ));
+        }
+    }
+    result.recv().map_err(|_| {
+        DatapathError::Io("the eBPF loader thread".into(), io::Error::other("it stopped mid-load"))
+    })?
+}
+
+/// Returns the free pages of every malloc arena to the kernel.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Loads the object with `config`, pins its programs and maps in
