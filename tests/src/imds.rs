@@ -40,6 +40,9 @@ pub struct Identity<'a> {
     pub vm_name: &'a str,
 }
 
+/// How the harness's bpffs mount points are named: `imds-bpffs-<pid>-…`.
+pub const BPFFS_PREFIX: &str = "imds-bpffs-";
+
 /// A private bpffs, unmounted (and every pin in it freed) on drop.
 pub struct Bpffs {
     dir: tempfile::TempDir,
@@ -47,7 +50,10 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn mount() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        // The pid in the name lets `netns::sweep_leftovers` tell a mount
+        // left by a killed run from one in use.
+        let dir =
+            tempfile::Builder::new().prefix(&format!("{}{}-", BPFFS_PREFIX, std::process::id())).tempdir()?;
         run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir.path()))?;
         Ok(Self { dir })
     }

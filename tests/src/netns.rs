@@ -83,6 +83,49 @@ impl Drop for Netns {
     }
 }
 
+/// Removes what a killed run of the harness left behind (SIGKILL skips
+/// `Drop`): its namespaces (`imds-<role>-<pid>-<n>`) and its bpffs mounts
+/// (`imds-bpffs-<pid>-…`, whose pins keep programs loaded), for every pid
+/// that is no longer running. Returns what it removed.
+pub fn sweep_leftovers() -> anyhow::Result<Vec<String>> {
+    let dead =
+        |pid: &str| pid.parse::<u32>().is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+    let mut removed = Vec::new();
+    let list = run(Command::new("ip").args(["netns", "list"]))?;
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let mut parts = name.split('-');
+        let (Some("imds"), Some(_role), Some(pid), Some(_n), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if dead(pid) {
+            run(Command::new("ip").args(["netns", "del", name]))?;
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+            removed.push(format!("namespace {name}"));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(point), Some(&"bpf")) = (fields.get(1), fields.get(2)) else { continue };
+        let point = Path::new(point);
+        let Some(rest) = point
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(crate::imds::BPFFS_PREFIX))
+        else {
+            continue;
+        };
+        if rest.split('-').next().is_some_and(dead) {
+            run(Command::new("umount").arg(point))?;
+            let _ = std::fs::remove_dir(point);
+            removed.push(format!("bpffs {}", point.display()));
+        }
+    }
+    Ok(removed)
+}
+
 /// Runs `cmd`; returns stdout, or an error with the command line and stderr.
 pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let line = format!("{cmd:?}");
@@ -101,8 +144,8 @@ pub fn require_root() {
     assert_eq!(uid.trim(), "0", "privileged test: run as root (cargo xtask test does); it does not skip");
 }
 
-/// Serialises privileged tests: they count system-wide eBPF objects and
-/// expect one sidecar's maps at a time.
+/// Serialises privileged tests: one agent and sidecar at a time keeps
+/// their waits and counters apart.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

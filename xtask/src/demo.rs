@@ -19,6 +19,7 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the demo creates network namespaces and loads eBPF: run `cargo xtask demo` as root");
     }
     setup::ensure()?;
+    crate::test::sweep_leftovers()?;
     let binaries = build::all(false)?;
     crate::test::point_harness_at(&binaries);
 

@@ -51,22 +51,10 @@ enum Command {
         #[arg(long, default_value = "deploy/overlays/self-signed/generated")]
         out_dir: std::path::PathBuf,
     },
-    /// Measure the IMDS path, the alternatives, the cost to other traffic
-    /// and the footprint (needs root); writes a Markdown report.
-    Bench {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
-        duration: u64,
-        /// Repetitions of every measurement (the median is reported).
-        #[arg(long, default_value_t = 5)]
-        repetitions: usize,
-        /// Where the report goes.
-        #[arg(long, default_value = "target/bench/report.md")]
-        output: std::path::PathBuf,
-        /// Run only these sections (repeat or comma-separate; default: all).
-        #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<bench::Section>,
-    },
+    /// Measure the IMDS path, the alternatives, the cost to other traffic,
+    /// the per-VM footprint and the agent at scale (needs root); writes a
+    /// Markdown report.
+    Bench(bench::Options),
     /// Render deploy/ with kustomize and validate it against the Kubernetes schemas.
     ValidateManifests,
     /// Boot a real VM in a virt-launcher-like namespace and show what it
@@ -91,12 +79,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Demo => demo::run(),
-        Command::Bench { duration, repetitions, output, only } => bench::run(&bench::Options {
-            duration: std::time::Duration::from_secs(duration),
-            repetitions,
-            output: if output.is_absolute() { output } else { cmd::workspace_root().join(output) },
-            only,
-        }),
+        Command::Bench(options) => bench::run(options),
         Command::ValidateManifests => {
             setup::ensure()?;
             manifests::run()

@@ -9,6 +9,7 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
         bail!("the privileged tests build network namespaces and load eBPF: run `cargo xtask test` as root");
     }
     setup::ensure()?;
+    sweep_leftovers()?;
     let binaries = build::all(false)?;
     let mut c = cmd::cargo(None);
     c.args(["test", "--workspace"])
@@ -26,6 +27,15 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.args(cargo_args);
     cmd::run(&mut c)?;
     crate::manifests::run()
+}
+
+/// Removes namespaces and bpffs mounts a killed test, demo or benchmark
+/// left behind: their programs would otherwise stay loaded and attached.
+pub fn sweep_leftovers() -> anyhow::Result<()> {
+    for what in imds_tests::netns::sweep_leftovers()? {
+        eprintln!("removed what a killed run left behind: {what}");
+    }
+    Ok(())
 }
 
 /// Lets the harness (`imds_tests`), used in-process by the demo and the

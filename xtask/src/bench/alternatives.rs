@@ -92,7 +92,12 @@ fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -> anyhow::R
 }
 
 /// nginx with 2 workers (one per core here), `return 200` of each body.
-fn nginx(ns: &Netns, listen: &str, bodies: &BTreeMap<&str, String>, dir: &Path) -> anyhow::Result<Background> {
+fn nginx(
+    ns: &Netns,
+    listen: &str,
+    bodies: &BTreeMap<&str, String>,
+    dir: &Path,
+) -> anyhow::Result<Background> {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs"))?;
     // /healthz: what wait_listening polls.

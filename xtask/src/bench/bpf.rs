@@ -35,7 +35,8 @@ fn parse_counters(dump: &serde_json::Value) -> anyhow::Result<BTreeMap<String, u
         .context("bpftool: no BTF-formatted per-CPU values")?;
     for cpu in per_cpu {
         for (field, n) in cpu["value"].as_object().context("bpftool: value is not a struct")? {
-            *sums.entry(field.clone()).or_default() += n.as_u64().context("bpftool: counter is not a number")?;
+            *sums.entry(field.clone()).or_default() +=
+                n.as_u64().context("bpftool: counter is not a number")?;
         }
     }
     Ok(sums)
@@ -156,11 +157,18 @@ fn kernel_objects_under(
             })
         })
         .collect();
-    let map_ids: BTreeSet<u64> =
-        ours.iter().flat_map(|p| p["map_ids"].as_array().into_iter().flatten()).filter_map(|id| id.as_u64()).collect();
+    let map_ids: BTreeSet<u64> = ours
+        .iter()
+        .flat_map(|p| p["map_ids"].as_array().into_iter().flatten())
+        .filter_map(|id| id.as_u64())
+        .collect();
     let memlock = |v: &serde_json::Value| v["bytes_memlock"].as_u64().unwrap_or(0);
     let bytes = ours.iter().map(|p| memlock(p)).sum::<u64>()
-        + maps.iter().filter(|m| m["id"].as_u64().is_some_and(|id| map_ids.contains(&id))).map(memlock).sum::<u64>();
+        + maps
+            .iter()
+            .filter(|m| m["id"].as_u64().is_some_and(|id| map_ids.contains(&id)))
+            .map(memlock)
+            .sum::<u64>();
     Ok((ours.len(), map_ids.len(), bytes))
 }
 
@@ -212,7 +220,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let generation = dir.path().join("8e36585b-8ab5-4ae8-a493-da2f7b5d138b/gen-6");
         std::fs::create_dir_all(&generation).unwrap();
-        for f in ["prog_imds_guard", "prog_imds_from_guest", "map_IMDS_FLOWS", "link_imds_guard_3", "link_imds_from_guest_4"] {
+        for f in [
+            "prog_imds_guard",
+            "prog_imds_from_guest",
+            "map_IMDS_FLOWS",
+            "link_imds_guard_3",
+            "link_imds_from_guest_4",
+        ] {
             std::fs::write(generation.join(f), "").unwrap();
         }
         let mut pinned = Pinned::default();

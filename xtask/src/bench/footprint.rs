@@ -34,7 +34,13 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         // Idle: settled after start-up, before any request.
         std::thread::sleep(Duration::from_secs(1));
         let m = Memory::read(pod.sidecar_pid()?)?;
-        for (v, x) in [(&mut *rss, m.rss), (&mut *anon, m.anon), (&mut *private, m.private), (&mut *pss, m.pss), (&mut *peak, m.peak)] {
+        for (v, x) in [
+            (&mut *rss, m.rss),
+            (&mut *anon, m.anon),
+            (&mut *private, m.private),
+            (&mut *pss, m.pss),
+            (&mut *peak, m.peak),
+        ] {
             v.push(x);
         }
         attach.push(node.tap_to_attached(&pod, &format!("tapf{i}"))?.attach_ms);

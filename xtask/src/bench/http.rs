@@ -13,8 +13,7 @@ use imds_tests::{
 };
 
 use super::{
-    Context as Bench, ID, alternatives,
-    bpf,
+    Context as Bench, ID, alternatives, bpf,
     options::Section,
     procfs::{Memory, RssSampler},
     report::Report,
@@ -44,7 +43,8 @@ impl Way {
 }
 
 /// Counters that count service, not loss.
-const NOT_LOSSES: [Counter; 3] = [Counter::GuestRedirected, Counter::ReplyForwarded, Counter::GuestArpAnswered];
+const NOT_LOSSES: [Counter; 3] =
+    [Counter::GuestRedirected, Counter::ReplyForwarded, Counter::GuestArpAnswered];
 
 pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace)?;
@@ -87,12 +87,14 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
                 let before = if *way == Way::Ebpf { Some(losses_now()?) } else { None };
                 let run = wrk::run(guest, base, load, bench.options.duration())?;
                 if run.socket_errors > 0 {
-                    *losses.entry(format!("{}: wrk socket errors", way.label())).or_default() += run.socket_errors;
+                    *losses.entry(format!("{}: wrk socket errors", way.label())).or_default() +=
+                        run.socket_errors;
                 }
                 runs.entry(*way).or_default().push(run);
                 if let Some(before) = before {
                     for (k, v) in losses_now()? {
-                        *losses.entry(k.clone()).or_default() += v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+                        *losses.entry(k.clone()).or_default() +=
+                            v.saturating_sub(before.get(&k).copied().unwrap_or(0));
                     }
                 }
             }

@@ -54,7 +54,8 @@ mod tests {
 
     #[test]
     fn tcp_is_what_the_receiver_got() {
-        let json = r#"{"end":{"sum_sent":{"bits_per_second":14e9},"sum_received":{"bits_per_second":13.5e9}}}"#;
+        let json =
+            r#"{"end":{"sum_sent":{"bits_per_second":14e9},"sum_received":{"bits_per_second":13.5e9}}}"#;
         assert_eq!(tcp_gbps(json).unwrap(), 13.5);
         assert!(tcp_gbps(r#"{"error":"unable to connect to server"}"#).is_err());
     }

@@ -33,10 +33,12 @@ pub struct BenchNode {
     pods_made: usize,
 }
 
+/// Fields drop in order: the sidecar leaves the pod's cgroup before the
+/// cgroup goes, and the namespace last.
 pub struct BenchPod {
-    pub netns: Netns,
-    pub kubelet: KubeletPod,
     sidecar: Option<Sidecar>,
+    pub kubelet: KubeletPod,
+    pub netns: Netns,
     /// When the sidecar's process was started.
     started: SystemTime,
 }
@@ -85,7 +87,7 @@ impl BenchNode {
             ],
         )?;
         let kubelet = KubeletPod::new(&self.agent.node, CgroupLayout::SystemdV2)?;
-        Ok(BenchPod { netns, kubelet, sidecar: None, started: SystemTime::now() })
+        Ok(BenchPod { sidecar: None, kubelet, netns, started: SystemTime::now() })
     }
 
     /// Starts `pod`'s sidecar (returns at once; see [`BenchPod::wait_ready`]).
@@ -113,7 +115,10 @@ impl BenchNode {
         let before = SystemTime::now();
         let started = Instant::now();
         // One `ip` for both steps: a process start less in the figure.
-        ip_batch(&pod.netns, &[format!("tuntap add dev {tap} mode tap"), format!("link set {tap} master {BRIDGE} up")])?;
+        ip_batch(
+            &pod.netns,
+            &[format!("tuntap add dev {tap} mode tap"), format!("link set {tap} master {BRIDGE} up")],
+        )?;
         let ip_ms = started.elapsed().as_secs_f64() * 1000.0;
         let ifname = format!("ifname=\"{tap}\"");
         self.agent.process()?.wait_for_log(&ifname, Duration::from_secs(10))?;
@@ -162,7 +167,12 @@ fn ip_batch(ns: &Netns, lines: &[String]) -> anyhow::Result<()> {
     child.stdin.take().context("ip's stdin")?.write_all(lines.join("\n").as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("ip -n {} -batch failed ({}): {}\n{lines:#?}", ns.name(), out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ip -n {} -batch failed ({}): {}\n{lines:#?}",
+            ns.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

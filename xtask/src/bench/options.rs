@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn only_and_pods_select() {
-        let o = parse(&["--only", "scale", "--pods", "1,10", "--duration", "1", "--repetitions", "1"]).unwrap();
+        let o =
+            parse(&["--only", "scale", "--pods", "1,10", "--duration", "1", "--repetitions", "1"]).unwrap();
         o.check().unwrap();
         assert!(o.runs(Section::Scale) && !o.runs(Section::Traffic));
         assert_eq!((o.pod_counts(), o.tap_samples()), (vec![1, 10], 20));

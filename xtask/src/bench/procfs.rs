@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn memory_comes_from_status_and_smaps_rollup() {
         let m = Memory::parse(STATUS, ROLLUP).unwrap();
-        assert_eq!((m.rss, m.anon, m.peak, m.private, m.pss, m.threads), (3.5, 1.0, 4.0, 1.25, 1800.0 / 1024.0, 1));
+        assert_eq!(
+            (m.rss, m.anon, m.peak, m.private, m.pss, m.threads),
+            (3.5, 1.0, 4.0, 1.25, 1800.0 / 1024.0, 1)
+        );
         // RssFile is not RSS, Pss_Dirty is not Pss.
         assert_eq!(kib_field(STATUS, "Rss"), None);
         assert_eq!(kib_field(ROLLUP, "Pss"), Some(1800));

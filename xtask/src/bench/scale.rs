@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use imds_sidecar::log_lines::LOG_READY;
 
 use super::{
-    Context as Bench,
-    bpf,
+    Context as Bench, bpf,
     node::{BenchNode, BenchPod},
     procfs::{Memory, cpu_ticks, ticks_per_second},
     report::{Report, ScalePoint},
@@ -46,8 +45,10 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         }
         let plumb_wall_s = started.elapsed().as_secs_f64();
         let plumb_cpu_s = cpu_ticks(agent)?.saturating_sub(cpu_before) as f64 / hz;
-        let ready_ms =
-            batch.iter().map(|p| p.since_start_ms(&p.sidecar_log(), &[LOG_READY])).collect::<anyhow::Result<Vec<_>>>()?;
+        let ready_ms = batch
+            .iter()
+            .map(|p| p.since_start_ms(&p.sidecar_log(), &[LOG_READY]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let plumbed = batch.len();
         pods.extend(batch);
         std::thread::sleep(SETTLE);
@@ -63,7 +64,8 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         let sidecars_after = sidecars.iter().map(|p| cpu_ticks(*p)).collect::<anyhow::Result<Vec<_>>>()?;
         let idle_window_s = window.elapsed().as_secs_f64();
         let share = |ticks: u64| ticks as f64 / hz / idle_window_s * 100.0;
-        let sidecar_ticks: u64 = sidecars_after.iter().zip(&sidecars_before).map(|(a, b)| a.saturating_sub(*b)).sum();
+        let sidecar_ticks: u64 =
+            sidecars_after.iter().zip(&sidecars_before).map(|(a, b)| a.saturating_sub(*b)).sum();
 
         let memories = sidecars.iter().map(|p| Memory::read(*p)).collect::<anyhow::Result<Vec<_>>>()?;
         let of = |pick: fn(&Memory) -> f64| Summary::of(&memories.iter().map(pick).collect::<Vec<_>>());

@@ -114,7 +114,10 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
 
     for way in WAYS {
         let (w, wo) = (&with[way.what], &without[way.what]);
-        for (unit, a, b) in [("TCP, Gbit/s", &w.tcp_gbps, &wo.tcp_gbps), ("64-byte UDP received, kpps", &w.udp_kpps, &wo.udp_kpps)] {
+        for (unit, a, b) in [
+            ("TCP, Gbit/s", &w.tcp_gbps, &wo.tcp_gbps),
+            ("64-byte UDP received, kpps", &w.udp_kpps, &wo.udp_kpps),
+        ] {
             if let (Some(with), Some(without)) = (Summary::of(a), Summary::of(b)) {
                 report.traffic.push(TrafficRow {
                     what: format!("{}: {unit}", way.what),

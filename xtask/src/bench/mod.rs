@@ -1,0 +1,124 @@
+//! `cargo xtask bench`: the IMDS over its eBPF path against the other ways
+//! of intercepting 169.254.169.254, the cost to the VM's other traffic,
+//! what one VM's sidecar costs, and what the node agent costs per pod at
+//! 1, 10 and 100 pods, all in one run on this machine. Load comes from wrk
+//! and iperf3; every figure is a median with the spread of its runs.
+//!
+//! One file per concern: `options` (what to run), `http` (the load matrix)
+//! with `wrk` and `alternatives` (nft DNAT, veth, nginx), `traffic` with
+//! `iperf`, `footprint` and `scale` on a `node` of plumbed pods, `procfs`,
+//! `bpf` and `logs` (what the kernel and the processes say), `stats`,
+//! `machine`, `token`, and `report` with its `targets`.
+
+mod alternatives;
+mod bpf;
+mod footprint;
+mod http;
+mod iperf;
+mod logs;
+mod machine;
+mod node;
+mod options;
+mod procfs;
+mod report;
+mod scale;
+mod stats;
+mod targets;
+mod token;
+mod traffic;
+mod wrk;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure};
+use imds_tests::{
+    imds::Identity,
+    tokens::{ProjectedVolume, jwt},
+};
+pub use options::Options;
+use options::Section;
+
+use crate::{build, cmd, setup};
+
+const ID: Identity = Identity { namespace: "bench", service_account: "bench-sa", vm_name: "bench-vm" };
+
+/// What every section shares: the release binaries and a kubelet-style
+/// token volume.
+struct Context {
+    options: Options,
+    binaries: build::Binaries,
+    volume: ProjectedVolume,
+    scratch: tempfile::TempDir,
+}
+
+pub fn run(options: Options) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmark builds network namespaces and loads eBPF: run `cargo xtask bench` as root");
+    }
+    options.check()?;
+    setup::ensure()?;
+    crate::test::sweep_leftovers()?;
+    let binaries = build::all(true)?;
+    // A binary just linked sits dirty in the page cache until written
+    // back, and its mapped code would count as the sidecars' private dirty
+    // memory until then: write it back first.
+    cmd::run(&mut std::process::Command::new("sync"))?;
+    crate::test::point_harness_at(&binaries);
+    let scratch = tempfile::tempdir()?;
+    let volume = ProjectedVolume::new(&scratch.path().join("token"))?;
+    let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs() + 3600;
+    volume.publish(&jwt(ID.namespace, ID.service_account, exp, "bench"))?;
+    let output = if options.output.is_absolute() {
+        options.output.clone()
+    } else {
+        cmd::workspace_root().join(&options.output)
+    };
+    let bench = Context { options, binaries, volume, scratch };
+
+    let mut report = report::Report { machine: machine::describe()?, ..report::Report::default() };
+    report.busy.push(("start".into(), machine::Busy::now()));
+    type Measure = fn(&Context, &mut report::Report) -> anyhow::Result<()>;
+    let sections: [(Section, &str, Measure); 5] = [
+        (Section::Footprint, "footprint", footprint::run),
+        (Section::Http, "HTTP", http::run),
+        (Section::Traffic, "traffic", traffic::run),
+        (Section::Scale, "scale", scale::run),
+        (Section::Token, "token reads", |bench, report| {
+            report.token_read = token::run(&bench.volume.token_path(), bench.options.repetitions())?;
+            Ok(())
+        }),
+    ];
+    for (section, name, measure) in sections {
+        // Alternatives alone still need the HTTP section's pod.
+        let wanted = bench.options.runs(section)
+            || (section == Section::Http && bench.options.runs(Section::Alternatives));
+        if !wanted {
+            continue;
+        }
+        eprintln!("bench: {name}");
+        let started = Instant::now();
+        measure(&bench, &mut report)?;
+        report
+            .busy
+            .push((format!("after {name} ({:.0} s)", started.elapsed().as_secs_f64()), machine::Busy::now()));
+    }
+
+    let text = report.render(&bench.options);
+    println!("{text}");
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&output, &text)?;
+    eprintln!("bench: report written to {}", output.display());
+    Ok(())
+}
+
+/// Polls `ready` every 50 ms for up to 10 s.
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        ensure!(Instant::now() < deadline, "{what} did not happen within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! Everything measured, and its Markdown. Figures are medians of the
+//! repetitions with the spread of the runs beside them; the targets are in
+//! [`super::targets`].
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::{
+    bpf::{Pinned, ProgRun},
+    http::Way,
+    machine::Busy,
+    options::Options,
+    procfs::Memory,
+    stats::{Summary, percentile, slope},
+    targets, token,
+    wrk::{Http, LOADS, Load},
+};
+
+/// The sidecar before the privilege split (one privileged process per VM
+/// that also loaded the programs), from BENCHMARKS.md of 2026-11-23
+/// (commit 3969703): idle RSS and its RssAnon, MiB.
+pub const PREVIOUS_SIDECAR_RSS_IDLE: f64 = 13.0;
+pub const PREVIOUS_SIDECAR_PRIVATE: f64 = 3.5;
+
+#[derive(Default)]
+pub struct Report {
+    pub machine: String,
+    /// How busy the machine was, at the start and after each section.
+    pub busy: Vec<(String, Busy)>,
+    /// Every run, by load label and way.
+    pub http: BTreeMap<String, BTreeMap<Way, Vec<Http>>>,
+    /// Per load: our path's drop counters and TCP retransmissions that
+    /// rose, and any way's wrk socket errors.
+    pub losses: BTreeMap<String, BTreeMap<String, u64>>,
+    pub traffic: Vec<TrafficRow>,
+    /// Each program's run time and runs during the BPF statistics run.
+    pub per_packet: BTreeMap<&'static str, ProgRun>,
+    pub footprint: Footprint,
+    pub scale: Vec<ScalePoint>,
+    pub token_read: BTreeMap<String, f64>,
+}
+
+/// One way of the VM's other traffic, through a plumbed pod and an unplumbed one.
+pub struct TrafficRow {
+    pub what: String,
+    pub programs: String,
+    pub with: Summary,
+    pub without: Summary,
+}
+
+impl TrafficRow {
+    pub fn ratio(&self) -> f64 {
+        self.with.median / self.without.median
+    }
+}
+
+/// The sidecar of one VM (MiB, ms), medians over the repetitions.
+#[derive(Default)]
+pub struct Footprint {
+    pub to_channel_ms: Option<Summary>,
+    pub to_found_ms: Option<Summary>,
+    pub to_listening_ms: Option<Summary>,
+    pub to_ready_ms: Option<Summary>,
+    pub rss_idle: Option<Summary>,
+    pub anon_idle: Option<Summary>,
+    pub private_idle: Option<Summary>,
+    pub pss_idle: Option<Summary>,
+    pub startup_peak: Option<Summary>,
+    pub attach_ms: Option<Summary>,
+    pub under_load_peak: Option<f64>,
+    pub after_load: Option<f64>,
+    pub binary: Option<f64>,
+    pub binary_stripped: Option<f64>,
+}
+
+/// The node with `pods` plumbed pods.
+pub struct ScalePoint {
+    pub pods: usize,
+    /// Pods added (and plumbed) since the previous count.
+    pub plumbed: usize,
+    pub plumb_wall_s: f64,
+    /// The agent's CPU time while it plumbed them.
+    pub plumb_cpu_s: f64,
+    /// Sidecar start → ready, for the pods added.
+    pub ready_ms: Option<Summary>,
+    pub agent: Memory,
+    /// % of one core over the idle window.
+    pub agent_idle_cpu_pct: f64,
+    /// Every sidecar together, % of one core.
+    pub sidecars_idle_cpu_pct: f64,
+    pub idle_window_s: f64,
+    pub sidecar_rss: Option<Summary>,
+    pub sidecar_private: Option<Summary>,
+    pub sidecar_pss: Option<Summary>,
+    pub pinned: Pinned,
+    pub attach_ms: Vec<f64>,
+    pub ip_ms: Option<Summary>,
+}
+
+/// What each further VM adds, from the two largest pod counts (MiB, % of a core).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerVm {
+    /// (smaller, larger) pod count the slopes are taken between.
+    pub between: (usize, usize),
+    pub sidecar_rss: f64,
+    pub sidecar_private: f64,
+    pub agent_rss: f64,
+    pub kernel_bpf: f64,
+    pub agent_idle_cpu_pct: f64,
+}
+
+impl PerVm {
+    pub fn private_total(&self) -> f64 {
+        self.sidecar_private + self.agent_rss.max(0.0) + self.kernel_bpf
+    }
+}
+
+const MIB: f64 = 1_048_576.0;
+
+impl Report {
+    /// One figure of `way` under `load`, over the runs.
+    pub fn http_summary(&self, load: &Load, way: Way, pick: fn(&Http) -> f64) -> Option<Summary> {
+        let runs = self.http.get(&load.label())?.get(&way)?;
+        Summary::of(&runs.iter().map(pick).collect::<Vec<_>>())
+    }
+
+    /// The slopes between the two largest pod counts (or, with one, that
+    /// count's figures divided by its pods).
+    pub fn per_vm(&self) -> Option<PerVm> {
+        let last = self.scale.last()?;
+        let first = if self.scale.len() >= 2 { &self.scale[self.scale.len() - 2] } else { last };
+        let per_pod = |pick: &dyn Fn(&ScalePoint) -> f64| {
+            slope((first.pods as f64, pick(first)), (last.pods as f64, pick(last)))
+                .unwrap_or_else(|| pick(last) / last.pods as f64)
+        };
+        Some(PerVm {
+            between: (first.pods, last.pods),
+            sidecar_rss: last.sidecar_rss?.median,
+            sidecar_private: last.sidecar_private?.median,
+            agent_rss: per_pod(&|p| p.agent.rss),
+            kernel_bpf: per_pod(&|p| p.pinned.kernel_bytes as f64 / MIB),
+            agent_idle_cpu_pct: per_pod(&|p| p.agent_idle_cpu_pct),
+        })
+    }
+
+    pub fn render(&self, options: &Options) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Machine: {}\n", self.machine);
+        self.render_busy(&mut s);
+        let _ = writeln!(
+            s,
+            "Every figure is the median of {} runs of {} s unless it says otherwise; where a range is \
+             shown it is the lowest and highest run.\n",
+            options.repetitions, options.duration_secs
+        );
+        if !self.http.is_empty() {
+            self.render_http(&mut s);
+        }
+        if !self.losses.is_empty() {
+            self.render_losses(&mut s);
+        }
+        if !self.traffic.is_empty() {
+            self.render_traffic(&mut s);
+        }
+        self.render_footprint(&mut s);
+        if !self.scale.is_empty() {
+            self.render_scale(&mut s, options);
+        }
+        if !self.token_read.is_empty() {
+            let _ = writeln!(
+                s,
+                "### Token reads (ns per token served, median of {})\n\n| | ns |\n|---|---|",
+                token::READS
+            );
+            for (k, v) in &self.token_read {
+                let _ = writeln!(s, "| {k} | {v:.0} |");
+            }
+            s.push('\n');
+        }
+        targets::render(&targets::rows(self), &mut s);
+        s
+    }
+
+    fn render_busy(&self, s: &mut String) {
+        if self.busy.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "How busy the machine was besides the benchmark (load average 1 / 5 / 15 min, which includes \
+             the benchmark's own load; other heavy processes seen):\n\n| when | load |\n|---|---|"
+        );
+        for (when, busy) in &self.busy {
+            let _ = writeln!(s, "| {when} | {} |", busy.show());
+        }
+        s.push('\n');
+    }
+
+    fn render_http(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "HTTP load: wrk in the guest namespace (2 threads; `Connection: close` for a new connection per \
+             request), every way up at once in one plumbed pod and run in turn for each repetition. The \
+             alternatives listen on {} (DNAT) and {} (veth), as .254 belongs to the eBPF path, whose \
+             programs stay attached throughout: the DNAT and nginx ways pass `imds_from_guest` and \
+             `imds_guard`, the veth way `imds_from_guest` (their cost on passing traffic: see below).\n",
+            super::alternatives::DNAT_ADDR,
+            super::alternatives::VETH_ADDR
+        );
+        type Pick = fn(&Http) -> f64;
+        // (title, figure, higher is better)
+        let tables: [(&str, Pick, bool); 3] = [
+            ("requests/s", |h| h.rps, true),
+            ("p50 latency, µs", |h| h.p50_us, false),
+            ("p99 latency, µs", |h| h.p99_us, false),
+        ];
+        for (title, pick, higher_is_better) in tables {
+            let _ = writeln!(s, "### IMDS requests: {title}\n");
+            let _ = writeln!(
+                s,
+                "Median, then ± half the range of the runs as a share of it. Ratios are of medians, ours \
+                 against theirs, oriented so that > 1 means ours is better.\n\n\
+                 | load | {} | vs DNAT | vs veth | vs nginx |\n|---|---|---|---|---|---|---|---|",
+                Way::ALL.map(Way::label).join(" | ")
+            );
+            for load in &LOADS {
+                let cells: Vec<String> = Way::ALL
+                    .iter()
+                    .map(|w| match self.http_summary(load, *w, pick) {
+                        Some(f) if f.median > 0.0 => format!("{:.0} ±{:.0}%", f.median, f.spread_pct()),
+                        _ => "—".into(),
+                    })
+                    .collect();
+                let versus = |way| match (
+                    self.http_summary(load, Way::Ebpf, pick),
+                    self.http_summary(load, way, pick),
+                ) {
+                    (Some(o), Some(t)) if o.median > 0.0 && t.median > 0.0 => {
+                        format!(
+                            "{:.2}×",
+                            if higher_is_better { o.median / t.median } else { t.median / o.median }
+                        )
+                    }
+                    _ => "—".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    load.label(),
+                    cells.join(" | "),
+                    versus(Way::Dnat),
+                    versus(Way::Veth),
+                    versus(Way::Nginx)
+                );
+            }
+            s.push('\n');
+        }
+    }
+
+    fn render_losses(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "### Losses: eBPF drop counters and TCP retransmissions during our runs, wrk socket errors in any\n\n\
+             | load | counters that rose |\n|---|---|"
+        );
+        for load in &LOADS {
+            let Some(drops) = self.losses.get(&load.label()) else { continue };
+            let text: Vec<String> = drops.iter().map(|(k, v)| format!("{k} +{v}")).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} |",
+                load.label(),
+                if text.is_empty() { "none".into() } else { text.join(", ") }
+            );
+        }
+        s.push('\n');
+    }
+
+    fn render_traffic(&self, s: &mut String) {
+        let runs = self.traffic.first().map_or(0, |r| r.with.count);
+        let _ = writeln!(
+            s,
+            "### Cost to the VM's other traffic\n\n\
+             iperf3, one TCP flow and 64-byte UDP at an unlimited rate (packets received), through a pod the \
+             agent plumbed and through an identical pod it never plumbed; both exist and the agent runs \
+             throughout, the runs alternate (order flipped every repetition). Median of {runs} runs each, \
+             lowest–highest in brackets.\n\n\
+             | traffic | programs on its way | plumbed pod | unplumbed pod | ratio |\n|---|---|---|---|---|"
+        );
+        for row in &self.traffic {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} % |",
+                row.what,
+                row.programs,
+                row.with.show(2),
+                row.without.show(2),
+                row.ratio() * 100.0
+            );
+        }
+        s.push('\n');
+        if !self.per_packet.is_empty() {
+            let _ = writeln!(
+                s,
+                "Per packet, by the kernel's own accounting (`kernel.bpf_stats_enabled`, one more run of every \
+                 way above; the accounting's two clock reads are included, so these are upper bounds):\n"
+            );
+            for (program, run) in &self.per_packet {
+                match run.ns_per_run() {
+                    Some(ns) => {
+                        let _ =
+                            writeln!(s, "- `{program}`: {ns:.0} ns per packet, mean of {} runs", run.run_cnt);
+                    }
+                    None => {
+                        let _ = writeln!(s, "- `{program}`: did not run");
+                    }
+                }
+            }
+            s.push('\n');
+        }
+    }
+
+    fn render_footprint(&self, s: &mut String) {
+        let f = &self.footprint;
+        let rows: [(&str, Option<Summary>, usize); 10] = [
+            ("sidecar RSS idle (MiB)", f.rss_idle, 1),
+            ("… of it private: Private_Dirty, what each further sidecar adds (MiB)", f.private_idle, 2),
+            ("… of it anonymous: RssAnon (MiB)", f.anon_idle, 2),
+            ("sidecar Pss idle, the only sidecar on the node (MiB)", f.pss_idle, 1),
+            ("sidecar RSS peak during start-up: VmHWM (MiB)", f.startup_peak, 1),
+            ("sidecar start → channel socket listening (ms)", f.to_channel_ms, 1),
+            ("sidecar start → the agent found the pod (ms)", f.to_found_ms, 1),
+            (
+                "sidecar start → IMDS listening (`LOG_SERVING`; the agent made its veth) (ms)",
+                f.to_listening_ms,
+                1,
+            ),
+            ("sidecar start → ready (`LOG_READY`; plumbed and probed) (ms)", f.to_ready_ms, 1),
+            ("TAP appears → `imds_from_guest` attached, one pod on the node (ms)", f.attach_ms, 1),
+        ];
+        let singles: [(&str, Option<f64>); 4] = [
+            ("sidecar RSS peak under the HTTP loads (MiB)", f.under_load_peak),
+            ("sidecar RSS after the HTTP loads (MiB)", f.after_load),
+            ("sidecar binary, as built (MiB)", f.binary),
+            ("sidecar binary, stripped (MiB)", f.binary_stripped),
+        ];
+        if rows.iter().all(|r| r.1.is_none()) && singles.iter().all(|r| r.1.is_none()) {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "### Footprint of one VM's sidecar\n\n\
+             A fresh pod per repetition (namespace, bridge, TAP, the sidecar as uid 107 in the pod's cgroup), \
+             alone on a node whose agent scans at its default interval; median (lowest–highest).\n\n| | |\n|---|---|"
+        );
+        for (what, v, decimals) in rows {
+            if let Some(v) = v {
+                let _ = writeln!(s, "| {what} | {} |", v.show(decimals));
+            }
+        }
+        for (what, v) in singles {
+            if let Some(v) = v {
+                let _ = writeln!(s, "| {what} | {v:.1} |");
+            }
+        }
+        s.push('\n');
+    }
+
+    fn render_scale(&self, s: &mut String, options: &Options) {
+        let _ = writeln!(
+            s,
+            "### The agent at scale\n\n\
+             One node, one agent (default scan interval), pods added between counts and never removed. Each \
+             pod: its own network namespace with `eth0` (a veth to the node), `k6t-eth0` and a TAP `tap0` on \
+             it, and a running sidecar. Idle CPU: user+sys from /proc/<pid>/stat over {:.0} s with every pod \
+             plumbed. TAP → attached: a TAP created and enslaved (one `ip -batch`, included) in one pod after \
+             another, {} per count, to the agent's \"attached\" log line.\n",
+            self.scale.iter().map(|p| p.idle_window_s).fold(0.0, f64::max),
+            options.tap_samples()
+        );
+        let _ = write!(s, "| pods on the node |");
+        for p in &self.scale {
+            let _ = write!(s, " {} |", p.pods);
+        }
+        let _ = writeln!(s, "\n|---|{}", "---|".repeat(self.scale.len()));
+        type Cell = fn(&ScalePoint) -> String;
+        let rows: Vec<(&str, Cell)> = vec![
+            ("pods added and plumbed at this step", |p| p.plumbed.to_string()),
+            ("… wall time until all were ready (s)", |p| format!("{:.1}", p.plumb_wall_s)),
+            ("… each: sidecar start → ready (ms)", |p| p.ready_ms.map_or("—".into(), |v| v.show(0))),
+            ("… agent CPU per pod plumbed (ms)", |p| {
+                format!("{:.0}", p.plumb_cpu_s * 1000.0 / p.plumbed.max(1) as f64)
+            }),
+            ("agent RSS (MiB)", |p| format!("{:.1}", p.agent.rss)),
+            ("agent RssAnon (MiB)", |p| format!("{:.1}", p.agent.anon)),
+            // A load parses the kernel's BTF (tens of MiB, then trimmed):
+            // the peak is what the DaemonSet's memory limit must allow.
+            ("agent peak RSS since start, VmHWM (MiB)", |p| format!("{:.1}", p.agent.peak)),
+            ("agent threads", |p| p.agent.threads.to_string()),
+            ("agent CPU idle (% of one core)", |p| format!("{:.2}", p.agent_idle_cpu_pct)),
+            ("all sidecars' CPU idle (% of one core)", |p| format!("{:.2}", p.sidecars_idle_cpu_pct)),
+            ("sidecar RSS, median (lowest–highest) (MiB)", |p| {
+                p.sidecar_rss.map_or("—".into(), |v| v.show(1))
+            }),
+            ("sidecar private (Private_Dirty) (MiB)", |p| {
+                p.sidecar_private.map_or("—".into(), |v| v.show(2))
+            }),
+            ("sidecar Pss (MiB)", |p| p.sidecar_pss.map_or("—".into(), |v| v.show(2))),
+            ("pins per pod: programs / maps / links", |p| {
+                let n = p.pods.max(1) as f64;
+                format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    p.pinned.program_pins as f64 / n,
+                    p.pinned.map_pins as f64 / n,
+                    p.pinned.link_pins as f64 / n
+                )
+            }),
+            ("kernel objects per pod: programs / maps (pinned or not)", |p| {
+                let n = p.pods.max(1) as f64;
+                format!("{:.1} / {:.1}", p.pinned.programs as f64 / n, p.pinned.maps as f64 / n)
+            }),
+            ("kernel memory of them per pod, bytes_memlock (KiB)", |p| {
+                format!("{:.0}", p.pinned.kernel_bytes as f64 / 1024.0 / p.pods.max(1) as f64)
+            }),
+            ("TAP → attached p50 (ms)", |p| {
+                percentile(&p.attach_ms, 50.0).map_or("—".into(), |v| format!("{v:.1}"))
+            }),
+            ("TAP → attached p99 (ms)", |p| {
+                percentile(&p.attach_ms, 99.0).map_or("—".into(), |v| format!("{v:.1}"))
+            }),
+            ("TAP → attached max (ms)", |p| {
+                percentile(&p.attach_ms, 100.0).map_or("—".into(), |v| format!("{v:.1}"))
+            }),
+            ("… of which `ip` itself, median (ms)", |p| {
+                p.ip_ms.map_or("—".into(), |v| format!("{:.1}", v.median))
+            }),
+        ];
+        for (what, cell) in rows {
+            let cells: Vec<String> = self.scale.iter().map(cell).collect();
+            let _ = writeln!(s, "| {what} | {} |", cells.join(" | "));
+        }
+        s.push('\n');
+        if let Some(v) = self.per_vm() {
+            let (a, b) = v.between;
+            let how = if a == b {
+                format!("at {b} pods, divided by {b}")
+            } else {
+                format!("slope from {a} to {b} pods")
+            };
+            let _ = writeln!(
+                s,
+                "### What each further VM adds\n\n\
+                 | per VM | before the split (one privileged sidecar, 2026-11-23) | now |\n|---|---|---|\n\
+                 | sidecar RSS idle (MiB; mostly the binary's pages, shared by every sidecar) | {PREVIOUS_SIDECAR_RSS_IDLE:.1} | {:.1} (at {b} pods) |\n\
+                 | sidecar private (MiB; then RssAnon, now Private_Dirty) | {PREVIOUS_SIDECAR_PRIVATE:.1} | {:.2} (at {b} pods) |\n\
+                 | agent RSS (MiB, {how}) | — | {:.2} |\n\
+                 | eBPF programs and maps in the kernel (MiB, {how}) | in the sidecar's (not measured) | {:.2} |\n\
+                 | **memory no other VM shares (MiB)** | {PREVIOUS_SIDECAR_PRIVATE:.1} + its programs | **{:.2}** |\n\
+                 | agent CPU idle (% of one core, {how}) | — | {:.3} |\n",
+                v.sidecar_rss,
+                v.sidecar_private,
+                v.agent_rss,
+                v.kernel_bpf,
+                v.private_total(),
+                v.agent_idle_cpu_pct
+            );
+        }
+    }
+}
