@@ -154,7 +154,7 @@ impl Drop for KubeletPod {
 }
 
 /// Where a cgroup hierarchy matching `wanted(fstype, super options)` is mounted.
-fn mount_point(wanted: impl Fn(&str, &str) -> bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn mount_point(wanted: impl Fn(&str, &str) -> bool) -> anyhow::Result<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     for line in mountinfo.lines() {
         // "<id> <parent> <dev> <root> <mount point> <options> [optional…] - <fstype> <source> <super options>"

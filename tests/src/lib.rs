@@ -10,6 +10,7 @@ pub mod fake_apiserver;
 pub mod fixtures;
 pub mod imds;
 pub mod kubelet;
+pub mod memory_cap;
 pub mod netns;
 pub mod pod_security;
 pub mod process;

@@ -141,6 +141,26 @@ impl Webhook {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited (e.g. killed by the OOM killer).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// A curl command for `path` with our TLS settings and no time limit of
+    /// its own beyond `max_time` (for slow bodies).
+    pub fn curl_to(&self, path: &str, ca: &Path, max_time: Duration) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-m", &max_time.as_secs().to_string(), "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(ca)
+            .args(["--resolve", &format!("{SERVICE_DNS}:{}:127.0.0.1", self.port)])
+            .arg(self.url(path));
+        c
+    }
+
     fn curl(&self, ca: &Path) -> Command {
         let mut c = Command::new("curl");
         c.args(["-sS", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])

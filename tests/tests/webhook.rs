@@ -12,6 +12,8 @@ use std::{
 
 use imds_tests::{
     fixtures::{LAUNCHER_PODS, OPENSHIFT, OPENSHIFT_CAT8KV, V1_9_DEDICATED_CPU},
+    memory_cap::MemoryCap,
+    netns::require_root,
     tokens::ProjectedVolume,
     webhook::{POD, REQUEST_UID, Subject, VMI, Webhook, admission_review, generate_certs, patched},
 };
@@ -393,4 +395,102 @@ fn hostile_input_gets_a_clear_answer_never_a_crash() {
     assert_eq!(status, 405);
     // Still alive and well after all that.
     assert_eq!(webhook.get("/healthz", &ca).unwrap(), (200, "OK".into()));
+}
+
+/// The Deployment's memory limit (deploy/base/deployment.yaml).
+const WEBHOOK_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// A 4 MiB review of an opted-in virt-launcher pod whose object carries one
+/// long array (two million values): built as `serde_json::Value`s and a
+/// typed Pod, it took the webhook to 160 MB. Under the Deployment's 64Mi
+/// limit it must be refused with a 4xx, several at once, and the webhook
+/// must go on injecting; a big but reasonable pod (a 3 MiB annotation) is
+/// still served, several at once.
+#[test]
+fn crafted_bodies_under_the_deployed_memory_limit_are_refused_and_serving_goes_on() {
+    require_root();
+    let tls = tls();
+    let ca = tls.first.join("ca.crt");
+    let mut webhook = Webhook::start(&tls.mount_dir, &ca, &[]).unwrap();
+    let cap = MemoryCap::new(WEBHOOK_MEMORY_LIMIT).unwrap();
+    cap.add(webhook.pid()).unwrap();
+
+    let mut pod = OPENSHIFT.enabled();
+    let mut long = String::with_capacity(4 * 1024 * 1024);
+    long.push('[');
+    for _ in 0..(2 * 1024 * 1024 - 4096) {
+        long.push_str("0,");
+    }
+    long.push_str("0]");
+    pod["spec"]["x"] = json!("LONG");
+    let crafted = String::from_utf8(review(pod, "admission.k8s.io/v1")).unwrap().replace("\"LONG\"", &long);
+    assert!(
+        crafted.len() < 4 * 1024 * 1024,
+        "{} bytes: over the body limit, not what this tests",
+        crafted.len()
+    );
+
+    let mut big = OPENSHIFT.enabled();
+    big["metadata"]["annotations"]["example.com/big"] = json!("x".repeat(3 * 1024 * 1024));
+    let big = review(big, "admission.k8s.io/v1");
+
+    let webhook_ref = &webhook;
+    std::thread::scope(|scope| {
+        let crafted_answers: Vec<_> =
+            (0..4).map(|_| scope.spawn(|| webhook_ref.post("/mutate", crafted.as_bytes(), &ca))).collect();
+        let big_answers: Vec<_> =
+            (0..3).map(|_| scope.spawn(|| webhook_ref.post("/mutate", &big, &ca))).collect();
+        for answer in crafted_answers {
+            let (status, body) = answer.join().unwrap().unwrap();
+            assert_eq!(status, 413, "{body}");
+            assert!(body.contains("more than 50000 JSON values"), "{body}");
+        }
+        for answer in big_answers {
+            let (status, body) = answer.join().unwrap().unwrap();
+            assert_eq!(status, 200, "{}", &body[..body.len().min(500)]);
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(answer["response"]["allowed"], true);
+            assert!(answer["response"]["patch"].is_string(), "the big pod was not injected");
+        }
+    });
+    let (status, body) =
+        webhook.post("/mutate", &review(OPENSHIFT.enabled(), "admission.k8s.io/v1"), &ca).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["response"]["patch"].is_string());
+    assert_eq!(webhook.exited().unwrap(), None, "the webhook died:\n{}", webhook.log());
+    assert_eq!(cap.oom_kills().unwrap(), 0);
+    eprintln!("peak memory of the webhook's cgroup: {:.1} MiB", cap.peak().unwrap() as f64 / 1048576.0);
+}
+
+/// A body trickled in is cut at the webhook's deadline (10 s), not held for
+/// as long as the sender likes; others are served meanwhile.
+#[test]
+fn a_trickled_body_is_cut_at_the_deadline() {
+    let tls = tls();
+    let ca = tls.first.join("ca.crt");
+    let webhook = Webhook::start(&tls.mount_dir, &ca, &[]).unwrap();
+    let body = review(OPENSHIFT.enabled(), "admission.k8s.io/v1");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &body).unwrap();
+    // At 200 bytes/s the body would take half a minute or more.
+    assert!(body.len() > 200 * 30, "{} bytes", body.len());
+    let mut slow = webhook.curl_to("/mutate", &ca, Duration::from_secs(120));
+    slow.args(["--limit-rate", "200", "-H", "Content-Type: application/json", "--data-binary"])
+        .arg(format!("@{}", file.path().display()));
+    let started = Instant::now();
+    let slow =
+        slow.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _) = webhook.post("/mutate", &body, &ca).unwrap();
+    assert_eq!(status, 200, "another client is served while one trickles");
+    let out = slow.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(took < Duration::from_secs(30), "the trickled body was held {took:?}");
+    assert!(took >= Duration::from_secs(9), "cut before the deadline ({took:?})");
+    // curl reports the 408 if it reads the answer before the connection
+    // closes under it; either way the server let go at the deadline.
+    let status = stdout.lines().last().unwrap_or_default();
+    assert!(status == "408" || !out.status.success(), "status {status}, curl: {:?}", out.status);
+    assert!(webhook.log().contains("did not arrive in time"), "{}", webhook.log());
 }

@@ -4,10 +4,12 @@
 
 pub use imds_common::{contract, errors, http_server};
 
+pub mod admission_head;
 pub mod annotations;
 pub mod aws;
 pub mod config;
 pub mod datasource_hint;
+pub mod json_budget;
 pub mod mutation;
 pub mod qos;
 pub mod quantity;
@@ -50,7 +52,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = Arc::new(server::WebhookState { template, service_accounts });
+    let state = Arc::new(server::WebhookState::new(template, service_accounts));
     tracing::info!(
         listen = %args.listen,
         image = %state.template.image,

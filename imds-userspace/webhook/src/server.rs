@@ -1,11 +1,11 @@
 //! The webhook's HTTP routes: `POST /mutate` (AdmissionReview in and out),
 //! `GET /healthz` and `GET /readyz`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{DefaultBodyLimit, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -19,7 +19,9 @@ use kube::core::{
 use serde_json::{Value, json};
 
 use super::{
+    admission_head::{self, ReviewHead},
     aws::ServiceAccounts,
+    json_budget::{self, Budget},
     mutation::{self, Outcome},
     sidecar_spec::SidecarTemplate,
     vmi,
@@ -27,6 +29,17 @@ use super::{
 
 /// The API server sends objects of at most ~3 MiB; room for the envelope.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The whole body must arrive within this (the API server's own webhook
+/// timeout is 10 s at most): a trickled body holds a connection no longer.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// What a body may hold before it is deserialised. A virt-launcher pod's
+/// review is some 1 000 values and 15 levels deep; this leaves room for
+/// pods with hundreds of volumes and keeps a fully built review (values,
+/// then a typed Pod) to tens of MiB.
+pub const BUDGET: Budget = Budget { max_values: 50_000, max_depth: 64 };
+/// Reviews built in full at once: with [`BUDGET`] and [`MAX_BODY_BYTES`],
+/// what keeps the webhook inside its 64Mi limit under any load.
+pub const FULL_REVIEWS_AT_ONCE: usize = 2;
 const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 /// Where the MutatingWebhookConfiguration sends pods and VMIs.
 pub const MUTATE_PODS_PATH: &str = "/mutate";
@@ -37,6 +50,14 @@ pub struct WebhookState {
     pub template: SidecarTemplate,
     /// `None`: IRSA hints are off.
     pub service_accounts: Option<ServiceAccounts>,
+    /// Permits for building a review in full ([`FULL_REVIEWS_AT_ONCE`]).
+    pub full_reviews: tokio::sync::Semaphore,
+}
+
+impl WebhookState {
+    pub fn new(template: SidecarTemplate, service_accounts: Option<ServiceAccounts>) -> Self {
+        Self { template, service_accounts, full_reviews: tokio::sync::Semaphore::new(FULL_REVIEWS_AT_ONCE) }
+    }
 }
 
 pub fn router(state: Arc<WebhookState>) -> Router {
@@ -59,6 +80,40 @@ pub fn router(state: Arc<WebhookState>) -> Router {
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// The body, whole within [`BODY_DEADLINE`] and [`MAX_BODY_BYTES`] and
+/// inside [`BUDGET`], or the error response that says which limit it broke.
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    let bytes = match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => {
+            tracing::warn!(deadline = ?BODY_DEADLINE, "refused a body that did not arrive in time");
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the body did not arrive within {} s", BODY_DEADLINE.as_secs()),
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "refused a body");
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body could not be read (at most {MAX_BODY_BYTES} bytes): {e}"),
+            ));
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    if let Err(e) = json_budget::check(&bytes, BUDGET) {
+        tracing::warn!(error = %e, bytes = bytes.len(), "refused a body");
+        let (status, message) = match e {
+            json_budget::BudgetError::NotJson(_) => {
+                (StatusCode::BAD_REQUEST, format!("the body is not an AdmissionReview: {e}"))
+            }
+            json_budget::BudgetError::TooDeep(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+            json_budget::BudgetError::TooManyValues(_) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        };
+        return Err(error(status, &message));
+    }
+    Ok(bytes)
 }
 
 /// The request of an AdmissionReview body, or why the body is not one (a 400).
@@ -108,8 +163,31 @@ fn answer(
     }
 }
 
-/// `POST /mutate`: virt-launcher pods get the sidecar.
-async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+/// `POST /mutate`: virt-launcher pods get the sidecar. Only a pod that
+/// carries our annotations is read in full (see [`admission_head`]).
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    if let Ok(head) = ReviewHead::parse(&body)
+        && let Some(request) = &head.request
+        && head.api_version == ADMISSION_API_VERSION
+        && head.kind == "AdmissionReview"
+        && let Err(reason) = admission_head::pod_needs_review(request)
+    {
+        let metadata = request.object.as_ref().and_then(|o| o.metadata.as_ref());
+        let object = metadata.and_then(|m| m.name.clone().or(m.generate_name.clone()));
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        tracing::info!(uid = %request.uid, kind = request.kind.kind, namespace, ?object, decision = "unchanged", reason, "admission");
+        return match wire_review(admission_head::allow(&head, request)) {
+            Ok(body) => Json(body).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("serialising the response: {e}")),
+        };
+    }
+    let Ok(_permit) = state.full_reviews.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down");
+    };
     let request = match decode(&body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -136,7 +214,14 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
 
 /// `POST /mutate-vmi`: VirtualMachineInstances get the SMBIOS hint that
 /// points their cloud-init at the IMDS.
-async fn mutate_vmi(body: Bytes) -> Response {
+async fn mutate_vmi(State(state): State<Arc<WebhookState>>, body: Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let Ok(_permit) = state.full_reviews.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down");
+    };
     let request = match decode(&body) {
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),

@@ -80,7 +80,18 @@ pub struct ReloadingCertificate {
 struct Loaded {
     certified: Arc<CertifiedKey>,
     cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+    key_pem: KeyPem,
+}
+
+/// The private key file's bytes, kept to notice a change. Its `Debug`
+/// (reached through rustls' `ServerConfig`) never shows them.
+#[derive(PartialEq, Eq)]
+struct KeyPem(Vec<u8>);
+
+impl std::fmt::Debug for KeyPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<private key, {} bytes>", self.0.len())
+    }
 }
 
 impl ReloadingCertificate {
@@ -89,7 +100,7 @@ impl ReloadingCertificate {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (cert, key) = files.read()?;
         let certified = Arc::new(files.parse(&cert, &key, &provider)?);
-        let current = RwLock::new(Loaded { certified, cert_pem: cert, key_pem: key });
+        let current = RwLock::new(Loaded { certified, cert_pem: cert, key_pem: KeyPem(key) });
         Ok(Arc::new(Self { files, provider, current }))
     }
 
@@ -110,13 +121,13 @@ impl ReloadingCertificate {
         let (cert, key) = self.files.read()?;
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-            if current.cert_pem == cert && current.key_pem == key {
+            if current.cert_pem == cert && current.key_pem.0 == key {
                 return Ok(false);
             }
         }
         let certified = Arc::new(self.files.parse(&cert, &key, &self.provider)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-            Loaded { certified, cert_pem: cert, key_pem: key };
+            Loaded { certified, cert_pem: cert, key_pem: KeyPem(key) };
         Ok(true)
     }
 
@@ -151,5 +162,45 @@ impl crate::http_server::Handshake for Handshake {
 
     async fn handshake(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
         self.0.accept(stream).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_debug_output_shows_the_private_key() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["kubevirt-imds-webhook.kubevirt-imds.svc".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertificateFiles { cert: dir.path().join("tls.crt"), key: dir.path().join("tls.key") };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        let loaded = ReloadingCertificate::load(files).unwrap();
+        let config = loaded.server_config().unwrap();
+        let printed = format!("{loaded:?} {config:?} {:#?}", loaded.current.read().unwrap());
+        // The key as text, and as Debug renders bytes ("77, 73, 71, …"),
+        // of its PEM and of its DER. The windows hold the private scalar
+        // (a P-256 PKCS#8 key: DER bytes 36..68): the algorithm prefix
+        // before it is in the certificate too.
+        let pem = key.serialize_pem();
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!printed.contains(line), "the key's PEM leaked into Debug");
+        }
+        let as_debug_bytes = |bytes: &[u8]| format!("{bytes:?}").trim_matches(['[', ']']).to_owned();
+        assert!(
+            !printed.contains(&as_debug_bytes(&pem.as_bytes()[78..92])),
+            "the key file's bytes leaked into Debug"
+        );
+        assert!(
+            !printed.contains(&as_debug_bytes(&key.serialize_der()[36..68])),
+            "the key's DER leaked into Debug"
+        );
+        assert!(printed.contains("<private key,"), "{printed}");
     }
 }
