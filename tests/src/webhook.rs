@@ -72,7 +72,12 @@ pub fn xtask_binary() -> PathBuf {
 
 /// `cargo xtask generate-certs --out-dir <dir>`.
 pub fn generate_certs(dir: &Path) -> anyhow::Result<()> {
-    run(Command::new(xtask_binary()).arg("generate-certs").arg("--out-dir").arg(dir)).map(drop)
+    generate_certs_with(dir, &[])
+}
+
+/// [`generate_certs`] with more flags (e.g. `--rotate-ca`).
+pub fn generate_certs_with(dir: &Path, flags: &[&str]) -> anyhow::Result<()> {
+    run(Command::new(xtask_binary()).arg("generate-certs").arg("--out-dir").arg(dir).args(flags)).map(drop)
 }
 
 /// The same for another service: the certificate is for `<service>.<namespace>.svc`.

@@ -44,9 +44,17 @@ enum Command {
         /// Name of the webhook's Service.
         #[arg(long, default_value = "kubevirt-imds-webhook")]
         service: String,
-        /// Validity of the certificates.
+        /// Validity of the serving certificate.
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
+        /// Validity of a new CA (the output directory's CA is kept until
+        /// --rotate-ca).
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        ca_days: u32,
+        /// Make a new CA; the bundle carries the previous one too until the
+        /// next rotation.
+        #[arg(long)]
+        rotate_ca: bool,
         /// Output directory (default: the self-signed overlay's).
         #[arg(long, default_value = "deploy/overlays/self-signed/generated")]
         out_dir: std::path::PathBuf,
@@ -84,12 +92,14 @@ fn main() -> anyhow::Result<()> {
             setup::ensure()?;
             manifests::run()
         }
-        Command::GenerateCerts { namespace, service, days, out_dir } => {
+        Command::GenerateCerts { namespace, service, days, ca_days, rotate_ca, out_dir } => {
             let out_dir = if out_dir.is_absolute() { out_dir } else { cmd::workspace_root().join(out_dir) };
             certs::generate(&certs::Request {
                 namespace: &namespace,
                 service: &service,
                 days,
+                ca_days,
+                rotate_ca,
                 out_dir: &out_dir,
             })
         }

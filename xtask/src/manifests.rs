@@ -43,6 +43,8 @@ pub fn run() -> anyhow::Result<()> {
         namespace: "kubevirt-imds",
         service: "kubevirt-imds-webhook",
         days: 30,
+        ca_days: 30,
+        rotate_ca: false,
         out_dir: &generated,
     })?;
 
