@@ -68,6 +68,10 @@ fn crawl_with_serial(guest: &Netns, flavour: &str, max_wait: u32, serial: &str) 
     }
 }
 
+/// The firmware UUID of KubeVirt v1.9's VMI fixture, as the webhook hands it
+/// to the sidecar.
+const FIRMWARE_UUID: &str = "d6b1c2a4-8e3f-4b5a-9c7d-1e2f3a4b5c6d";
+
 struct Running {
     layout: PodLayout,
     secret: ProjectedVolume,
@@ -87,8 +91,15 @@ fn start(extra: &[&str]) -> Running {
         .publish_files(&[("userdata", USER_DATA.as_bytes()), ("vendordata", VENDOR_DATA.as_bytes())])
         .unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
-    let mut args =
-        vec!["--metadata-flavor", "nocloud,openstack,ec2", "--hostname", HOSTNAME, "--user-data-dir"];
+    let mut args = vec![
+        "--metadata-flavor",
+        "nocloud,openstack,ec2",
+        "--hostname",
+        HOSTNAME,
+        "--firmware-uuid",
+        FIRMWARE_UUID,
+        "--user-data-dir",
+    ];
     args.push(&user_data_dir);
     args.extend_from_slice(extra);
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
@@ -98,7 +109,8 @@ fn start(extra: &[&str]) -> Running {
 
 fn assert_configured(flavour: &str, c: &Crawl, user_data: &str) {
     assert!(c.found, "cloud-init's {flavour} datasource found nothing");
-    assert_eq!(c.instance_id.as_deref(), Some("fedora-42.vm-team"), "{flavour}");
+    // KubeVirt's instance-id (the VM's firmware UUID), in every flavour.
+    assert_eq!(c.instance_id.as_deref(), Some(FIRMWARE_UUID), "{flavour}");
     assert_eq!(c.hostname.as_deref(), Some(HOSTNAME), "{flavour}");
     assert_eq!(c.user_data.as_deref(), Some(user_data.as_bytes()), "{flavour}: user-data not byte for byte");
 }

@@ -25,7 +25,10 @@ use imds_tests::{
     topology::{BRIDGE, Binding, GuestKind, PodLayout, TAP},
     webhook::{VMI, Webhook, admission_review, generate_certs, patched},
 };
-use imds_webhook::annotations::{DATASOURCE_HINT_APPLIED, ENABLED, METADATA_FLAVORS};
+use imds_webhook::{
+    annotations::{DATASOURCE_HINT_APPLIED, ENABLED, METADATA_FLAVORS},
+    firmware_uuid,
+};
 use serde_json::{Value, json};
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
@@ -55,9 +58,14 @@ const SSH_KEY: &str =
 /// Debian's cloud.cfg `default_user`.
 const DEFAULT_USER_KEYS: &str = "/home/debian/.ssh/authorized_keys";
 
-/// The instance-id the sidecar serves: `<vm>.<namespace>`.
-fn instance_id() -> String {
-    format!("{}.{}", ID.vm_name, ID.namespace)
+/// The instance-id the sidecar serves for `vmi`: the firmware UUID the VMI
+/// webhook recorded, else KubeVirt's UUID for the VMI's name (what the pod
+/// webhook then hands the sidecar; `imds_webhook::firmware_uuid`).
+fn instance_id(vmi: &Value) -> String {
+    match vmi["metadata"]["annotations"][firmware_uuid::ANNOTATION].as_str() {
+        Some(recorded) => recorded.to_owned(),
+        None => firmware_uuid::legacy(vmi["metadata"]["name"].as_str().unwrap()),
+    }
 }
 
 fn user_data() -> String {
@@ -111,7 +119,7 @@ struct Pod {
     _dir: tempfile::TempDir,
 }
 
-fn pod(flavor: Flavor) -> Pod {
+fn pod(flavor: Flavor, instance_id: &str) -> Pod {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Tap).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
@@ -119,8 +127,16 @@ fn pod(flavor: Flavor) -> Pod {
     let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
     secret.publish_files(&[("userdata", user_data().as_bytes())]).unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
-    let args =
-        ["--metadata-flavor", flavor.name(), "--hostname", HOSTNAME, "--user-data-dir", &user_data_dir];
+    let args = [
+        "--metadata-flavor",
+        flavor.name(),
+        "--hostname",
+        HOSTNAME,
+        "--user-data-dir",
+        &user_data_dir,
+        "--firmware-uuid",
+        instance_id,
+    ];
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
 
@@ -165,7 +181,7 @@ struct Run {
 /// serves `flavor`.
 fn boot(release: Release, flavor: Flavor, vmi: &Value) -> Run {
     let image = StockImage::prepare(release, &stock_image::cache_dir().unwrap()).unwrap();
-    let pod = pod(flavor);
+    let pod = pod(flavor, &instance_id(vmi));
     let smbios = smbios::qemu_args(vmi);
     eprintln!("qemu: {}", smbios.join(" "));
     let booted = image
@@ -256,7 +272,12 @@ fn assert_configured_from_the_imds(release: Release, flavor: Flavor) {
         o.recoverable_errors().into_iter().filter(|m| !expected_warning(flavor, m)).collect();
     assert_eq!(unexpected, Vec::<String>::new(), "{why}");
     assert!(o.result.is_some(), "the final stage never ended\n{why}");
-    assert_eq!(o.instance_id.as_deref(), Some(instance_id().as_str()), "{why}");
+    // KubeVirt's firmware UUID, as its own cloud-init disks give it.
+    assert_eq!(o.instance_id.as_deref(), Some(instance_id(&vmi).as_str()), "{why}");
+    assert!(
+        vmi["metadata"]["annotations"][firmware_uuid::ANNOTATION].is_string(),
+        "not recorded by the webhook"
+    );
     assert_eq!(read(&booted, "/etc/hostname").as_deref(), Some(format!("{HOSTNAME}\n").as_str()), "{why}");
     assert_eq!(read(&booted, WRITTEN_FILE).as_deref(), Some(WRITTEN_CONTENT), "{why}");
     assert_eq!(read(&booted, RUNCMD_MARKER).as_deref(), Some(RUNCMD_CONTENT), "{why}");
@@ -317,7 +338,7 @@ fn bookworm_ignores_the_user_data_with_the_old_serial() {
     let Run { booted, cloud_init: o, why, .. } = boot(Release::Bookworm, Flavor::Nocloud, &vmi);
     let skipped = o.log_lines(NET_STAGE_SKIPPED);
     assert!(skipped.iter().any(|l| l.contains("in local mode")), "{why}");
-    assert_ne!(o.instance_id.as_deref(), Some(instance_id().as_str()), "{why}");
+    assert_ne!(o.instance_id.as_deref(), Some(instance_id(&vmi).as_str()), "{why}");
     assert_eq!(read(&booted, WRITTEN_FILE), None, "{why}");
     assert_eq!(read(&booted, RUNCMD_MARKER), None, "{why}");
     assert!(!read(&booted, DEFAULT_USER_KEYS).unwrap_or_default().contains(SSH_KEY), "{why}");

@@ -184,6 +184,9 @@ pub const ENV_NAMESPACE: &str = "IMDS_NAMESPACE";
 pub const ENV_POD_NAME: &str = "IMDS_POD_NAME";
 pub const ENV_SERVICE_ACCOUNT_NAME: &str = "IMDS_SERVICE_ACCOUNT_NAME";
 pub const ENV_VM_NAME: &str = "IMDS_VM_NAME";
+/// The VM's firmware UUID: the instance-id of every metadata flavour and
+/// OpenStack's `uuid`, as KubeVirt's own cloud-init disks give them.
+pub const ENV_FIRMWARE_UUID: &str = "IMDS_FIRMWARE_UUID";
 pub const ENV_TOKEN_DIR: &str = "IMDS_TOKEN_DIR";
 /// Comma-separated, in file order (see [`audience_file_name`]).
 pub const ENV_TOKEN_AUDIENCES: &str = "IMDS_TOKEN_AUDIENCES";

@@ -56,6 +56,12 @@ pub struct ApiArgs {
     #[arg(long = "metadata-flavor", env = contract::ENV_METADATA_FLAVORS, value_delimiter = ',', value_enum)]
     pub metadata_flavors: Vec<contract::Flavor>,
 
+    /// The VM's firmware UUID, served as the instance-id (NoCloud, EC2) and
+    /// OpenStack's `uuid`, as KubeVirt's cloud-init disks do; the webhook
+    /// always sets it. Without it the instance-id is `<vm>.<namespace>`.
+    #[arg(long, env = contract::ENV_FIRMWARE_UUID, value_parser = firmware_uuid)]
+    pub firmware_uuid: Option<String>,
+
     /// The guest's hostname in the metadata (default: the VM name).
     #[arg(long, env = contract::ENV_HOSTNAME, value_parser = non_empty)]
     pub hostname: Option<String>,
@@ -119,6 +125,7 @@ impl ApiArgs {
                 .map(|role_arn| AwsRole { role_arn, audience: self.aws_audience.clone() }),
             cloud: CloudState {
                 facts: InstanceFacts::new(&self.vm_name, &self.namespace, self.hostname.as_deref())
+                    .with_firmware_uuid(self.firmware_uuid.as_deref())
                     .with_placement(&self.region, &self.availability_zone),
                 flavors: self.metadata_flavors.iter().copied().collect(),
                 data: DataSources {
@@ -134,6 +141,13 @@ impl ApiArgs {
 
 fn non_empty(s: &str) -> Result<String, String> {
     if s.trim().is_empty() { Err("must not be empty".into()) } else { Ok(s.to_owned()) }
+}
+
+/// A UUID, in KubeVirt's lower-case hyphenated form (it is served as is).
+fn firmware_uuid(s: &str) -> Result<String, String> {
+    uuid::Uuid::try_parse(s.trim())
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|e| format!("not a UUID ({e}): expected the VM's spec.domain.firmware.uuid"))
 }
 
 fn audience(s: &str) -> Result<String, String> {
@@ -182,6 +196,17 @@ mod tests {
         assert_eq!((facts.region.as_str(), facts.availability_zone.as_str()), ("us-east-1", "us-east-1a"));
         let longest = "a".repeat(63);
         assert_eq!(parse(&["--region", &longest]).unwrap().region, longest);
+    }
+
+    #[test]
+    fn the_firmware_uuid_is_the_instance_id_in_kubevirt_s_form() {
+        let a = parse(&["--firmware-uuid", "5A9FC181-957E-5C32-9E5A-2DE5E9673531"]).unwrap();
+        assert_eq!(a.state().cloud.facts.instance_id, "5a9fc181-957e-5c32-9e5a-2de5e9673531");
+        assert_eq!(parse(&[]).unwrap().state().cloud.facts.instance_id, "vm.ns");
+        for bad in ["", "vm.ns", "5a9fc181-957e-5c32-9e5a", "../../etc/passwd"] {
+            let err = parse(&["--firmware-uuid", bad]).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(err.to_string().contains("not a UUID"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

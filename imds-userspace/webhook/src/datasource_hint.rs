@@ -127,6 +127,8 @@ pub struct Change {
     pub summary: String,
     /// Set when the user's own SMBIOS keeps cloud-init from finding the IMDS.
     pub warning: Option<String>,
+    /// The firmware UUID the VMI has afterwards, when the change sets it.
+    pub firmware_uuid: Option<String>,
 }
 
 /// The change for `flavor` on a VMI with `smbios`; `name` is
@@ -143,6 +145,7 @@ pub fn apply(flavor: Flavor, smbios: &Smbios, name: Result<(&str, &str), &str>) 
 fn nocloud(smbios: &Smbios) -> Change {
     match &smbios.serial {
         None => Change {
+            firmware_uuid: None,
             ops: vec![firmware_field(smbios, "serial", SEED_SERIAL)],
             summary: "nocloud: firmware.serial set to the NoCloud seed".into(),
             warning: None,
@@ -151,6 +154,7 @@ fn nocloud(smbios: &Smbios) -> Change {
             let summary =
                 format!("nocloud: firmware.serial already names a datasource ({serial:?}); left as is");
             Change {
+                firmware_uuid: None,
                 ops: Vec::new(),
                 warning: (!serial.split_whitespace().any(|t| t == SEED_SERIAL)).then(|| {
                     format!(
@@ -162,6 +166,7 @@ fn nocloud(smbios: &Smbios) -> Change {
             }
         }
         Some(serial) => Change {
+            firmware_uuid: None,
             ops: vec![firmware_field(smbios, "serial", &format!("{serial} {SEED_SERIAL}"))],
             summary: "nocloud: the NoCloud seed appended to firmware.serial (its own text kept first)".into(),
             warning: None,
@@ -178,17 +183,20 @@ fn openstack(smbios: &Smbios) -> Change {
                 add(&["spec", "domain", "chassis"], json!({ "asset": OPENSTACK_ASSET_TAG }))
             };
             Change {
+                firmware_uuid: None,
                 ops: vec![op],
                 summary: format!("openstack: chassis.asset set to {OPENSTACK_ASSET_TAG:?}"),
                 warning: None,
             }
         }
         Some(asset) if OPENSTACK_ASSET_TAGS.contains(&asset.as_str()) => Change {
+            firmware_uuid: None,
             ops: Vec::new(),
             summary: format!("openstack: chassis.asset is already {asset:?}"),
             warning: None,
         },
         Some(asset) => Change {
+            firmware_uuid: None,
             ops: Vec::new(),
             summary: format!("openstack: chassis.asset is the user's {asset:?}; left as is"),
             warning: Some(format!(
@@ -206,6 +214,7 @@ fn ec2(smbios: &Smbios, name: Result<(&str, &str), &str>) -> Change {
         Some((_, Ok(parsed))) => ec2_uuid(parsed),
         Some((text, Err(_))) => {
             return Change {
+                firmware_uuid: None,
                 ops: Vec::new(),
                 summary: format!("ec2: firmware.uuid {text:?} is not a UUID; left as is"),
                 warning: Some(format!(
@@ -247,7 +256,7 @@ fn ec2(smbios: &Smbios, name: Result<(&str, &str), &str>) -> Change {
     } else {
         format!("ec2: {} set to {target}", changed.join(" and "))
     };
-    Change { ops, summary, warning: None }
+    Change { ops, summary, warning: None, firmware_uuid: Some(target) }
 }
 
 /// The same UUID with `ec2` as its first three digits (still a valid UUID:

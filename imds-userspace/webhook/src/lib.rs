@@ -9,6 +9,7 @@ pub mod annotations;
 pub mod aws;
 pub mod config;
 pub mod datasource_hint;
+pub mod firmware_uuid;
 pub mod json_budget;
 pub mod mutation;
 pub mod qos;

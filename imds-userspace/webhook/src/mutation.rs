@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     annotations::{self, ImdsSettings},
-    qos,
+    firmware_uuid, qos,
     sidecar_spec::{self, AwsHint, DataVolumes, InjectionMode, PodInfo, SidecarTemplate},
 };
 use crate::contract;
@@ -156,22 +156,37 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
         }
         settings.audiences.push(aws.audience.clone());
     }
-    let Some(vm_name) = labels
-        .get(VM_NAME_LABEL)
-        .or_else(|| annotations.get(DOMAIN_ANNOTATION))
+    // KubeVirt's `template.go` sets the annotation `kubevirt.io/domain` to
+    // the VMI's name on every pod; the label `vm.kubevirt.io/name` is
+    // deprecated since 1.7 and holds the VMI's hostname (truncated), which
+    // differs from the name when the VMI sets one. The label is only read
+    // on pods without the annotation.
+    let Some(vm_name) = annotations
+        .get(DOMAIN_ANNOTATION)
         .or_else(|| labels.get(DOMAIN_ANNOTATION))
+        .or_else(|| labels.get(VM_NAME_LABEL))
     else {
         let message = format!(
-            "cannot tell the VM's name: the pod has neither the label {VM_NAME_LABEL} nor the \
-             annotation {DOMAIN_ANNOTATION}"
+            "cannot tell the VM's name: the pod has neither the annotation {DOMAIN_ANNOTATION} nor the \
+             label {VM_NAME_LABEL}"
         );
         return (Decision::Refuse(message), warnings);
+    };
+    let mut warnings = warnings;
+    let firmware_uuid = match annotations.get(firmware_uuid::ANNOTATION) {
+        None => firmware_uuid::legacy(vm_name),
+        Some(text) => firmware_uuid::normalise(text).unwrap_or_else(|| {
+            warnings.push(format!(
+                "annotation {} is {text:?}, not a UUID: the IMDS serves KubeVirt's UUID for the VM's name",
+                firmware_uuid::ANNOTATION
+            ));
+            firmware_uuid::legacy(vm_name)
+        }),
     };
     let mut data = kubevirt_cloud_init_volumes(spec);
     if sidecar_spec::user_data_volume(&settings).is_some() {
         data.user = Some(contract::USER_DATA_VOLUME.into());
     }
-    let mut warnings = warnings;
     if !settings.flavors.is_empty() && data.user.is_none() {
         warnings.push(format!(
             "metadata flavours without user-data: set {} or use a cloudInitNoCloud userDataSecretRef \
@@ -181,6 +196,7 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
     }
     let pod_info = PodInfo {
         vm_name: vm_name.clone(),
+        firmware_uuid,
         hostname: spec.hostname.clone().unwrap_or_else(|| vm_name.clone()),
         data,
         qos: qos::qos_class(spec),
@@ -618,19 +634,48 @@ mod tests {
         assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 2);
     }
 
+    /// KubeVirt's `template.go`: the annotation `kubevirt.io/domain` is the
+    /// VMI's name; the deprecated label `vm.kubevirt.io/name` its hostname.
     #[test]
-    fn vm_name_falls_back_to_the_domain_annotation() {
+    fn the_vm_name_is_kubevirt_s_domain_annotation_and_the_label_only_a_fallback() {
         let mut pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (DOMAIN_ANNOTATION, "from-domain")]);
-        pod["metadata"]["labels"].as_object_mut().unwrap().remove(VM_NAME_LABEL);
+        pod["metadata"]["labels"][VM_NAME_LABEL] = json!("a-hostname");
         let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
         assert_eq!(outcome, Outcome::Injected { vm_name: "from-domain".into() });
         check_valid(&pod, &apply(&pod, &response), InjectionMode::NativeSidecar);
 
         pod["metadata"]["annotations"].as_object_mut().unwrap().remove(DOMAIN_ANNOTATION);
         pod["metadata"]["labels"].as_object_mut().unwrap().remove(DOMAIN_ANNOTATION);
+        let (_, outcome) = run(&pod, InjectionMode::NativeSidecar);
+        assert_eq!(outcome, Outcome::Injected { vm_name: "a-hostname".into() });
+
+        pod["metadata"]["labels"].as_object_mut().unwrap().remove(VM_NAME_LABEL);
         let (response, _) = run(&pod, InjectionMode::NativeSidecar);
         assert!(!response.allowed);
-        assert!(response.result.message.contains(VM_NAME_LABEL), "{}", response.result.message);
+        assert!(response.result.message.contains(DOMAIN_ANNOTATION), "{}", response.result.message);
+    }
+
+    #[test]
+    fn the_sidecar_serves_the_firmware_uuid_the_vmi_webhook_recorded() {
+        let recorded = "d6b1c2a4-8e3f-4b5a-9c7d-1e2f3a4b5c6d";
+        let env_for = |annotations: &[(&str, &str)]| {
+            let pod = fixture(V1_9_MASQUERADE, annotations);
+            let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+            assert!(response.allowed, "{outcome:?}");
+            (env_of(&apply(&pod, &response)), response.warnings.unwrap_or_default())
+        };
+        let uuid_in = |env: &[(String, Value)]| {
+            env.iter().find(|(k, _)| k == contract::ENV_FIRMWARE_UUID).map(|(_, v)| v.clone())
+        };
+        let (env, _) = env_for(&[(ENABLED, "true"), (firmware_uuid::ANNOTATION, recorded)]);
+        assert_eq!(uuid_in(&env), Some(json!(recorded)));
+        // None recorded: KubeVirt's UUID for the VM's name (the VMI's name).
+        let (env, _) = env_for(&[(ENABLED, "true")]);
+        assert_eq!(uuid_in(&env), Some(json!(firmware_uuid::legacy("fedora-imds"))));
+        // Something that is not a UUID: the same fallback, and a warning.
+        let (env, warnings) = env_for(&[(ENABLED, "true"), (firmware_uuid::ANNOTATION, "$(reboot)")]);
+        assert_eq!(uuid_in(&env), Some(json!(firmware_uuid::legacy("fedora-imds"))));
+        assert!(warnings.iter().any(|w| w.contains("not a UUID")), "{warnings:?}");
     }
 
     #[test]

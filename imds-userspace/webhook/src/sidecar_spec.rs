@@ -62,6 +62,8 @@ pub struct AwsHint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub vm_name: String,
+    /// The VM's firmware UUID: the instance-id the sidecar serves.
+    pub firmware_uuid: String,
     /// The guest's hostname (the pod's `spec.hostname`, which KubeVirt sets
     /// from the VMI).
     pub hostname: String,
@@ -90,6 +92,7 @@ pub fn container(
         env_field(contract::ENV_POD_NAME, "metadata.name"),
         env_field(contract::ENV_SERVICE_ACCOUNT_NAME, "spec.serviceAccountName"),
         env_value(contract::ENV_VM_NAME, &pod.vm_name),
+        env_value(contract::ENV_FIRMWARE_UUID, &pod.firmware_uuid),
         env_value(contract::ENV_TOKEN_DIR, contract::TOKEN_DIR),
         env_value(contract::ENV_LOG_FORMAT, "json"),
         // No ENV_RUN_DIR: the sidecar's default is RUN_DIR, where the run volume is mounted.

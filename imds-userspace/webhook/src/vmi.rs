@@ -1,7 +1,9 @@
 //! The admission decision for VirtualMachineInstances, as a pure function
 //! from the request to the response: a VMI that opted in and asks for a
 //! cloud metadata flavour gets the SMBIOS hint that makes its image's
-//! cloud-init use it ([`super::datasource_hint`]).
+//! cloud-init use it ([`super::datasource_hint`]), and every VMI that opted
+//! in gets its firmware UUID recorded for the sidecar's instance-id
+//! ([`super::firmware_uuid`]).
 //!
 //! Only at creation: KubeVirt refuses spec changes to a VMI by anyone but
 //! its own service accounts (`vmi-update-admitter.go`), and the VMI's
@@ -19,6 +21,7 @@ use serde_json::Value;
 use super::{
     annotations,
     datasource_hint::{self, Smbios},
+    firmware_uuid,
     mutation::Outcome,
 };
 
@@ -60,14 +63,6 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
         Ok(s) => s,
         Err(e) => return refuse(e.to_string()),
     };
-    let Some(flavor) = settings.datasource_hint.resolve(&settings.flavors) else {
-        return (
-            with_warnings(AdmissionResponse::from(request)),
-            Outcome::Unchanged {
-                reason: "no datasource hint wanted (no metadata flavour, or the hint is none)".into(),
-            },
-        );
-    };
     // `data` holds everything of the object but its type and metadata.
     let smbios = match Smbios::read(&object.data) {
         Ok(s) => s,
@@ -78,14 +73,42 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
         // generateName: the API server names the object after admission.
         _ => Err(request.uid.as_str()),
     };
-    let change = datasource_hint::apply(flavor, &smbios, name);
-    let mut ops = change.ops;
-    ops.push(datasource_hint::add(
-        &["metadata", "annotations", annotations::DATASOURCE_HINT_APPLIED],
-        Value::from(change.summary.clone()),
-    ));
     let mut warnings = warnings.clone();
-    warnings.extend(change.warning);
+    let mut ops = Vec::new();
+    let flavor = settings.datasource_hint.resolve(&settings.flavors);
+    let change = flavor.map(|flavor| datasource_hint::apply(flavor, &smbios, name));
+    if let Some(change) = &change {
+        ops.extend(change.ops.iter().cloned());
+        ops.push(datasource_hint::add(
+            &["metadata", "annotations", annotations::DATASOURCE_HINT_APPLIED],
+            Value::from(change.summary.clone()),
+        ));
+        warnings.extend(change.warning.clone());
+    }
+    // The UUID the guest ends up with, for the sidecar's instance-id (see
+    // `firmware_uuid`). None: the pod webhook falls back to KubeVirt's
+    // UUID for the VM's name.
+    let final_uuid = change.as_ref().and_then(|c| c.firmware_uuid.clone()).or(smbios.uuid.clone());
+    match final_uuid.as_deref().map(|u| (u, firmware_uuid::normalise(u))) {
+        Some((_, Some(uuid))) => ops.push(datasource_hint::add(
+            &["metadata", "annotations", firmware_uuid::ANNOTATION],
+            Value::from(uuid),
+        )),
+        Some((text, None)) => warnings.push(format!(
+            "spec.domain.firmware.uuid {text:?} is not a UUID: the IMDS serves an instance-id of its own"
+        )),
+        None => {}
+    }
+    let summary = match &change {
+        Some(change) => change.summary.clone(),
+        None => "no datasource hint wanted (no metadata flavour, or the hint is none)".into(),
+    };
+    if ops.is_empty() {
+        return (
+            with_warnings_of(AdmissionResponse::from(request), &warnings),
+            Outcome::Unchanged { reason: summary },
+        );
+    }
     let mut response = match AdmissionResponse::from(request).with_patch(Patch(ops)) {
         Ok(r) => r,
         Err(e) => return refuse(format!("internal error serialising the patch: {e}")),
@@ -93,7 +116,17 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
     if !warnings.is_empty() {
         response.warnings = Some(warnings);
     }
-    (response, Outcome::Hinted { summary: change.summary })
+    match change {
+        Some(change) => (response, Outcome::Hinted { summary: change.summary }),
+        None => (response, Outcome::Unchanged { reason: format!("{summary}; firmware UUID recorded") }),
+    }
+}
+
+fn with_warnings_of(mut response: AdmissionResponse, warnings: &[String]) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings.to_vec());
+    }
+    response
 }
 
 #[cfg(test)]
@@ -192,21 +225,51 @@ mod tests {
     fn vmis_that_did_not_ask_are_allowed_untouched() {
         for (vmi, operation) in [
             (fixture(FROM_VM, &[]), "CREATE"),
-            (fixture(FROM_VM, &[(ENABLED, "true")]), "CREATE"),
             (fixture(FROM_VM, &[(ENABLED, "True"), (METADATA_FLAVORS, "nocloud")]), "CREATE"),
-            (
-                fixture(
-                    FROM_VM,
-                    &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud"), (DATASOURCE_HINT, "none")],
-                ),
-                "CREATE",
-            ),
             (fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]), "UPDATE"),
         ] {
             let (response, outcome) = review(&request(vmi, operation));
             assert!(response.allowed && response.patch.is_none(), "{outcome:?}");
             assert!(matches!(outcome, Outcome::Unchanged { .. }));
         }
+    }
+
+    /// The UUID KubeVirt gave the fixture (`spec.domain.firmware.uuid`).
+    const FROM_VM_UUID: &str = "d6b1c2a4-8e3f-4b5a-9c7d-1e2f3a4b5c6d";
+
+    #[test]
+    fn every_vmi_that_opted_in_has_its_firmware_uuid_recorded_and_nothing_else_without_a_hint() {
+        for annotations in [
+            &[(ENABLED, "true")][..],
+            &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud"), (DATASOURCE_HINT, "none")],
+        ] {
+            let vmi = fixture(FROM_VM, annotations);
+            let (response, outcome) = review(&request(vmi.clone(), "CREATE"));
+            assert!(response.allowed, "{outcome:?}");
+            let patched = apply(&vmi, &response);
+            assert_eq!(patched["metadata"]["annotations"][firmware_uuid::ANNOTATION], FROM_VM_UUID);
+            assert_eq!(patched["spec"], vmi["spec"], "the SMBIOS changed without a hint");
+            assert!(matches!(outcome, Outcome::Unchanged { .. }), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn the_recorded_uuid_is_the_one_the_guest_gets() {
+        let nocloud = fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
+        let patched = apply(&nocloud, &review(&request(nocloud.clone(), "CREATE")).0);
+        assert_eq!(patched["metadata"]["annotations"][firmware_uuid::ANNOTATION], FROM_VM_UUID);
+        // EC2's hint rewrites the UUID: the recorded one follows it.
+        let ec2 = fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "ec2")]);
+        let patched = apply(&ec2, &review(&request(ec2.clone(), "CREATE")).0);
+        let uuid = &patched["spec"]["domain"]["firmware"]["uuid"];
+        assert!(uuid.as_str().unwrap().starts_with("ec2"), "{uuid}");
+        assert_eq!(&patched["metadata"]["annotations"][firmware_uuid::ANNOTATION], uuid);
+        // No firmware UUID at all (a VMI created directly): nothing recorded,
+        // the pod webhook derives KubeVirt's UUID for the name.
+        let mut direct = fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
+        direct["spec"]["domain"].as_object_mut().unwrap().remove("firmware");
+        let patched = apply(&direct, &review(&request(direct.clone(), "CREATE")).0);
+        assert!(patched["metadata"]["annotations"].get(firmware_uuid::ANNOTATION).is_none());
     }
 
     #[test]

@@ -19,8 +19,12 @@ pub mod openstack;
 /// What every flavour tells the guest about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceFacts {
-    /// `<vm>.<namespace>`: KubeVirt's own NoCloud convention, stable across
-    /// restarts of one VM and different between VMs.
+    /// The VM's firmware UUID, as KubeVirt's own cloud-init disks give it
+    /// (`pkg/cloud-init/cloud-init.go`: NoCloud's `instance-id` and
+    /// ConfigDrive's `uuid` are `cloudInitUUIDFromVMI`): a VM moved from
+    /// KubeVirt's disk to this IMDS keeps its instance-id, and cloud-init
+    /// does not run first boot again. `<vm>.<namespace>` when no UUID was
+    /// given (only outside the webhook: development, benchmarks).
     pub instance_id: String,
     pub hostname: String,
     pub vm_name: String,
@@ -46,6 +50,14 @@ impl InstanceFacts {
             region: contract::DEFAULT_REGION.to_owned(),
             availability_zone: contract::DEFAULT_AVAILABILITY_ZONE.to_owned(),
             public_keys: Vec::new(),
+        }
+    }
+
+    /// The instance-id from the firmware UUID, when there is one.
+    pub fn with_firmware_uuid(self, firmware_uuid: Option<&str>) -> Self {
+        match firmware_uuid {
+            Some(uuid) => Self { instance_id: uuid.to_owned(), ..self },
+            None => self,
         }
     }
 
@@ -154,6 +166,17 @@ pub fn listing<S: std::borrow::Borrow<str>>(entries: &[S]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_id_is_the_firmware_uuid_when_given() {
+        let uuid = "5a9fc181-957e-5c32-9e5a-2de5e9673531";
+        let f = InstanceFacts::new("fedora", "vms", None).with_firmware_uuid(Some(uuid));
+        assert_eq!(f.instance_id, uuid);
+        assert_eq!(
+            InstanceFacts::new("fedora", "vms", None).with_firmware_uuid(None).instance_id,
+            "fedora.vms"
+        );
+    }
 
     #[test]
     fn instance_id_follows_kubevirt() {
