@@ -46,7 +46,8 @@ fn mutated(fixture: &LauncherPod, mode: InjectionMode) -> (Value, Value) {
         serde_json::from_slice(&admission_review(&POD, pod.clone(), "vm-team", "admission.k8s.io/v1"))
             .unwrap();
     let request: AdmissionRequest<DynamicObject> = review.try_into().unwrap();
-    let (response, outcome) = mutation::review(&request, &template(mode), None);
+    let (response, outcome) =
+        mutation::review(&request, &template(mode), &imds_webhook::policy::Policy::default(), None);
     assert!(matches!(outcome, Outcome::Injected { .. }), "{}: {outcome:?}", fixture.file);
     let patch: json_patch::Patch = serde_json::from_slice(response.patch.as_ref().unwrap()).unwrap();
     let mut patched = pod.clone();

@@ -24,6 +24,7 @@ use imds_webhook::{
     annotations::DATASOURCE_HINT_APPLIED,
     contract,
     datasource_hint::{OPENSTACK_ASSET_TAG, SEED_SERIAL},
+    firmware_uuid::ANNOTATION as FIRMWARE_UUID_ANNOTATION,
 };
 use serde_json::{Value, json};
 
@@ -231,6 +232,13 @@ fn vmis_get_the_datasource_hint_over_verified_tls() {
             }
             expected["metadata"]["annotations"][DATASOURCE_HINT_APPLIED] =
                 hinted["metadata"]["annotations"][DATASOURCE_HINT_APPLIED].clone();
+            // The firmware UUID the guest gets is recorded for the sidecar's
+            // instance-id (when the VMI has one).
+            let recorded = &hinted["metadata"]["annotations"][FIRMWARE_UUID_ANNOTATION];
+            assert_eq!(recorded, &domain["firmware"]["uuid"], "{flavors}");
+            if !recorded.is_null() {
+                expected["metadata"]["annotations"][FIRMWARE_UUID_ANNOTATION] = recorded.clone();
+            }
             assert_eq!(rest, expected, "{flavors}");
             assert!(hinted["metadata"]["annotations"][DATASOURCE_HINT_APPLIED].as_str().unwrap().len() > 10);
             // Reinvoked: nothing more changes.
@@ -551,4 +559,53 @@ fn a_trickled_body_is_cut_at_the_deadline() {
     let status = stdout.lines().last().unwrap_or_default();
     assert!(status == "408" || !out.status.success(), "status {status}, curl: {:?}", out.status);
     assert!(webhook.log().contains("did not arrive in time"), "{}", webhook.log());
+}
+
+/// The cluster's limits, set by flags, over real TLS: a pod from anyone but
+/// the named controller and an audience outside the allow-list are refused
+/// with messages naming them; the label alone opts in.
+#[test]
+fn the_cluster_s_limits_hold_over_tls() {
+    let tls = tls();
+    let ca = tls.first.join("ca.crt");
+    let controller = "system:serviceaccount:openshift-cnv:kubevirt-controller";
+    let webhook = Webhook::start(
+        &tls.mount_dir,
+        &ca,
+        &["--kubevirt-controller-user", controller, "--allowed-audience", "vault,spiffe://*.example.com"],
+    )
+    .unwrap();
+    let post = |pod: Value, user: &str| -> Value {
+        let mut review: Value = serde_json::from_slice(&review(pod, "admission.k8s.io/v1")).unwrap();
+        review["request"]["userInfo"]["username"] = json!(user);
+        let (status, body) = webhook.post("/mutate", review.to_string().as_bytes(), &ca).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let mut labelled = OPENSHIFT.pod();
+    labelled["metadata"]["labels"]["imds.kubevirt.io/enabled"] = json!("true");
+    let answer = post(labelled.clone(), controller);
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(answer["response"]["patch"].is_string(), "the label alone did not opt in");
+
+    let answer = post(labelled.clone(), "system:serviceaccount:kubevirt:kubevirt-controller");
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("system:serviceaccount:kubevirt:kubevirt-controller")
+            && message.contains(controller)
+    );
+
+    for (audiences, allowed) in
+        [("vault,spiffe://prod.example.com", true), ("vault,sts.amazonaws.com", false)]
+    {
+        let mut pod = labelled.clone();
+        pod["metadata"]["annotations"]["imds.kubevirt.io/token-audiences"] = json!(audiences);
+        let answer = post(pod, controller);
+        assert_eq!(answer["response"]["allowed"], allowed, "{audiences}: {answer}");
+        if !allowed {
+            let message = answer["response"]["status"]["message"].as_str().unwrap();
+            assert!(message.contains("\"sts.amazonaws.com\""), "{message}");
+        }
+    }
 }

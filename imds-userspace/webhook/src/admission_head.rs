@@ -62,8 +62,9 @@ impl ReviewHead {
 }
 
 /// Whether the pod review needs the whole request, or why not. Only the
-/// creation of a virt-launcher pod that carries one of our annotations
-/// does: enabled, or a near miss whose warning `mutation::decide` gives.
+/// creation of a virt-launcher pod that carries our opt-in label or one of
+/// our annotations does: enabled, or a near miss whose warning
+/// `mutation::decide` gives.
 pub fn pod_needs_review(request: &RequestHead) -> Result<(), &'static str> {
     if !(request.kind.group.is_empty() && request.kind.kind == "Pod" && request.sub_resource.is_none()) {
         return Err("not a pod");
@@ -79,7 +80,10 @@ pub fn pod_needs_review(request: &RequestHead) -> Result<(), &'static str> {
     if labels.and_then(|l| l.get(VIRT_LAUNCHER_LABEL.0)).map(String::as_str) != Some(VIRT_LAUNCHER_LABEL.1) {
         return Err("not a virt-launcher pod");
     }
-    let ours = metadata.annotations.iter().flatten().any(|(key, _)| key.starts_with(annotations::PREFIX));
+    // The opt-in label (even a near miss, for its warning) or any of our
+    // annotations.
+    let ours = labels.is_some_and(|l| l.contains_key(annotations::ENABLED))
+        || metadata.annotations.iter().flatten().any(|(key, _)| key.starts_with(annotations::PREFIX));
     if !ours {
         return Err("IMDS not enabled for this VM");
     }
@@ -121,6 +125,8 @@ mod tests {
     fn only_virt_launcher_pods_with_our_annotations_are_read_further() {
         let launcher = |annotations: serde_json::Value| json!({"metadata": {"labels": {"kubevirt.io": "virt-launcher"}, "annotations": annotations}});
         assert_eq!(pod_needs_review(&head(launcher(json!({"imds.kubevirt.io/enabled": "true"})))), Ok(()));
+        let labelled = json!({"metadata": {"labels": {"kubevirt.io": "virt-launcher", "imds.kubevirt.io/enabled": "true"}}});
+        assert_eq!(pod_needs_review(&head(labelled)), Ok(()));
         // A near miss still gets the full review (and its warning).
         assert_eq!(pod_needs_review(&head(launcher(json!({"imds.kubevirt.io/enabled": "yes"})))), Ok(()));
         assert_eq!(

@@ -78,9 +78,14 @@ pub struct AnnotationError {
     pub expected: String,
 }
 
-/// Whether the pod asks for the IMDS (the enabled annotation is exactly "true").
-pub fn enabled(annotations: &BTreeMap<String, String>) -> bool {
-    annotations.get(ENABLED).is_some_and(|v| v == "true")
+/// Whether the pod (or VMI) asks for the IMDS: the label or the annotation
+/// [`ENABLED`] is exactly "true". The label is the opt-in the webhook
+/// configuration's `objectSelector` matches (KubeVirt copies the VM
+/// template's labels onto the VMI and the pod, `template.go`), so only
+/// opted-in objects reach the webhook; the annotation is the opt-in of
+/// clusters that select every virt-launcher pod instead.
+pub fn opted_in(labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>) -> bool {
+    labels.get(ENABLED).is_some_and(|v| v == "true") || annotations.get(ENABLED).is_some_and(|v| v == "true")
 }
 
 /// Parses the settings of an enabled pod.
@@ -223,14 +228,26 @@ fn parse_audiences(value: &str) -> Result<Vec<String>, String> {
     Ok(audiences)
 }
 
+/// `"True"`, `" true"`, `"yes"`, `"on"`, `"1"`: meant as the opt-in, but not it.
+pub fn is_near_miss(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase();
+    value != "true" && matches!(v.as_str(), "true" | "yes" | "y" | "on" | "1" | "enabled")
+}
+
+/// What a label [`ENABLED`] that is not exactly "true" but meant it says.
+pub fn label_warning(labels: &BTreeMap<String, String>) -> Option<String> {
+    labels
+        .get(ENABLED)
+        .filter(|v| is_near_miss(v))
+        .map(|v| format!("label {ENABLED} is {v:?}: only exactly \"true\" enables the IMDS"))
+}
+
 /// Advice for the user (returned as admission warnings, which kubectl
 /// prints): near misses that would otherwise be silently ignored.
 pub fn warnings(annotations: &BTreeMap<String, String>) -> Vec<String> {
     let mut warnings = Vec::new();
     if let Some(v) = annotations.get(ENABLED)
-        && v != "true"
-        && v != "false"
-        && v.trim().eq_ignore_ascii_case("true")
+        && is_near_miss(v)
     {
         warnings.push(format!("annotation {ENABLED} is {v:?}: only exactly \"true\" enables the IMDS"));
     }
@@ -262,12 +279,26 @@ mod tests {
     }
 
     #[test]
-    fn only_exactly_true_enables() {
-        assert!(enabled(&annotations(&[(ENABLED, "true")])));
+    fn only_exactly_true_enables_as_label_or_annotation() {
+        let none = annotations(&[]);
+        assert!(opted_in(&none, &annotations(&[(ENABLED, "true")])));
+        assert!(opted_in(&annotations(&[(ENABLED, "true")]), &none));
         for v in ["false", "True", "TRUE", "yes", "1", "", " true"] {
-            assert!(!enabled(&annotations(&[(ENABLED, v)])), "{v:?}");
+            assert!(!opted_in(&none, &annotations(&[(ENABLED, v)])), "{v:?}");
+            assert!(!opted_in(&annotations(&[(ENABLED, v)]), &none), "{v:?}");
         }
-        assert!(!enabled(&annotations(&[])));
+        assert!(!opted_in(&none, &none));
+    }
+
+    #[test]
+    fn near_misses_of_the_label_are_named() {
+        for v in ["True", " true", "yes", "on", "1", "Enabled"] {
+            let w = label_warning(&annotations(&[(ENABLED, v)])).unwrap_or_else(|| panic!("{v:?}"));
+            assert!(w.contains("label imds.kubevirt.io/enabled"), "{w}");
+        }
+        for v in ["true", "false", "no", ""] {
+            assert_eq!(label_warning(&annotations(&[(ENABLED, v)])), None, "{v:?}");
+        }
     }
 
     #[test]

@@ -84,6 +84,20 @@ pub struct WebhookArgs {
     /// `native-sidecar` (Kubernetes >= 1.29) or `container` for older clusters.
     #[arg(long, env = "IMDS_INJECTION_MODE", value_enum, default_value_t = InjectionMode::NativeSidecar)]
     pub injection_mode: InjectionMode,
+
+    /// The user that creates virt-launcher pods: KubeVirt's controller
+    /// (`system:serviceaccount:openshift-cnv:kubevirt-controller` on
+    /// OpenShift Virtualization). Pods anyone else creates are refused the
+    /// injection. Repeat, or comma-separate.
+    #[arg(long = "kubevirt-controller-user", env = "IMDS_WEBHOOK_KUBEVIRT_CONTROLLER_USERS", value_delimiter = ',', default_value = crate::policy::DEFAULT_CONTROLLER_USER, value_parser = non_empty)]
+    pub kubevirt_controller_users: Vec<String>,
+
+    /// Token audiences VMs may ask for (`imds.kubevirt.io/token-audiences`,
+    /// and the IRSA audience): globs with `*` and `?`, e.g.
+    /// `sts.amazonaws.com,vault,spiffe://*.example.com`. `*` allows any.
+    /// Repeat, or comma-separate.
+    #[arg(long = "allowed-audience", env = "IMDS_WEBHOOK_ALLOWED_AUDIENCES", value_delimiter = ',', default_value = "*", value_parser = non_empty)]
+    pub allowed_audiences: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,9 +140,18 @@ impl WebhookArgs {
         })
     }
 
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy::new(self.kubevirt_controller_users.clone(), self.allowed_audiences.clone())
+    }
+
     pub fn certificate_files(&self) -> CertificateFiles {
         CertificateFiles { cert: self.tls_cert_file.clone(), key: self.tls_key_file.clone() }
     }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() { Err("must not be empty".into()) } else { Ok(s.to_owned()) }
 }
 
 fn placement_name(s: &str) -> Result<String, String> {

@@ -12,6 +12,7 @@ pub mod datasource_hint;
 pub mod firmware_uuid;
 pub mod json_budget;
 pub mod mutation;
+pub mod policy;
 pub mod qos;
 pub mod quantity;
 pub mod server;
@@ -53,7 +54,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = Arc::new(server::WebhookState::new(template, service_accounts));
+    let state = Arc::new(server::WebhookState::new(template, args.policy(), service_accounts));
     tracing::info!(
         listen = %args.listen,
         image = %state.template.image,

@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use super::{
     annotations::{self, ImdsSettings},
-    firmware_uuid, qos,
+    firmware_uuid,
+    policy::Policy,
+    qos,
     sidecar_spec::{self, AwsHint, DataVolumes, InjectionMode, PodInfo, SidecarTemplate},
 };
 use crate::contract;
@@ -42,7 +44,7 @@ pub fn wants_service_account(request: &AdmissionRequest<DynamicObject>) -> Optio
     let annotations = object.metadata.annotations.as_ref()?;
     let wanted = request.operation == Operation::Create
         && labels.get(VIRT_LAUNCHER_LABEL.0).map(String::as_str) == Some(VIRT_LAUNCHER_LABEL.1)
-        && annotations::enabled(annotations);
+        && annotations::opted_in(labels, annotations);
     let namespace = request.namespace.clone()?;
     let service_account = object
         .data
@@ -58,6 +60,7 @@ pub fn wants_service_account(request: &AdmissionRequest<DynamicObject>) -> Optio
 pub fn review(
     request: &AdmissionRequest<DynamicObject>,
     template: &SidecarTemplate,
+    policy: &Policy,
     aws: Option<&AwsHint>,
 ) -> (AdmissionResponse, Outcome) {
     let allow = AdmissionResponse::from(request);
@@ -81,7 +84,12 @@ pub fn review(
             return (AdmissionResponse::from(request).deny(&message), Outcome::Refused { message });
         }
     };
-    let (decision, warnings) = decide(&pod, template, aws);
+    let (mut decision, warnings) = decide(&pod, template, policy, aws);
+    if matches!(decision, Decision::Inject { .. })
+        && let Err(message) = policy.check_creator(&request.user_info.username.clone().unwrap_or_default())
+    {
+        decision = Decision::Refuse(message);
+    }
     let mut response = match &decision {
         Decision::Unchanged(_) => allow,
         Decision::Refuse(message) => allow.deny(message),
@@ -112,15 +120,21 @@ pub enum Decision {
 }
 
 /// The decision for one pod, and warnings for its author.
-pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (Decision, Vec<String>) {
+pub fn decide(
+    pod: &Pod,
+    template: &SidecarTemplate,
+    policy: &Policy,
+    aws: Option<&AwsHint>,
+) -> (Decision, Vec<String>) {
     let empty = Default::default();
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     if labels.get(VIRT_LAUNCHER_LABEL.0).map(String::as_str) != Some(VIRT_LAUNCHER_LABEL.1) {
         return (Decision::Unchanged("not a virt-launcher pod"), Vec::new());
     }
-    let warnings = annotations::warnings(annotations);
-    if !annotations::enabled(annotations) {
+    let mut warnings = annotations::warnings(annotations);
+    warnings.extend(annotations::label_warning(labels));
+    if !annotations::opted_in(labels, annotations) {
         return (Decision::Unchanged("IMDS not enabled for this VM"), warnings);
     }
     let Some(spec) = &pod.spec else {
@@ -156,6 +170,10 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
         }
         settings.audiences.push(aws.audience.clone());
     }
+    // The cluster's allow-list covers every extra audience, the IRSA one too.
+    if let Err(message) = policy.check_audiences(&settings.audiences) {
+        return (Decision::Refuse(message), warnings);
+    }
     // KubeVirt's `template.go` sets the annotation `kubevirt.io/domain` to
     // the VMI's name on every pod; the label `vm.kubevirt.io/name` is
     // deprecated since 1.7 and holds the VMI's hostname (truncated), which
@@ -172,7 +190,6 @@ pub fn decide(pod: &Pod, template: &SidecarTemplate, aws: Option<&AwsHint>) -> (
         );
         return (Decision::Refuse(message), warnings);
     };
-    let mut warnings = warnings;
     let firmware_uuid = match annotations.get(firmware_uuid::ANNOTATION) {
         None => firmware_uuid::legacy(vm_name),
         Some(text) => firmware_uuid::normalise(text).unwrap_or_else(|| {
@@ -356,7 +373,12 @@ mod tests {
     }
 
     fn run(pod: &Value, mode: InjectionMode) -> (AdmissionResponse, Outcome) {
-        review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &template(mode), None)
+        review(
+            &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
+            &template(mode),
+            &Policy::default(),
+            None,
+        )
     }
 
     /// Applies the response's JSONPatch to `pod`.
@@ -591,7 +613,13 @@ mod tests {
         let pod = fixture(CAT8KV, &[(ENABLED, "true"), (crate::annotations::METADATA_FLAVORS, "ec2")]);
         let env = env_of(&apply(
             &pod,
-            &review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &placed, None).0,
+            &review(
+                &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
+                &placed,
+                &Policy::default(),
+                None,
+            )
+            .0,
         ));
         assert!(env.contains(&(contract::ENV_REGION.into(), json!("us-east-1"))), "{env:?}");
         assert!(env.contains(&(contract::ENV_AVAILABILITY_ZONE.into(), json!("us-east-1a"))), "{env:?}");
@@ -599,7 +627,13 @@ mod tests {
         let pod = fixture(CAT8KV, &[(ENABLED, "true")]);
         let env = env_of(&apply(
             &pod,
-            &review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), &placed, None).0,
+            &review(
+                &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
+                &placed,
+                &Policy::default(),
+                None,
+            )
+            .0,
         ));
         assert!(!env.iter().any(|(k, _)| k == contract::ENV_REGION), "{env:?}");
     }
@@ -653,6 +687,71 @@ mod tests {
         let (response, _) = run(&pod, InjectionMode::NativeSidecar);
         assert!(!response.allowed);
         assert!(response.result.message.contains(DOMAIN_ANNOTATION), "{}", response.result.message);
+    }
+
+    #[test]
+    fn the_label_alone_opts_in_as_the_object_selector_matches_it() {
+        let mut pod = fixture(V1_9_MASQUERADE, &[]);
+        pod["metadata"]["labels"][annotations::ENABLED] = json!("true");
+        let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+        assert_eq!(outcome, Outcome::Injected { vm_name: "fedora-imds".into() }, "{:?}", response.result);
+        // A near miss of the label is named, and nothing is injected.
+        pod["metadata"]["labels"][annotations::ENABLED] = json!("True");
+        let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+        assert!(matches!(outcome, Outcome::Unchanged { .. }), "{outcome:?}");
+        let warnings = response.warnings.unwrap_or_default();
+        assert!(warnings.iter().any(|w| w.contains("label imds.kubevirt.io/enabled")), "{warnings:?}");
+    }
+
+    #[test]
+    fn only_kubevirt_s_controller_gets_pods_injected() {
+        let pod = fixture(V1_9_MASQUERADE, &[(ENABLED, "true")]);
+        let mut request = request_for(pod.clone(), ("", "v1", "Pod"), "CREATE");
+        request.user_info.username = Some("system:serviceaccount:vm-team:default".into());
+        let (response, outcome) =
+            review(&request, &template(InjectionMode::NativeSidecar), &Policy::default(), None);
+        assert!(!response.allowed, "{outcome:?}");
+        assert!(
+            response.result.message.contains("system:serviceaccount:vm-team:default"),
+            "{}",
+            response.result.message
+        );
+        // The same pod from a controller the cluster names is injected.
+        let openshift = "system:serviceaccount:openshift-cnv:kubevirt-controller";
+        request.user_info.username = Some(openshift.into());
+        let policy = Policy::new(vec![openshift.into()], vec!["*".into()]);
+        let (response, _) = review(&request, &template(InjectionMode::NativeSidecar), &policy, None);
+        assert!(response.allowed && response.patch.is_some(), "{:?}", response.result);
+        // A pod that did not opt in is allowed whoever creates it.
+        let plain = fixture(V1_9_MASQUERADE, &[]);
+        let mut request = request_for(plain, ("", "v1", "Pod"), "CREATE");
+        request.user_info.username = Some("alice".into());
+        let (response, _) =
+            review(&request, &template(InjectionMode::NativeSidecar), &Policy::default(), None);
+        assert!(response.allowed && response.patch.is_none());
+    }
+
+    #[test]
+    fn audiences_outside_the_cluster_s_allow_list_are_refused_naming_them() {
+        use crate::annotations::TOKEN_AUDIENCES;
+        let policy = Policy::new(vec![crate::policy::DEFAULT_CONTROLLER_USER.into()], vec!["vault".into()]);
+        let review_with = |audiences: &str, aws: Option<&AwsHint>| {
+            let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, audiences)]);
+            review(
+                &request_for(pod, ("", "v1", "Pod"), "CREATE"),
+                &template(InjectionMode::NativeSidecar),
+                &policy,
+                aws,
+            )
+            .0
+        };
+        assert!(review_with("vault", None).allowed);
+        let refused = review_with("vault,sts.amazonaws.com", None);
+        assert!(!refused.allowed);
+        assert!(refused.result.message.contains("\"sts.amazonaws.com\""), "{}", refused.result.message);
+        // The IRSA audience the ServiceAccount brings is held to the same list.
+        let aws = AwsHint { role_arn: "arn:aws:iam::1:role/r".into(), audience: "sts.amazonaws.com".into() };
+        assert!(!review_with("vault", Some(&aws)).allowed);
     }
 
     #[test]
@@ -742,7 +841,8 @@ mod tests {
             request_for(pod.clone(), ("", "v1", "Pod"), "UPDATE"),
             request_for(pod.clone(), ("", "v1", "Pod"), "DELETE"),
         ] {
-            let (response, outcome) = review(&request, &template(InjectionMode::NativeSidecar), None);
+            let (response, outcome) =
+                review(&request, &template(InjectionMode::NativeSidecar), &Policy::default(), None);
             assert!(response.allowed && response.patch.is_none(), "{outcome:?}");
         }
         // A pod-shaped object that is not a valid Pod is refused, not crashed on.
@@ -750,6 +850,7 @@ mod tests {
         let (response, _) = review(
             &request_for(broken, ("", "v1", "Pod"), "CREATE"),
             &template(InjectionMode::NativeSidecar),
+            &Policy::default(),
             None,
         );
         assert!(!response.allowed);
@@ -837,7 +938,8 @@ mod tests {
         let pod = enabled_fixtures().remove(1);
         let request = request_for(pod.clone(), ("", "v1", "Pod"), "CREATE");
         assert_eq!(wants_service_account(&request), Some(("default".into(), "default".into())));
-        let (response, _) = review(&request, &template(InjectionMode::NativeSidecar), Some(&aws));
+        let (response, _) =
+            review(&request, &template(InjectionMode::NativeSidecar), &Policy::default(), Some(&aws));
         let patched = apply(&pod, &response);
         check_valid(&pod, &patched, InjectionMode::NativeSidecar);
         let env = env_of(&patched);
@@ -854,6 +956,7 @@ mod tests {
         let (response, _) = review(
             &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
             &template(InjectionMode::NativeSidecar),
+            &Policy::default(),
             Some(&aws),
         );
         assert_eq!(sources(&apply(&pod, &response)).len(), 2);

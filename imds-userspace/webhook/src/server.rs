@@ -23,6 +23,7 @@ use super::{
     aws::ServiceAccounts,
     json_budget::{self, Budget},
     mutation::{self, Outcome},
+    policy::Policy,
     sidecar_spec::SidecarTemplate,
     vmi,
 };
@@ -48,6 +49,7 @@ pub const MUTATE_VMIS_PATH: &str = "/mutate-vmi";
 /// What `/mutate` needs.
 pub struct WebhookState {
     pub template: SidecarTemplate,
+    pub policy: Policy,
     /// `None`: IRSA hints are off.
     pub service_accounts: Option<ServiceAccounts>,
     /// Permits for building a review in full ([`FULL_REVIEWS_AT_ONCE`]).
@@ -55,8 +57,13 @@ pub struct WebhookState {
 }
 
 impl WebhookState {
-    pub fn new(template: SidecarTemplate, service_accounts: Option<ServiceAccounts>) -> Self {
-        Self { template, service_accounts, full_reviews: tokio::sync::Semaphore::new(FULL_REVIEWS_AT_ONCE) }
+    pub fn new(template: SidecarTemplate, policy: Policy, service_accounts: Option<ServiceAccounts>) -> Self {
+        Self {
+            template,
+            policy,
+            service_accounts,
+            full_reviews: tokio::sync::Semaphore::new(FULL_REVIEWS_AT_ONCE),
+        }
     }
 }
 
@@ -208,7 +215,7 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Body) -> Response 
     if let Some(aws) = &aws {
         tracing::info!(uid = %request.uid, aws_role = %aws.role_arn, "the ServiceAccount names an AWS role");
     }
-    let (response, outcome) = mutation::review(&request, &state.template, aws.as_ref());
+    let (response, outcome) = mutation::review(&request, &state.template, &state.policy, aws.as_ref());
     answer(&request, response, &outcome)
 }
 

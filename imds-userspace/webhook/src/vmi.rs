@@ -43,14 +43,16 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
     };
     let empty = Default::default();
     let annotations = object.metadata.annotations.as_ref().unwrap_or(&empty);
-    let warnings = annotations::warnings(annotations);
+    let labels = object.metadata.labels.as_ref().unwrap_or(&empty);
+    let mut warnings = annotations::warnings(annotations);
+    warnings.extend(annotations::label_warning(labels));
     let with_warnings = |mut response: AdmissionResponse| {
         if !warnings.is_empty() {
             response.warnings = Some(warnings.clone());
         }
         response
     };
-    if !annotations::enabled(annotations) {
+    if !annotations::opted_in(labels, annotations) {
         return (
             with_warnings(AdmissionResponse::from(request)),
             Outcome::Unchanged { reason: "IMDS not enabled for this VM".into() },
