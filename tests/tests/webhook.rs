@@ -609,3 +609,66 @@ fn the_cluster_s_limits_hold_over_tls() {
         }
     }
 }
+
+/// KubeVirt's own example VirtualMachines (`examples/` at d923fdb, as JSON
+/// in `tests/fixtures/vm/`), through `/validate` over verified TLS: as
+/// shipped and correctly opted in, allowed; a near miss of the opt-in and
+/// each malformed setting, refused with a message naming the key.
+#[test]
+fn vms_with_malformed_settings_are_refused_at_apply_time_over_tls() {
+    const VMS: [&str; 3] = [
+        include_str!("../fixtures/vm/vm-cirros.json"),
+        include_str!("../fixtures/vm/vm-alpine-datavolume.json"),
+        include_str!("../fixtures/vm/vm-windows-clarge-windows.json"),
+    ];
+    const VM: Subject = Subject("kubevirt.io", "v1", "VirtualMachine", "virtualmachines");
+    let tls = tls();
+    let ca = tls.first.join("ca.crt");
+    let webhook = Webhook::start(&tls.mount_dir, &ca, &[]).unwrap();
+    let post = |vm: &Value| -> Value {
+        let review = admission_review(&VM, vm.clone(), "vm-team", "admission.k8s.io/v1");
+        let (status, body) = webhook.post("/validate", &review, &ca).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let with = |text: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
+        let mut vm: Value = serde_json::from_str(text).unwrap();
+        for (k, v) in labels {
+            vm["spec"]["template"]["metadata"]["labels"][*k] = json!(v);
+        }
+        for (k, v) in annotations {
+            vm["spec"]["template"]["metadata"]["annotations"][*k] = json!(v);
+        }
+        vm
+    };
+    let opt_in = [("imds.kubevirt.io/enabled", "true")];
+    for text in VMS {
+        for vm in [
+            with(text, &[], &[]),
+            with(text, &opt_in, &[("imds.kubevirt.io/metadata-flavors", "nocloud,openstack,ec2")]),
+        ] {
+            let answer = post(&vm);
+            assert_eq!(answer["response"]["allowed"], true, "{answer}");
+            assert!(answer["response"].get("patch").is_none(), "a validating answer with a patch");
+        }
+        for (labels, annotations, key) in [
+            (&[("imds.kubevirt.io/enabled", "yes")][..], &[][..], "imds.kubevirt.io/enabled"),
+            (&[], &[("imds.kubevirt.io/enabled", "True")], "imds.kubevirt.io/enabled"),
+            (
+                &opt_in,
+                &[("imds.kubevirt.io/token-expiration-seconds", "1h")],
+                "imds.kubevirt.io/token-expiration-seconds",
+            ),
+            (&opt_in, &[("imds.kubevirt.io/metadata-flavors", "azure")], "imds.kubevirt.io/metadata-flavors"),
+            (&opt_in, &[("imds.kubevirt.io/ec2-imdsv2", "sometimes")], "imds.kubevirt.io/ec2-imdsv2"),
+            (&opt_in, &[("imds.kubevirt.io/default-token", "nope")], "imds.kubevirt.io/default-token"),
+        ] {
+            let answer = post(&with(text, labels, annotations));
+            assert_eq!(answer["response"]["allowed"], false, "{key}: {answer}");
+            let message = answer["response"]["status"]["message"].as_str().unwrap();
+            assert!(message.contains(key), "{message}");
+        }
+    }
+    let log = webhook.log();
+    assert!(log.contains("decision=\"refused\"") && log.contains("VirtualMachine"), "{log}");
+}

@@ -19,6 +19,7 @@ pub mod server;
 pub mod sidecar_resources;
 pub mod sidecar_spec;
 pub mod tls;
+pub mod validation;
 pub mod vmi;
 
 use std::{sync::Arc, time::Duration};

@@ -25,7 +25,7 @@ use super::{
     mutation::{self, Outcome},
     policy::Policy,
     sidecar_spec::SidecarTemplate,
-    vmi,
+    validation, vmi,
 };
 
 /// The API server sends objects of at most ~3 MiB; room for the envelope.
@@ -45,6 +45,8 @@ const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 /// Where the MutatingWebhookConfiguration sends pods and VMIs.
 pub const MUTATE_PODS_PATH: &str = "/mutate";
 pub const MUTATE_VMIS_PATH: &str = "/mutate-vmi";
+/// Where the ValidatingWebhookConfiguration sends VMs and VMIs.
+pub const VALIDATE_PATH: &str = "/validate";
 
 /// What `/mutate` needs.
 pub struct WebhookState {
@@ -71,13 +73,14 @@ pub fn router(state: Arc<WebhookState>) -> Router {
     Router::new()
         .route(MUTATE_PODS_PATH, post(mutate))
         .route(MUTATE_VMIS_PATH, post(mutate_vmi))
+        .route(VALIDATE_PATH, post(validate))
         .route("/healthz", get(|| async { "OK" }))
         .route("/readyz", get(|| async { "OK" }))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
                 &format!(
-                    "no such endpoint; the webhook serves POST {MUTATE_PODS_PATH} and {MUTATE_VMIS_PATH}"
+                    "no such endpoint; the webhook serves POST {MUTATE_PODS_PATH}, {MUTATE_VMIS_PATH} and {VALIDATE_PATH}"
                 ),
             )
         })
@@ -234,6 +237,24 @@ async fn mutate_vmi(State(state): State<Arc<WebhookState>>, body: Body) -> Respo
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let (response, outcome) = vmi::review(&request);
+    answer(&request, response, &outcome)
+}
+
+/// `POST /validate`: VMs and VMIs with malformed `imds.kubevirt.io`
+/// settings are refused where their author sees it.
+async fn validate(State(state): State<Arc<WebhookState>>, body: Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let Ok(_permit) = state.full_reviews.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down");
+    };
+    let request = match decode(&body) {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let (response, outcome) = validation::review(&request);
     answer(&request, response, &outcome)
 }
 
