@@ -225,24 +225,21 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Body) -> Response 
 /// `POST /mutate-vmi`: VirtualMachineInstances get the SMBIOS hint that
 /// points their cloud-init at the IMDS.
 async fn mutate_vmi(State(state): State<Arc<WebhookState>>, body: Body) -> Response {
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
-    let Ok(_permit) = state.full_reviews.acquire().await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down");
-    };
-    let request = match decode(&body) {
-        Ok(r) => r,
-        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
-    };
-    let (response, outcome) = vmi::review(&request);
-    answer(&request, response, &outcome)
+    review_in_full(&state, body, vmi::review).await
 }
 
 /// `POST /validate`: VMs and VMIs with malformed `imds.kubevirt.io`
 /// settings are refused where their author sees it.
 async fn validate(State(state): State<Arc<WebhookState>>, body: Body) -> Response {
+    review_in_full(&state, body, validation::review).await
+}
+
+/// A bounded body, decoded under a full-review permit, answered by `review`.
+async fn review_in_full(
+    state: &WebhookState,
+    body: Body,
+    review: fn(&AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Outcome),
+) -> Response {
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(response) => return response,
@@ -254,7 +251,7 @@ async fn validate(State(state): State<Arc<WebhookState>>, body: Body) -> Respons
         Ok(r) => r,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
-    let (response, outcome) = validation::review(&request);
+    let (response, outcome) = review(&request);
     answer(&request, response, &outcome)
 }
 
