@@ -18,6 +18,8 @@ pub mod quantity;
 pub mod server;
 pub mod sidecar_resources;
 pub mod sidecar_spec;
+#[cfg(test)]
+mod test_requests;
 pub mod tls;
 pub mod validation;
 pub mod vmi;

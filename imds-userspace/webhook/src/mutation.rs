@@ -301,7 +301,6 @@ mod tests {
         annotations::{BRIDGE_NAME, ENABLED, INJECTED, TOKEN_EXPIRATION_SECONDS},
         qos::{QosClass, qos_class},
     };
-    use kube::core::admission::AdmissionReview;
     use serde_json::json;
     use std::collections::HashSet;
 
@@ -354,31 +353,21 @@ mod tests {
         kind: (&str, &str, &str),
         operation: &str,
     ) -> AdmissionRequest<DynamicObject> {
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
-                "resource": {"group": kind.0, "version": kind.1, "resource": "pods"},
-                "namespace": "default",
-                "operation": operation,
-                "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
-                "object": object,
-                "dryRun": false
-            }
-        });
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
-        review.try_into().unwrap()
+        crate::test_requests::request((kind.0, kind.1, kind.2, "pods"), "default", object, operation)
     }
 
     fn run(pod: &Value, mode: InjectionMode) -> (AdmissionResponse, Outcome) {
-        review(
-            &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
-            &template(mode),
-            &Policy::default(),
-            None,
-        )
+        run_with(pod, &template(mode), &Policy::default(), None)
+    }
+
+    /// The creation of `pod` by KubeVirt's controller, reviewed.
+    fn run_with(
+        pod: &Value,
+        template: &SidecarTemplate,
+        policy: &Policy,
+        aws: Option<&AwsHint>,
+    ) -> (AdmissionResponse, Outcome) {
+        review(&request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"), template, policy, aws)
     }
 
     /// Applies the response's JSONPatch to `pod`.
@@ -611,30 +600,12 @@ mod tests {
         placed.region = Some("us-east-1".into());
         placed.availability_zone = Some("us-east-1a".into());
         let pod = fixture(CAT8KV, &[(ENABLED, "true"), (crate::annotations::METADATA_FLAVORS, "ec2")]);
-        let env = env_of(&apply(
-            &pod,
-            &review(
-                &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
-                &placed,
-                &Policy::default(),
-                None,
-            )
-            .0,
-        ));
+        let env = env_of(&apply(&pod, &run_with(&pod, &placed, &Policy::default(), None).0));
         assert!(env.contains(&(contract::ENV_REGION.into(), json!("us-east-1"))), "{env:?}");
         assert!(env.contains(&(contract::ENV_AVAILABILITY_ZONE.into(), json!("us-east-1a"))), "{env:?}");
         // Without a flavour there is no metadata to place.
         let pod = fixture(CAT8KV, &[(ENABLED, "true")]);
-        let env = env_of(&apply(
-            &pod,
-            &review(
-                &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
-                &placed,
-                &Policy::default(),
-                None,
-            )
-            .0,
-        ));
+        let env = env_of(&apply(&pod, &run_with(&pod, &placed, &Policy::default(), None).0));
         assert!(!env.iter().any(|(k, _)| k == contract::ENV_REGION), "{env:?}");
     }
 
@@ -953,12 +924,8 @@ mod tests {
         // Not added twice when the user listed it already.
         use crate::annotations::TOKEN_AUDIENCES;
         let pod = fixture(OPENSHIFT, &[(ENABLED, "true"), (TOKEN_AUDIENCES, "sts.amazonaws.com")]);
-        let (response, _) = review(
-            &request_for(pod.clone(), ("", "v1", "Pod"), "CREATE"),
-            &template(InjectionMode::NativeSidecar),
-            &Policy::default(),
-            Some(&aws),
-        );
+        let (response, _) =
+            run_with(&pod, &template(InjectionMode::NativeSidecar), &Policy::default(), Some(&aws));
         assert_eq!(sources(&apply(&pod, &response)).len(), 2);
     }
 

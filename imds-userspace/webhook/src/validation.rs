@@ -119,25 +119,13 @@ fn strings(map: Option<&Value>) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use crate::annotations::{ENABLED, METADATA_FLAVORS, TOKEN_AUDIENCES, TOKEN_EXPIRATION_SECONDS};
-    use kube::core::admission::AdmissionReview;
     use serde_json::json;
 
     const CIRROS: &str = include_str!("../../../tests/fixtures/vm/vm-cirros.json");
 
     fn request(kind: &str, object: Value, operation: &str) -> AdmissionRequest<DynamicObject> {
         let resource = if kind == "VirtualMachine" { "virtualmachines" } else { "virtualmachineinstances" };
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u", "kind": {"group": GROUP, "version": "v1", "kind": kind},
-                "resource": {"group": GROUP, "version": "v1", "resource": resource},
-                "namespace": "vm-team", "operation": operation,
-                "userInfo": {"username": "alice"}, "object": object, "dryRun": false
-            }
-        });
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
-        review.try_into().unwrap()
+        crate::test_requests::request((GROUP, "v1", kind, resource), "vm-team", object, operation)
     }
 
     fn vm(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Value {

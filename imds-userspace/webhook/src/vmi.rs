@@ -138,29 +138,18 @@ mod tests {
         annotations::{DATASOURCE_HINT, ENABLED, METADATA_FLAVORS},
         contract::SEED_SERIAL,
     };
-    use kube::core::admission::AdmissionReview;
     use serde_json::json;
 
     const FROM_VM: &str = include_str!("../../../tests/fixtures/vmi/vmi-from-vm-v1.9.json");
     const DIRECT: &str = include_str!("../../../tests/fixtures/vmi/vmi-masquerade-direct.json");
 
     fn request(object: Value, operation: &str) -> AdmissionRequest<DynamicObject> {
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                "kind": {"group": GROUP, "version": "v1", "kind": KIND},
-                "resource": {"group": GROUP, "version": "v1", "resource": "virtualmachineinstances"},
-                "namespace": "vm-team",
-                "operation": operation,
-                "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
-                "object": object,
-                "dryRun": false
-            }
-        });
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(review).unwrap();
-        review.try_into().unwrap()
+        crate::test_requests::request(
+            (GROUP, "v1", KIND, "virtualmachineinstances"),
+            "vm-team",
+            object,
+            operation,
+        )
     }
 
     fn fixture(text: &str, annotations: &[(&str, &str)]) -> Value {

@@ -342,7 +342,17 @@ fn load_on_loader_thread(
                 .name("ebpf-loader".into())
                 .spawn(move || {
                     for job in rx {
-                        let loaded = load_and_pin(&job.generation, &job.config, job.log);
+                        // A panicking load fails that load only: the thread
+                        // goes on serving the other pods.
+                        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            load_and_pin(&job.generation, &job.config, job.log)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(DatapathError::Io(
+                                "loading the programs".into(),
+                                io::Error::other("the load panicked"),
+                            ))
+                        });
                         let _ = job.reply.send(loaded);
                         release_free_heap();
                     }
@@ -353,8 +363,8 @@ fn load_on_loader_thread(
         if let Some(tx) = jobs.as_ref()
             && tx.send(job).is_err()
         {
-            // The thread is gone (it only ends if a load panicked): start
-            // another next time.
+            // The thread has ended (no load can end it; this is a guard):
+            // start another next time.
             *jobs = None;
             return Err(DatapathError::Io(
                 "the eBPF loader thread".into(),
