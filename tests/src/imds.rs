@@ -65,7 +65,12 @@ impl Bpffs {
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
-        let _ = run(Command::new("umount").arg(self.dir.path()));
+        // A process still reading the directory makes `umount` fail with
+        // EBUSY; a CI run once found such a mount left behind. Detach it
+        // lazily then: the pins are freed when the last user goes.
+        if run(Command::new("umount").arg(self.dir.path())).is_err() {
+            let _ = run(Command::new("umount").arg("--lazy").arg(self.dir.path()));
+        }
     }
 }
 
@@ -134,6 +139,14 @@ impl Agent {
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut p = self.process.take().context("the agent is not running")?;
         p.terminate()
+    }
+}
+
+impl Drop for Agent {
+    /// The agent goes before its bpffs is unmounted (fields drop in
+    /// declaration order, which would unmount under a running agent).
+    fn drop(&mut self) {
+        let _ = self.kill9();
     }
 }
 
