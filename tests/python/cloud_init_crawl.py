@@ -4,7 +4,8 @@ Usage: cloud_init_crawl.py nocloud|openstack|ec2|ec2-aws [max-wait-seconds [smbi
 
 Runs the real cloud-init code (Debian's package, on PYTHONPATH) against
 http://169.254.169.254 and prints what the datasource found as JSON:
-{"instance_id", "hostname", "userdata_b64", "vendordata_b64", "dsmode"}. Only
+{"instance_id", "hostname", "userdata_b64", "vendordata_b64", "dsmode",
+"public_keys"} (public_keys: what cloud-init would install, get_public_ssh_keys()). Only
 the probes that inspect the host (DMI, kernel command line, block devices) are
 replaced, by what a KubeVirt guest configured as documented would report:
   nocloud    the SMBIOS serial given (the project's seed serial), whose
@@ -77,6 +78,7 @@ def main(flavour, max_wait):
         "vendordata_b64": b64(getattr(ds, "vendordata_raw", None)),
         "api_token_used": bool(getattr(ds, "_api_token", None)),
         "dsmode": ds.dsmode,
+        "public_keys": sorted(ds.get_public_ssh_keys()),
     }))
     return 0
 

@@ -19,6 +19,25 @@ const HOSTNAME: &str = "web-1";
 const USER_DATA: &str =
     "#cloud-config\n# ünïcödé survives byte for byte\nruncmd:\n  - [sh, -c, 'echo hello > /run/imds']\n";
 const VENDOR_DATA: &str = "#cloud-config\npackages: [curl]\n";
+/// Two `sshPublicKey` Secrets of the VM's accessCredentials, as KubeVirt
+/// mounts them: one with two keys under one Secret key, and a comment.
+const LAPTOP_KEYS: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKd1Y0q5yJ3m6aVw0W4b3q0x alice@laptop\n\
+                           # retired: ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7old\n\
+                           ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDf8n alice@desktop\n";
+const CI_KEY: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY= ci@runner";
+
+/// The keys cloud-init must end up with, sorted as the crawl prints them.
+fn expected_keys(files: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = files
+        .iter()
+        .flat_map(|f| f.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(Into::into)
+        .collect();
+    keys.sort();
+    keys
+}
 
 struct Crawl {
     found: bool,
@@ -29,6 +48,8 @@ struct Crawl {
     api_token_used: bool,
     /// `local` or `net`: cloud-init's network stage uses only a `net` one.
     dsmode: Option<String>,
+    /// What cloud-init would put into `authorized_keys`, sorted.
+    public_keys: Vec<String>,
 }
 
 /// Runs cloud-init's datasource for `flavour` in `guest`, the NoCloud one
@@ -65,6 +86,10 @@ fn crawl_with_serial(guest: &Netns, flavour: &str, max_wait: u32, serial: &str) 
         vendor_data: bytes("vendordata_b64"),
         api_token_used: v["api_token_used"] == true,
         dsmode: v["dsmode"].as_str().map(Into::into),
+        public_keys: v["public_keys"]
+            .as_array()
+            .map(|keys| keys.iter().filter_map(|k| k.as_str().map(Into::into)).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -75,6 +100,8 @@ const FIRMWARE_UUID: &str = "d6b1c2a4-8e3f-4b5a-9c7d-1e2f3a4b5c6d";
 struct Running {
     layout: PodLayout,
     secret: ProjectedVolume,
+    ci_keys: ProjectedVolume,
+    _laptop_keys: ProjectedVolume,
     _imds: Imds,
     _dir: tempfile::TempDir,
 }
@@ -91,6 +118,11 @@ fn start(extra: &[&str]) -> Running {
         .publish_files(&[("userdata", USER_DATA.as_bytes()), ("vendordata", VENDOR_DATA.as_bytes())])
         .unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
+    let laptop_keys = ProjectedVolume::new(&dir.path().join("laptop-access-cred")).unwrap();
+    laptop_keys.publish_files(&[("key", LAPTOP_KEYS.as_bytes())]).unwrap();
+    let ci_keys = ProjectedVolume::new(&dir.path().join("ci-access-cred")).unwrap();
+    ci_keys.publish_files(&[("ci", CI_KEY.as_bytes())]).unwrap();
+    let key_dirs = format!("{},{}", laptop_keys.dir().display(), ci_keys.dir().display());
     let mut args = vec![
         "--metadata-flavor",
         "nocloud,openstack,ec2",
@@ -101,10 +133,11 @@ fn start(extra: &[&str]) -> Running {
         "--user-data-dir",
     ];
     args.push(&user_data_dir);
+    args.extend(["--ssh-key-dir", &key_dirs]);
     args.extend_from_slice(extra);
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
-    Running { layout, secret, _imds: sidecar, _dir: dir }
+    Running { layout, secret, ci_keys, _laptop_keys: laptop_keys, _imds: sidecar, _dir: dir }
 }
 
 fn assert_configured(flavour: &str, c: &Crawl, user_data: &str) {
@@ -113,6 +146,8 @@ fn assert_configured(flavour: &str, c: &Crawl, user_data: &str) {
     assert_eq!(c.instance_id.as_deref(), Some(FIRMWARE_UUID), "{flavour}");
     assert_eq!(c.hostname.as_deref(), Some(HOSTNAME), "{flavour}");
     assert_eq!(c.user_data.as_deref(), Some(user_data.as_bytes()), "{flavour}: user-data not byte for byte");
+    // The VM's accessCredentials keys, every one, in every flavour.
+    assert_eq!(c.public_keys, expected_keys(&[LAPTOP_KEYS, CI_KEY]), "{flavour}");
 }
 
 #[test]
@@ -184,6 +219,14 @@ fn cloud_init_crawls_every_flavour_and_follows_the_secret() {
         .unwrap();
     assert_configured("nocloud after the update", &crawl(guest, "nocloud", 30), updated);
     assert_configured("ec2 after the update", &crawl(guest, "ec2", 30), updated);
+
+    // A key Secret changes: the next boot's cloud-init gets the new key.
+    let rotated = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRotatedKeyOfTheRunner ci@runner-2";
+    r.ci_keys.publish_files(&[("ci", rotated.as_bytes())]).unwrap();
+    for flavour in ["nocloud", "openstack", "ec2"] {
+        let keys = crawl(guest, flavour, 30).public_keys;
+        assert_eq!(keys, expected_keys(&[LAPTOP_KEYS, rotated]), "{flavour} after the key Secret changed");
+    }
 }
 
 #[test]

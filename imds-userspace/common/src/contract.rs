@@ -157,6 +157,9 @@ pub enum Imdsv2 {
 /// Where the webhook mounts user-data, for the sidecar.
 pub const USER_DATA_DIR: &str = "/var/run/kubevirt-imds/user-data";
 pub const NETWORK_DATA_DIR: &str = "/var/run/kubevirt-imds/network-data";
+/// Where the webhook mounts the VM's `sshPublicKey` Secrets, one
+/// directory per Secret: `<SSH_KEYS_DIR>/<n>`, in the VMI's order.
+pub const SSH_KEYS_DIR: &str = "/var/run/kubevirt-imds/ssh-keys";
 /// Volume the webhook adds for `imds.kubevirt.io/user-data-secret`.
 pub const USER_DATA_VOLUME: &str = "kubevirt-imds-user-data";
 
@@ -164,6 +167,8 @@ pub const ENV_METADATA_FLAVORS: &str = "IMDS_METADATA_FLAVORS";
 pub const ENV_HOSTNAME: &str = "IMDS_HOSTNAME";
 pub const ENV_USER_DATA_DIR: &str = "IMDS_USER_DATA_DIR";
 pub const ENV_NETWORK_DATA_DIR: &str = "IMDS_NETWORK_DATA_DIR";
+/// Comma-separated directories (see [`SSH_KEYS_DIR`]).
+pub const ENV_SSH_KEY_DIRS: &str = "IMDS_SSH_KEY_DIRS";
 pub const ENV_EC2_IMDSV2: &str = "IMDS_EC2_IMDSV2";
 /// Where the VM claims to run, for the cloud flavours (EC2 `placement/`,
 /// the identity document, OpenStack `availability_zone`).

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::{
     api::{ImdsState, cloud::CloudState},
-    cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions},
+    cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions, ssh_keys::SshKeySources},
     contract,
     http_server::Limits,
     metadata::{AwsRole, Identity},
@@ -74,6 +74,11 @@ pub struct ApiArgs {
     #[arg(long, env = contract::ENV_NETWORK_DATA_DIR)]
     pub network_data_dir: Option<PathBuf>,
 
+    /// Directories of the VM's `sshPublicKey` access-credential Secrets
+    /// (repeat, or comma-separate), served as the flavours' public keys.
+    #[arg(long = "ssh-key-dir", env = contract::ENV_SSH_KEY_DIRS, value_delimiter = ',')]
+    pub ssh_key_dirs: Vec<PathBuf>,
+
     /// IMDSv2 sessions of the EC2 flavour: `optional` or `required`.
     #[arg(long, env = contract::ENV_EC2_IMDSV2, value_enum, default_value_t = contract::Imdsv2::Optional)]
     pub ec2_imdsv2: contract::Imdsv2,
@@ -132,6 +137,7 @@ impl ApiArgs {
                     user_dir: self.user_data_dir.clone(),
                     network_dir: self.network_data_dir.clone(),
                 },
+                ssh_keys: SshKeySources { dirs: self.ssh_key_dirs.clone() },
                 imdsv2: self.ec2_imdsv2,
                 sessions: Sessions::default(),
             },

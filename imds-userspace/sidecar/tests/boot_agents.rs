@@ -55,6 +55,7 @@ impl Imds {
                 facts,
                 flavors: flavors.iter().copied().collect(),
                 data: DataSources { user_dir: Some(dir.path().join("userdata-secret")), network_dir: None },
+                ssh_keys: Default::default(),
                 imdsv2,
                 sessions: Default::default(),
             },

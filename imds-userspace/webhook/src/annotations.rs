@@ -31,7 +31,7 @@ pub const INJECTED: &str = "imds.kubevirt.io/injected";
 /// Set by the webhook on the VMIs whose SMBIOS it considered: what it did.
 pub const DATASOURCE_HINT_APPLIED: &str = "imds.kubevirt.io/datasource-hint-applied";
 
-const KNOWN: [&str; 12] = [
+const KNOWN: [&str; 13] = [
     ENABLED,
     TOKEN_EXPIRATION_SECONDS,
     BRIDGE_NAME,
@@ -44,6 +44,7 @@ const KNOWN: [&str; 12] = [
     INJECTED,
     DATASOURCE_HINT_APPLIED,
     super::firmware_uuid::ANNOTATION,
+    super::ssh_keys::ANNOTATION,
 ];
 
 /// Kubernetes' bounds for a projected token's `expirationSeconds`.

@@ -18,6 +18,7 @@ pub mod quantity;
 pub mod server;
 pub mod sidecar_resources;
 pub mod sidecar_spec;
+pub mod ssh_keys;
 #[cfg(test)]
 mod test_requests;
 pub mod tls;

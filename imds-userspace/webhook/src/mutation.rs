@@ -15,6 +15,7 @@ use super::{
     policy::Policy,
     qos,
     sidecar_spec::{self, AwsHint, DataVolumes, InjectionMode, PodInfo, SidecarTemplate},
+    ssh_keys,
 };
 use crate::contract;
 
@@ -211,11 +212,21 @@ pub fn decide(
             annotations::USER_DATA_SECRET
         ));
     }
+    // Only the flavours serve keys.
+    let key_secrets = match annotations.get(ssh_keys::ANNOTATION) {
+        Some(value) if !settings.flavors.is_empty() => ssh_keys::parse(value),
+        _ => Vec::new(),
+    };
+    let ssh_key_volumes = match ssh_keys::pod_volumes(spec, &key_secrets) {
+        Ok(volumes) => volumes,
+        Err(message) => return (Decision::Refuse(message), warnings),
+    };
     let pod_info = PodInfo {
         vm_name: vm_name.clone(),
         firmware_uuid,
         hostname: spec.hostname.clone().unwrap_or_else(|| vm_name.clone()),
         data,
+        ssh_key_volumes,
         qos: qos::qos_class(spec),
     };
     match patch(spec, template, &settings, &pod_info, aws) {
@@ -1086,5 +1097,73 @@ mod tests {
             response.result.message.contains(METADATA_FLAVORS)
                 && response.result.message.contains("nocloud, openstack, ec2")
         );
+    }
+
+    /// A fixture as KubeVirt renders a VM with access credentials
+    /// (rendervolumes.go `withAccessCredentials`): one Secret volume per
+    /// credential, mounted into `compute`.
+    fn with_access_credentials(mut pod: Value, secrets: &[&str]) -> Value {
+        for secret in secrets {
+            let volume = format!("{secret}{}", ssh_keys::VOLUME_SUFFIX);
+            pod["spec"]["volumes"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": volume, "secret": {"secretName": secret}}));
+            pod["spec"]["containers"][0]["volumeMounts"].as_array_mut().unwrap().push(json!({
+                "name": volume, "mountPath": format!("/var/run/kubevirt-private/secret/{volume}"),
+                "readOnly": true}));
+        }
+        pod
+    }
+
+    #[test]
+    fn the_ssh_key_secrets_the_vmi_webhook_recorded_reach_the_sidecar_in_order() {
+        use crate::annotations::METADATA_FLAVORS;
+        let pod = with_access_credentials(
+            fixture(
+                V1_9_RESTRICTED,
+                &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud,ec2"), (ssh_keys::ANNOTATION, "laptop,ci")],
+            ),
+            &["ci", "root-password", "laptop"],
+        );
+        let (response, outcome) = run(&pod, InjectionMode::NativeSidecar);
+        assert!(matches!(outcome, Outcome::Injected { .. }), "{outcome:?}");
+        let patched = apply(&pod, &response);
+        check_valid(&pod, &patched, InjectionMode::NativeSidecar);
+        let mounts = mounts_of(&patched);
+        let key_mounts: Vec<&(String, String)> =
+            mounts.iter().filter(|(_, path)| path.starts_with(contract::SSH_KEYS_DIR)).collect();
+        let dir = |n: usize| format!("{}/{n}", contract::SSH_KEYS_DIR);
+        assert_eq!(
+            key_mounts,
+            [&("laptop-access-cred".to_owned(), dir(0)), &("ci-access-cred".to_owned(), dir(1))]
+        );
+        assert!(sidecar_of(&patched).volume_mounts.unwrap().iter().all(|m| m.read_only != Some(false)));
+        assert!(
+            env_of(&patched)
+                .contains(&(contract::ENV_SSH_KEY_DIRS.into(), json!(format!("{},{}", dir(0), dir(1)))))
+        );
+        // The password Secret stays out of the sidecar.
+        assert!(!mounts.iter().any(|(volume, _)| volume == "root-password-access-cred"));
+
+        // Without flavours nothing serves keys: nothing is mounted.
+        let plain = with_access_credentials(
+            fixture(V1_9_RESTRICTED, &[(ENABLED, "true"), (ssh_keys::ANNOTATION, "laptop")]),
+            &["laptop"],
+        );
+        let patched = apply(&plain, &run(&plain, InjectionMode::NativeSidecar).0);
+        assert!(!env_of(&patched).iter().any(|(k, _)| k == contract::ENV_SSH_KEY_DIRS));
+
+        // A Secret KubeVirt did not mount: refused, naming it, rather than a VM without its keys.
+        let missing = with_access_credentials(
+            fixture(
+                V1_9_RESTRICTED,
+                &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud"), (ssh_keys::ANNOTATION, "gone")],
+            ),
+            &["laptop"],
+        );
+        let (response, _) = run(&missing, InjectionMode::NativeSidecar);
+        assert!(!response.allowed);
+        assert!(response.result.message.contains("\"gone\""), "{}", response.result.message);
     }
 }

@@ -69,6 +69,9 @@ pub struct PodInfo {
     pub hostname: String,
     /// Pod volumes holding user-data and network-data, to mount whole.
     pub data: DataVolumes,
+    /// KubeVirt's volumes of the VM's `sshPublicKey` Secrets, in order
+    /// (see [`crate::ssh_keys`]).
+    pub ssh_key_volumes: Vec<String>,
     /// The pod's QoS class before injection, which the sidecar must keep.
     pub qos: QosClass,
 }
@@ -147,6 +150,14 @@ pub fn container(
         if let Some(volume) = &pod.data.network {
             mounts.push(mount(volume, contract::NETWORK_DATA_DIR));
             env.push(env_value(contract::ENV_NETWORK_DATA_DIR, contract::NETWORK_DATA_DIR));
+        }
+        let key_dirs: Vec<String> =
+            (0..pod.ssh_key_volumes.len()).map(|n| format!("{}/{n}", contract::SSH_KEYS_DIR)).collect();
+        for (volume, dir) in pod.ssh_key_volumes.iter().zip(&key_dirs) {
+            mounts.push(mount(volume, dir));
+        }
+        if !key_dirs.is_empty() {
+            env.push(env_value(contract::ENV_SSH_KEY_DIRS, &key_dirs.join(",")));
         }
     }
     Container {

@@ -3,7 +3,8 @@
 //! cloud metadata flavour gets the SMBIOS hint that makes its image's
 //! cloud-init use it ([`super::datasource_hint`]), and every VMI that opted
 //! in gets its firmware UUID recorded for the sidecar's instance-id
-//! ([`super::firmware_uuid`]).
+//! ([`super::firmware_uuid`]) and the Secrets of its SSH keys
+//! ([`super::ssh_keys`]).
 //!
 //! Only at creation: KubeVirt refuses spec changes to a VMI by anyone but
 //! its own service accounts (`vmi-update-admitter.go`), and the VMI's
@@ -23,6 +24,7 @@ use super::{
     datasource_hint::{self, Smbios},
     firmware_uuid,
     mutation::Outcome,
+    ssh_keys,
 };
 
 pub const GROUP: &str = "kubevirt.io";
@@ -101,6 +103,8 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
         )),
         None => {}
     }
+    let key_secrets = ssh_keys::from_vmi(&object.data);
+    ops.extend(ssh_keys::annotation_op(annotations.get(ssh_keys::ANNOTATION), &key_secrets));
     let summary = match &change {
         Some(change) => change.summary.clone(),
         None => "no datasource hint wanted (no metadata flavour, or the hint is none)".into(),
@@ -120,7 +124,10 @@ pub fn review(request: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, 
     }
     match change {
         Some(change) => (response, Outcome::Hinted { summary: change.summary }),
-        None => (response, Outcome::Unchanged { reason: format!("{summary}; firmware UUID recorded") }),
+        None => (
+            response,
+            Outcome::Unchanged { reason: format!("{summary}; firmware UUID and SSH key Secrets recorded") },
+        ),
     }
 }
 
@@ -287,5 +294,28 @@ mod tests {
         vmi["spec"]["domain"]["firmware"]["serial"] = json!(7);
         let (response, _) = review(&request(vmi, "CREATE"));
         assert!(!response.allowed);
+    }
+
+    #[test]
+    fn the_ssh_key_secrets_are_recorded_and_a_forged_record_is_replaced() {
+        let mut vmi = fixture(FROM_VM, &[(ENABLED, "true"), (METADATA_FLAVORS, "nocloud")]);
+        vmi["spec"]["accessCredentials"] = json!([
+            {"sshPublicKey": {"source": {"secret": {"secretName": "laptop"}},
+                              "propagationMethod": {"noCloud": {}}}},
+            {"userPassword": {"source": {"secret": {"secretName": "root-password"}},
+                              "propagationMethod": {"qemuGuestAgent": {}}}},
+        ]);
+        let (response, _) = review(&request(vmi.clone(), "CREATE"));
+        assert!(response.allowed, "{:?}", response.result);
+        assert_eq!(apply(&vmi, &response)["metadata"]["annotations"][ssh_keys::ANNOTATION], json!("laptop"));
+
+        // A user naming the password Secret gets the spec's truth instead.
+        vmi["metadata"]["annotations"][ssh_keys::ANNOTATION] = json!("root-password");
+        let (response, _) = review(&request(vmi.clone(), "CREATE"));
+        assert_eq!(apply(&vmi, &response)["metadata"]["annotations"][ssh_keys::ANNOTATION], json!("laptop"));
+        vmi["spec"]["accessCredentials"] = json!([]);
+        let (response, _) = review(&request(vmi.clone(), "CREATE"));
+        let annotations = &apply(&vmi, &response)["metadata"]["annotations"];
+        assert!(annotations.get(ssh_keys::ANNOTATION).is_none(), "{annotations}");
     }
 }

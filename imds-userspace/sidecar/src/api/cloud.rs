@@ -24,6 +24,7 @@ use crate::{
         ec2,
         imdsv2::{self, Sessions},
         nocloud, openstack,
+        ssh_keys::SshKeySources,
     },
     contract::{Flavor, Imdsv2},
 };
@@ -34,6 +35,7 @@ pub struct CloudState {
     pub facts: InstanceFacts,
     pub flavors: BTreeSet<Flavor>,
     pub data: DataSources,
+    pub ssh_keys: SshKeySources,
     pub imdsv2: Imdsv2,
     pub sessions: Sessions,
 }
@@ -63,20 +65,25 @@ pub async fn dispatch(
     let Some(path) = Segments::parse(uri.path()) else {
         return ApiError::NotFound.into_response();
     };
-    let resource = match path.parts.first() {
-        Some(&nocloud::PREFIX) if cloud.flavors.contains(&Flavor::Nocloud) => {
-            nocloud::resolve(&path, &cloud.facts)
-        }
-        Some(&openstack::PREFIX) if cloud.flavors.contains(&Flavor::Openstack) => {
-            openstack::resolve(&path, &cloud.facts)
-        }
+    let flavor = match path.parts.first() {
+        Some(&nocloud::PREFIX) if cloud.flavors.contains(&Flavor::Nocloud) => Flavor::Nocloud,
+        Some(&openstack::PREFIX) if cloud.flavors.contains(&Flavor::Openstack) => Flavor::Openstack,
         _ if cloud.serves_ec2() && ec2::is_ec2_path(&path) => {
             if let Err(e) = check_session(cloud, &headers) {
                 return e.into_response();
             }
-            ec2::resolve(&path, &cloud.facts, &client)
+            Flavor::Ec2
         }
-        _ => None,
+        _ => return ApiError::NotFound.into_response(),
+    };
+    let facts = match facts_now(cloud).await {
+        Ok(facts) => facts,
+        Err(e) => return unavailable(e),
+    };
+    let resource = match flavor {
+        Flavor::Nocloud => nocloud::resolve(&path, &facts),
+        Flavor::Openstack => openstack::resolve(&path, &facts),
+        Flavor::Ec2 => ec2::resolve(&path, &facts, &client),
     };
     let Some(resource) = resource else {
         return ApiError::NotFound.into_response();
@@ -117,6 +124,16 @@ fn issue_session(cloud: &CloudState, method: &Method, headers: &HeaderMap) -> Re
             ApiError::MetadataUnavailable.into_response()
         }
     }
+}
+
+/// The facts with the SSH keys the Secret volumes hold now (they change
+/// with the Secrets, like user-data).
+async fn facts_now(cloud: &CloudState) -> Result<std::borrow::Cow<'_, InstanceFacts>, DataError> {
+    if cloud.ssh_keys.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(&cloud.facts));
+    }
+    let public_keys = cloud.ssh_keys.load().await?;
+    Ok(std::borrow::Cow::Owned(InstanceFacts { public_keys, ..cloud.facts.clone() }))
 }
 
 /// A presented token must be valid; none at all is fine unless required.

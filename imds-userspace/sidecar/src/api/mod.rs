@@ -190,6 +190,7 @@ mod tests {
             facts: crate::cloud::InstanceFacts::new("fedora-1", "vms", Some("web-1")),
             flavors: flavors.iter().copied().collect(),
             data: crate::cloud::data::DataSources { user_dir: data_dir.map(Into::into), network_dir: None },
+            ssh_keys: Default::default(),
             imdsv2,
             sessions: Default::default(),
         }

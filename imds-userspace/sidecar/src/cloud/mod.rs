@@ -15,6 +15,7 @@ pub mod ec2;
 pub mod imdsv2;
 pub mod nocloud;
 pub mod openstack;
+pub mod ssh_keys;
 
 /// What every flavour tells the guest about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +34,9 @@ pub struct InstanceFacts {
     pub region: String,
     /// EC2's `placement/availability-zone`, OpenStack's `availability_zone`.
     pub availability_zone: String,
-    /// SSH keys offered to the guest. Nothing fills this yet (where keys
-    /// come from is a later issue); EC2's `meta-data/public-keys/` and
-    /// OpenStack's `public_keys`/`keys` already render whatever is here.
+    /// SSH keys offered to the guest, as NoCloud's `public-keys`, EC2's
+    /// `meta-data/public-keys/` and OpenStack's `public_keys`/`keys`.
+    /// Filled per request from the Secret volumes ([`ssh_keys`]).
     pub public_keys: Vec<PublicKey>,
 }
 

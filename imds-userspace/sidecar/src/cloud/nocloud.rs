@@ -23,14 +23,23 @@ pub fn resolve(path: &Segments, facts: &InstanceFacts) -> Option<Resource> {
 }
 
 /// YAML with JSON-quoted values (valid YAML whatever the names contain).
+/// `public-keys` is a map by name, as in KubeVirt's own NoCloud meta-data
+/// (`pkg/cloud-init/cloud-init.go`, `NoCloudMetadata`).
 pub fn meta_data(facts: &InstanceFacts) -> String {
     let q = |s: &str| serde_json::Value::from(s).to_string();
-    format!(
+    let mut yaml = format!(
         "instance-id: {}\nlocal-hostname: {}\nhostname: {}\n",
         q(&facts.instance_id),
         q(&facts.hostname),
         q(&facts.hostname)
-    )
+    );
+    if !facts.public_keys.is_empty() {
+        yaml.push_str("public-keys:\n");
+        for key in &facts.public_keys {
+            yaml.push_str(&format!("  {}: {}\n", q(&key.name), q(&key.openssh_key)));
+        }
+    }
+    yaml
 }
 
 #[cfg(test)]
@@ -61,6 +70,14 @@ mod tests {
             at("/nocloud/meta-data"),
             Some(Resource::Text("instance-id: \"vm.ns\"\nlocal-hostname: \"vm\"\nhostname: \"vm\"\n".into()))
         );
+        let mut facts = InstanceFacts::new("vm", "ns", None);
+        facts.public_keys = vec![
+            super::super::PublicKey { name: "laptop".into(), openssh_key: "ssh-ed25519 AAAA a\"b".into() },
+            super::super::PublicKey { name: "ci".into(), openssh_key: "ssh-rsa BBBB".into() },
+        ];
+        assert!(meta_data(&facts).ends_with(
+            "public-keys:\n  \"laptop\": \"ssh-ed25519 AAAA a\\\"b\"\n  \"ci\": \"ssh-rsa BBBB\"\n"
+        ));
         assert_eq!(at("/nocloud/user-data"), Some(Resource::UserData(Missing::Empty)));
         assert_eq!(at("/nocloud/vendor-data"), Some(Resource::VendorData(Missing::Empty)));
         assert_eq!(at("/nocloud/network-config"), Some(Resource::NetworkConfig));
