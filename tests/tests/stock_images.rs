@@ -27,7 +27,7 @@ use imds_tests::{
 };
 use imds_webhook::{
     annotations::{DATASOURCE_HINT_APPLIED, ENABLED, METADATA_FLAVORS},
-    firmware_uuid,
+    firmware_uuid, ssh_keys,
 };
 use serde_json::{Value, json};
 
@@ -55,6 +55,11 @@ const RUNCMD_MARKER: &str = "/var/lib/imds-test-runcmd";
 const RUNCMD_CONTENT: &str = "runcmd ran\n";
 const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMf3yGqPjD0l9x8B6rZ1Rk0cHq0v2bq7Qm3x6WcY1Tt2 imds-test";
+/// A key of the VM's `accessCredentials` (an `sshPublicKey` Secret), served
+/// as the flavour's public keys.
+const ACCESS_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHq2m0n8Jd1cV4yQ7pX3kR6tW9zB2fL5sA8gE1hN4uC7 alice@laptop";
+const ACCESS_SECRET: &str = "fedora-imds-ssh";
 /// Debian's cloud.cfg `default_user`.
 const DEFAULT_USER_KEYS: &str = "/home/debian/.ssh/authorized_keys";
 
@@ -91,6 +96,13 @@ fn hinted_vmi(flavor: Flavor) -> Value {
     let mut vmi: Value = serde_json::from_str(VMI_FROM_VM).unwrap();
     vmi["metadata"]["annotations"][ENABLED] = json!("true");
     vmi["metadata"]["annotations"][METADATA_FLAVORS] = json!(flavor.name());
+    // KubeVirt's admitter would also want a cloudInitNoCloud volume for
+    // this propagation method; its disk is left out here, as the guest
+    // would read it before the IMDS (with the same keys).
+    vmi["spec"]["accessCredentials"] = json!([{"sshPublicKey": {
+        "source": {"secret": {"secretName": ACCESS_SECRET}},
+        "propagationMethod": {"noCloud": {}},
+    }}]);
     let tls = tempfile::tempdir().unwrap();
     generate_certs(tls.path()).unwrap();
     let ca = tls.path().join("ca.crt");
@@ -119,7 +131,10 @@ struct Pod {
     _dir: tempfile::TempDir,
 }
 
-fn pod(flavor: Flavor, instance_id: &str) -> Pod {
+/// The sidecar gets the key Secrets the VMI webhook recorded, as the pod
+/// webhook mounts them.
+fn pod(flavor: Flavor, vmi: &Value) -> Pod {
+    let instance_id = instance_id(vmi);
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Tap).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
@@ -127,7 +142,10 @@ fn pod(flavor: Flavor, instance_id: &str) -> Pod {
     let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
     secret.publish_files(&[("userdata", user_data().as_bytes())]).unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
-    let args = [
+    let keys = ProjectedVolume::new(&dir.path().join(format!("{ACCESS_SECRET}-access-cred"))).unwrap();
+    keys.publish_files(&[("key", format!("{ACCESS_KEY}\n").as_bytes())]).unwrap();
+    let key_dir = keys.dir().to_str().unwrap().to_owned();
+    let mut args = vec![
         "--metadata-flavor",
         flavor.name(),
         "--hostname",
@@ -135,8 +153,12 @@ fn pod(flavor: Flavor, instance_id: &str) -> Pod {
         "--user-data-dir",
         &user_data_dir,
         "--firmware-uuid",
-        instance_id,
+        &instance_id,
     ];
+    let recorded = vmi["metadata"]["annotations"][ssh_keys::ANNOTATION].as_str().map(ssh_keys::parse);
+    if recorded.is_some_and(|secrets| secrets == [ACCESS_SECRET]) {
+        args.extend(["--ssh-key-dir", &key_dir]);
+    }
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
 
@@ -181,7 +203,7 @@ struct Run {
 /// serves `flavor`.
 fn boot(release: Release, flavor: Flavor, vmi: &Value) -> Run {
     let image = StockImage::prepare(release, &stock_image::cache_dir().unwrap()).unwrap();
-    let pod = pod(flavor, &instance_id(vmi));
+    let pod = pod(flavor, vmi);
     let smbios = smbios::qemu_args(vmi);
     eprintln!("qemu: {}", smbios.join(" "));
     let booted = image
@@ -283,6 +305,8 @@ fn assert_configured_from_the_imds(release: Release, flavor: Flavor) {
     assert_eq!(read(&booted, RUNCMD_MARKER).as_deref(), Some(RUNCMD_CONTENT), "{why}");
     let keys = read(&booted, DEFAULT_USER_KEYS).unwrap_or_default();
     assert!(keys.lines().any(|k| k == SSH_KEY), "{DEFAULT_USER_KEYS}: {keys:?}\n{why}");
+    // The accessCredentials key, from the metadata.
+    assert!(keys.lines().any(|k| k == ACCESS_KEY), "{DEFAULT_USER_KEYS}: {keys:?}\n{why}");
     if flavor == Flavor::Ec2 {
         // Looking like AWS, cloud-init asks for an IMDSv2 session first.
         assert!(!o.log_lines("latest/api/token").is_empty(), "no IMDSv2 session requested\n{why}");
