@@ -86,12 +86,12 @@ pub async fn dispatch(
         Flavor::Ec2 => ec2::resolve(&path, &facts, &client),
     };
     let Some(resource) = resource else {
-        return ApiError::NotFound.into_response();
+        return ApiError::MetadataNotFound.into_response();
     };
     // `password` refuses every method alike: cloudbase-init POSTs there.
     let any_method = matches!(resource, Resource::PasswordNotStored);
     if !any_method && method != Method::GET && method != Method::HEAD {
-        return ApiError::MethodNotAllowed.into_response();
+        return ApiError::MethodNotAllowed { allow: super::error::GET_HEAD }.into_response();
     }
     let response = render(resource, &cloud.data).await;
     if method == Method::HEAD { without_body(response) } else { response }
@@ -102,9 +102,7 @@ pub async fn dispatch(
 /// `X-Forwarded-For` never gets here: it is refused with 403 first.)
 fn issue_session(cloud: &CloudState, method: &Method, headers: &HeaderMap) -> Response {
     if method != Method::PUT {
-        let mut response = ApiError::MethodNotAllowed.into_response();
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("PUT"));
-        return response;
+        return ApiError::MethodNotAllowed { allow: "PUT" }.into_response();
     }
     let ttl = match imdsv2::parse_ttl(headers.get(imdsv2::TTL_HEADER).map(HeaderValue::as_bytes)) {
         Ok(ttl) => ttl,
@@ -166,9 +164,9 @@ async fn render(resource: Resource, data: &DataSources) -> Response {
             Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(value) if value.get("links").is_some() => Json(value).into_response(),
                 // NoCloud-style (YAML) network data has no OpenStack form.
-                _ => ApiError::NotFound.into_response(),
+                _ => ApiError::MetadataNotFound.into_response(),
             },
-            Ok(None) => ApiError::NotFound.into_response(),
+            Ok(None) => ApiError::MetadataNotFound.into_response(),
             Err(e) => unavailable(e),
         },
         Resource::PasswordNotStored => ApiError::PasswordNotStored.into_response(),
@@ -181,7 +179,7 @@ fn raw(read: Result<Option<Vec<u8>>, DataError>, missing: Missing) -> Response {
         (Ok(None), Missing::Empty) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], Vec::new()).into_response()
         }
-        (Ok(None), Missing::NotFound) => ApiError::NotFound.into_response(),
+        (Ok(None), Missing::NotFound) => ApiError::MetadataNotFound.into_response(),
         (Err(e), _) => unavailable(e),
     }
 }

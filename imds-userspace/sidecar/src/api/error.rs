@@ -12,8 +12,15 @@ pub enum ApiError {
     MetadataHeaderMissing,
     MetadataHeaderInvalid,
     ForwardedRequest,
+    /// No `/v1` route and no metadata flavour of this VM has the path.
     NotFound,
-    MethodNotAllowed,
+    /// A metadata flavour's path that resolves to nothing, or data (user-,
+    /// network-data) the VM does not have.
+    MetadataNotFound,
+    /// The path exists; `allow` is what it answers (the `Allow` header).
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     /// The token cannot be served right now; the reason is safe to show the
     /// guest (it names no host path).
     TokenUnavailable(&'static str),
@@ -40,12 +47,16 @@ pub enum ApiError {
     PasswordNotStored,
 }
 
+/// What every read-only path answers.
+pub const GET_HEAD: &str = "GET, HEAD";
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MetadataHeaderMissing | ApiError::MetadataHeaderInvalid => StatusCode::BAD_REQUEST,
             ApiError::ForwardedRequest => StatusCode::FORBIDDEN,
             ApiError::NotFound
+            | ApiError::MetadataNotFound
             | ApiError::AudienceNotConfigured { .. }
             | ApiError::DefaultTokenDisabled { .. }
             | ApiError::AwsNotConfigured
@@ -53,7 +64,7 @@ impl ApiError {
             ApiError::AudienceInvalid(_) | ApiError::Ec2TtlInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Ec2SessionInvalid | ApiError::Ec2SessionRequired => StatusCode::UNAUTHORIZED,
             ApiError::MetadataUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TokenUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -64,8 +75,8 @@ impl ApiError {
             ApiError::MetadataHeaderMissing => "metadata_header_missing",
             ApiError::MetadataHeaderInvalid => "metadata_header_invalid",
             ApiError::ForwardedRequest => "forwarded_request_refused",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotFound | ApiError::MetadataNotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TokenUnavailable(_) => "token_unavailable",
             ApiError::AudienceInvalid(_) => "audience_invalid",
             ApiError::AudienceNotConfigured { .. } => "audience_not_configured",
@@ -92,12 +103,14 @@ impl ApiError {
                  only answers the VM directly, never through a proxy"
                     .into()
             }
-            ApiError::NotFound => {
-                "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws \
-                                   and GET /healthz"
-                    .into()
+            ApiError::NotFound => "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws \
+                                   and GET /healthz, and the cloud metadata flavours the VM was given \
+                                   (annotation imds.kubevirt.io/metadata-flavors)"
+                .into(),
+            ApiError::MetadataNotFound => {
+                "no such metadata: the path is not in this flavour, or the VM has no such data".into()
             }
-            ApiError::MethodNotAllowed => "method not allowed: the API only answers GET (and HEAD)".into(),
+            ApiError::MethodNotAllowed { allow } => format!("method not allowed: this path answers {allow}"),
             ApiError::TokenUnavailable(reason) => {
                 format!("the ServiceAccount token is unavailable ({reason}); retry shortly")
             }
@@ -142,8 +155,8 @@ impl IntoResponse for ApiError {
         }
         let body = Json(body);
         let mut response = (self.status(), body).into_response();
-        if self == ApiError::MethodNotAllowed {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

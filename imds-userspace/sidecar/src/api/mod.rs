@@ -61,7 +61,7 @@ pub fn router(state: Arc<ImdsState>) -> Router {
         .route("/healthz", get(healthz))
         .merge(metadata)
         .fallback(cloud::dispatch)
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed { allow: error::GET_HEAD } })
         .layer(middleware::from_fn(guards::refuse_forwarded))
         .with_state(state)
 }
@@ -564,15 +564,23 @@ mod tests {
             call(&f.app, Method::PUT, "/latest/api/token", &[(TTL, "60"), ("X-Forwarded-For", "1.2.3.4")])
                 .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        // Only PUT on the token route; only GET/HEAD elsewhere.
-        assert_eq!(
-            call(&f.app, Method::GET, "/latest/api/token", &[]).await.0,
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            call(&f.app, Method::PUT, "/latest/meta-data/", &[(TTL, "60")]).await.0,
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        // Only PUT on the token route; only GET/HEAD elsewhere: the header
+        // and the message say the same.
+        for (method, path, allow) in
+            [(Method::GET, "/latest/api/token", "PUT"), (Method::PUT, "/latest/meta-data/", "GET, HEAD")]
+        {
+            let (status, response) = call(&f.app, method.clone(), path, &[(TTL, "60")]).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(response.headers()[header::ALLOW], allow, "{method} {path}");
+            let body = json(response).await;
+            assert!(body["message"].as_str().unwrap().ends_with(&format!("answers {allow}")), "{body}");
+        }
+        // A path of the flavour that resolves to nothing says so, not the /v1 routes.
+        let (status, response) = call(&f.app, Method::GET, "/latest/meta-data/nothing", &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let body = json(response).await;
+        assert_eq!(body["error"], "not_found");
+        assert!(body["message"].as_str().unwrap().contains("no such metadata"), "{body}");
         // Expiry.
         let short = session(&f.app, "1").await;
         assert_eq!(call(&f.app, Method::GET, path, &[(TOKEN, &short)]).await.0, StatusCode::OK);

@@ -13,7 +13,8 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 pub const MAX_TTL_SECONDS: u32 = 21_600;
-/// Live sessions kept per VM; a guest issuing more evicts its oldest.
+/// Live sessions kept per VM; a guest issuing more evicts the one that
+/// expires soonest.
 pub const MAX_SESSIONS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +103,6 @@ mod tests {
             sessions.issue(Duration::from_secs(20 + i as u64), t0).unwrap();
         }
         assert_eq!(sessions.expiries.lock().unwrap().len(), MAX_SESSIONS);
-        assert!(!sessions.is_valid(first.as_bytes(), t0), "the oldest session should have been evicted");
+        assert!(!sessions.is_valid(first.as_bytes(), t0), "the session expiring soonest should have been evicted");
     }
 }
