@@ -9,6 +9,11 @@ use std::{
 use anyhow::Context as _;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
+/// An `exp` far in the future for the tests' tokens (the sidecar refuses
+/// expired ones), and how the sidecar writes it.
+pub const EXP: u64 = 4_102_444_800;
+pub const EXP_RFC3339: &str = "2100-01-01T00:00:00Z";
+
 /// A JWT shaped like a projected ServiceAccount token (the signature is
 /// random bytes: the IMDS never verifies it, consumers do).
 pub fn jwt(namespace: &str, service_account: &str, exp: u64, nonce: &str) -> String {

@@ -10,7 +10,7 @@ use imds_tests::{
     imds::{Agent, Identity, Imds, Sidecar, sidecar_binary},
     kubelet::{CgroupLayout, KubeletPod},
     netns::{Netns, exclusive, require_root},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{EXP, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
 
@@ -24,7 +24,7 @@ struct Tokens {
 fn tokens() -> Tokens {
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    volume.publish(&jwt(ID.namespace, ID.service_account, 1_795_000_000, "discovery")).unwrap();
+    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "discovery")).unwrap();
     Tokens { volume, _dir: dir }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use imds_tests::{
     imds::{Identity, Imds},
     netns::{Netns, exclusive, require_root},
-    tokens::{LoopingClient, ProjectedVolume, jwt},
+    tokens::{EXP, LoopingClient, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
 use serde_json::Value;
@@ -62,7 +62,7 @@ fn token_of(body: &str) -> String {
 }
 
 fn tokens(generation: u64) -> (String, String, String) {
-    let exp = 1_795_000_000 + generation * 3600;
+    let exp = EXP + generation * 3600;
     (
         jwt(ID.namespace, ID.service_account, exp, &format!("api-{generation}")),
         jwt(ID.namespace, ID.service_account, exp, &format!("sts-{generation}")),
@@ -100,7 +100,7 @@ fn unknown_and_hostile_audiences_are_refused_and_nothing_else_is_read() {
     let r = start(&TWO_AUDIENCES, &api, &sts, &vault);
     let guest = r.layout.guest();
     // Canaries an audience-as-path bug would serve.
-    let canary = jwt("evil", "evil", 1_795_000_000, "canary");
+    let canary = jwt("evil", "evil", EXP, "canary");
     let parent = r.volume.dir().parent().unwrap().to_owned();
     for name in ["passwd", "sts", "audience-9"] {
         std::fs::write(parent.join(name), &canary).unwrap();

@@ -9,7 +9,7 @@ use imds_common::contract::SEED_SERIAL;
 use imds_tests::{
     imds::{Identity, Imds},
     netns::{Netns, exclusive, require_root},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{EXP, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
 use serde_json::Value;
@@ -111,7 +111,7 @@ fn start(extra: &[&str]) -> Running {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
-    tokens.publish(&jwt(ID.namespace, ID.service_account, 1_795_000_000, "ci")).unwrap();
+    tokens.publish(&jwt(ID.namespace, ID.service_account, EXP, "ci")).unwrap();
     // The user-data Secret's volume, maintained kubelet-style.
     let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
     secret

@@ -9,14 +9,12 @@ use imds_tests::{
     imds::{Identity, Imds, sidecar_binary},
     kubelet::CgroupLayout,
     netns::{Netns, exclusive, require_root},
-    tokens::{LoopingClient, ProjectedVolume, jwt},
+    tokens::{EXP, EXP_RFC3339, LoopingClient, ProjectedVolume, jwt},
     topology::{Addressing, Binding, GuestKind, PodLayout, attach_namespace_guest},
 };
 use serde_json::Value;
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
-const EXP: u64 = 1_795_000_000;
-const EXP_RFC3339: &str = "2026-11-18T11:06:40Z";
 
 struct Running {
     layout: PodLayout,

@@ -12,7 +12,7 @@ use imds_tests::{
     bpf,
     imds::{Identity, Imds},
     netns::{Netns, exclusive, require_root},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{EXP, ProjectedVolume, jwt},
     topology::{
         Addressing, Binding, GuestKind, NODE_SECRET, NodeMetadata, PodLayout, attach_namespace_guest,
     },
@@ -46,7 +46,7 @@ fn pod(binding: Binding) -> Pod {
     assert!(node_imds.packets_reached().unwrap() > 0);
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    let token = jwt(ID.namespace, ID.service_account, 1_795_000_000, "fail-closed");
+    let token = jwt(ID.namespace, ID.service_account, EXP, "fail-closed");
     volume.publish(&token).unwrap();
     Pod { layout, node_imds, token, _volume: volume, _dir: dir }
 }

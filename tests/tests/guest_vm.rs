@@ -7,7 +7,7 @@ use imds_tests::{
     bpf,
     imds::{Identity, Imds},
     netns::{exclusive, require_root},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{EXP, EXP_RFC3339, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout, TAP},
     vm::{GuestKit, default_cache_dir},
 };
@@ -23,7 +23,7 @@ fn scenario(binding: Binding) {
     let a = layout.addressing;
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    let token = jwt(ID.namespace, ID.service_account, 1_795_000_000, "vm");
+    let token = jwt(ID.namespace, ID.service_account, EXP, "vm");
     volume.publish(&token).unwrap();
     let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
     sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
@@ -58,7 +58,7 @@ section neigh ip neigh show 169.254.169.254
     let expected_identity = r#"{"namespace":"vm-team","serviceAccountName":"builder","vmName":"fedora-42","audiences":[],"defaultToken":true}"#;
     assert_eq!(section("identity"), expected_identity);
     let served: serde_json::Value = serde_json::from_str(&section("token")).expect("token JSON");
-    assert_eq!(served, serde_json::json!({"token": token, "expirationTimestamp": "2026-11-18T11:06:40Z"}));
+    assert_eq!(served, serde_json::json!({"token": token, "expirationTimestamp": EXP_RFC3339}));
     let noheader = section("noheader");
     assert!(noheader.ends_with("\n400"), "{noheader}");
     assert!(noheader.contains("metadata_header_missing"), "{noheader}");

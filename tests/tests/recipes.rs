@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use imds_tests::{
     imds::{Identity, Imds},
     netns::{exclusive, require_root},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{EXP, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
 
@@ -38,7 +38,7 @@ fn guest_recipes_work_against_the_real_sidecar() {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let volume = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
-    let exp = 1_795_000_000;
+    let exp = EXP;
     let (api, sts, vault, spire) = (
         jwt(ID.namespace, ID.service_account, exp, "api"),
         jwt(ID.namespace, ID.service_account, exp, "sts"),

@@ -21,7 +21,7 @@ use imds_tests::{
     netns::{exclusive, require_root},
     smbios,
     stock_image::{self, Booted, Release, StockImage},
-    tokens::{ProjectedVolume, jwt},
+    tokens::{EXP, ProjectedVolume, jwt},
     topology::{BRIDGE, Binding, GuestKind, PodLayout, TAP},
     webhook::{VMI, Webhook, admission_review, generate_certs, patched},
 };
@@ -138,7 +138,7 @@ fn pod(flavor: Flavor, vmi: &Value) -> Pod {
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Tap).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
-    tokens.publish(&jwt(ID.namespace, ID.service_account, 1_795_000_000, "stock")).unwrap();
+    tokens.publish(&jwt(ID.namespace, ID.service_account, EXP, "stock")).unwrap();
     let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
     secret.publish_files(&[("userdata", user_data().as_bytes())]).unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();

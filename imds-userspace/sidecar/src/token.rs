@@ -59,14 +59,33 @@ pub enum JwtError {
 }
 
 /// A token as served: the JWT exactly as the kubelet wrote it, and when it
-/// expires according to its own `exp` claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// expires according to its own `exp` claim. `Debug` shows the expiry only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ServiceAccountToken {
     pub jwt: String,
     pub expires_at: SystemTime,
 }
 
+/// How far past its `exp` a token is still handed out: the node's clock
+/// may run ahead of the API server's by this much.
+pub const EXPIRY_SKEW: Duration = Duration::from_secs(30);
+
+impl std::fmt::Debug for ServiceAccountToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountToken")
+            .field("jwt", &"<redacted>")
+            .field("expires_at", &self.expiration_timestamp())
+            .finish()
+    }
+}
+
 impl ServiceAccountToken {
+    /// Expired at `now`, beyond [`EXPIRY_SKEW`]: the API server refuses it,
+    /// so serving it would only hide that the kubelet stopped refreshing.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at + EXPIRY_SKEW < now
+    }
+
     /// RFC 3339, UTC, whole seconds (the form Kubernetes uses in
     /// `TokenRequestStatus.expirationTimestamp`).
     pub fn expiration_timestamp(&self) -> String {
@@ -265,6 +284,16 @@ pub(crate) mod tests {
         let jwt = jwt_with_claims(r#"{"aud":["x"],"exp":1795000000,"sub":"system:serviceaccount:ns:sa"}"#);
         let t = ServiceAccountToken { expires_at: jwt_expiry(&jwt).unwrap(), jwt };
         assert_eq!(t.expiration_timestamp(), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn expired_means_past_exp_beyond_the_skew() {
+        let t = ServiceAccountToken { jwt: "x".into(), expires_at: UNIX_EPOCH + Duration::from_secs(1000) };
+        assert!(!t.is_expired(UNIX_EPOCH + Duration::from_secs(999)));
+        assert!(!t.is_expired(t.expires_at + EXPIRY_SKEW));
+        assert!(t.is_expired(t.expires_at + EXPIRY_SKEW + Duration::from_secs(1)));
+        let debug = format!("{t:?}");
+        assert!(!debug.contains("\"x\"") && debug.contains("1970-01-01T00:16:40Z"), "{debug}");
     }
 
     #[test]

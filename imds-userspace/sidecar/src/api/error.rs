@@ -24,6 +24,11 @@ pub enum ApiError {
     /// The token cannot be served right now; the reason is safe to show the
     /// guest (it names no host path).
     TokenUnavailable(&'static str),
+    /// The token file holds a token past its expiry: the kubelet has not
+    /// refreshed it.
+    TokenExpired {
+        expired_at: String,
+    },
     /// The `audience` parameter is malformed (the reason says how).
     AudienceInvalid(String),
     /// No token is configured for this audience.
@@ -65,7 +70,7 @@ impl ApiError {
             ApiError::Ec2SessionInvalid | ApiError::Ec2SessionRequired => StatusCode::UNAUTHORIZED,
             ApiError::MetadataUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TokenUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TokenUnavailable(_) | ApiError::TokenExpired { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,6 +83,7 @@ impl ApiError {
             ApiError::NotFound | ApiError::MetadataNotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TokenUnavailable(_) => "token_unavailable",
+            ApiError::TokenExpired { .. } => "token_expired",
             ApiError::AudienceInvalid(_) => "audience_invalid",
             ApiError::AudienceNotConfigured { .. } => "audience_not_configured",
             ApiError::DefaultTokenDisabled { .. } => "default_token_disabled",
@@ -103,10 +109,12 @@ impl ApiError {
                  only answers the VM directly, never through a proxy"
                     .into()
             }
-            ApiError::NotFound => "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws \
+            ApiError::NotFound => {
+                "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws \
                                    and GET /healthz, and the cloud metadata flavours the VM was given \
                                    (annotation imds.kubevirt.io/metadata-flavors)"
-                .into(),
+                    .into()
+            }
             ApiError::MetadataNotFound => {
                 "no such metadata: the path is not in this flavour, or the VM has no such data".into()
             }
@@ -114,6 +122,10 @@ impl ApiError {
             ApiError::TokenUnavailable(reason) => {
                 format!("the ServiceAccount token is unavailable ({reason}); retry shortly")
             }
+            ApiError::TokenExpired { expired_at } => format!(
+                "the ServiceAccount token expired at {expired_at} and has not been refreshed by the kubelet; \
+                 retry shortly"
+            ),
             ApiError::AudienceInvalid(reason) => format!("invalid `audience` parameter: {reason}"),
             ApiError::AudienceNotConfigured { .. } => {
                 "no token is configured for this audience; configuredAudiences lists those that are \

@@ -120,6 +120,14 @@ async fn token(State(state): State<Arc<ImdsState>>, RawQuery(query): RawQuery) -
         .into_response();
     };
     match file.read() {
+        Ok(token) if token.is_expired(std::time::SystemTime::now()) => {
+            tracing::warn!(
+                file = %file.path().display(),
+                expired_at = %token.expiration_timestamp(),
+                "GET /v1/token answered 503: the token file holds an expired token (is the kubelet refreshing it?)"
+            );
+            ApiError::TokenExpired { expired_at: token.expiration_timestamp() }.into_response()
+        }
         Ok(token) => {
             let body = TokenResponse { expiration_timestamp: token.expiration_timestamp(), token: token.jwt };
             let mut response = Json(body).into_response();
@@ -259,17 +267,17 @@ mod tests {
     #[tokio::test]
     async fn token_is_served_with_its_expiry_and_follows_the_file() {
         let f = fixture();
-        let first = jwt_with_claims(r#"{"exp":1795000000}"#);
+        let first = jwt_with_claims(r#"{"exp":4102444800}"#);
         std::fs::write(&f.token_path, &first).unwrap();
         let (status, response) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
         assert_eq!(
             json(response).await,
-            serde_json::json!({"token": first, "expirationTimestamp": "2026-11-18T11:06:40Z"})
+            serde_json::json!({"token": first, "expirationTimestamp": "2100-01-01T00:00:00Z"})
         );
 
-        let second = jwt_with_claims(r#"{"exp":1795003600}"#);
+        let second = jwt_with_claims(r#"{"exp":4102448400}"#);
         std::fs::write(&f.token_path, &second).unwrap();
         let (_, response) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
         assert_eq!(json(response).await["token"], second);
@@ -288,7 +296,16 @@ mod tests {
         let (status, _) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
-        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        // A kubelet that stopped refreshing leaves an expired token: not served.
+        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":1795000000}"#)).unwrap();
+        let (status, response) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = json(response).await;
+        assert_eq!(body["error"], "token_expired");
+        assert!(body["message"].as_str().unwrap().contains("expired at 2026-11-18T11:06:40Z"), "{body}");
+        assert!(body.get("token").is_none());
+
+        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":4102444801}"#)).unwrap();
         let (status, _) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
         assert_eq!(status, StatusCode::OK);
     }
@@ -296,7 +313,7 @@ mod tests {
     #[tokio::test]
     async fn metadata_header_is_required_except_on_healthz() {
         let f = fixture();
-        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":4102444801}"#)).unwrap();
         for path in ["/v1/token", "/v1/identity"] {
             let (status, response) = call(&f.app, Method::GET, path, &[]).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
@@ -344,9 +361,9 @@ mod tests {
     async fn each_audience_is_served_from_its_own_file() {
         let f = fixture_with(true, &["sts.amazonaws.com", "vault"], None);
         let tokens = [
-            ("token", jwt_with_claims(r#"{"exp":1,"aud":["https://kubernetes.default.svc"]}"#)),
-            ("audience-0", jwt_with_claims(r#"{"exp":2,"aud":["sts.amazonaws.com"]}"#)),
-            ("audience-1", jwt_with_claims(r#"{"exp":3,"aud":["vault"]}"#)),
+            ("token", jwt_with_claims(r#"{"exp":4102444801,"aud":["https://kubernetes.default.svc"]}"#)),
+            ("audience-0", jwt_with_claims(r#"{"exp":4102444802,"aud":["sts.amazonaws.com"]}"#)),
+            ("audience-1", jwt_with_claims(r#"{"exp":4102444803,"aud":["vault"]}"#)),
         ];
         for (file, jwt) in &tokens {
             std::fs::write(f.dir.path().join(file), jwt).unwrap();
@@ -371,10 +388,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_and_hostile_audiences_never_reach_the_filesystem() {
         let f = fixture_with(true, &["vault"], None);
-        std::fs::write(f.dir.path().join("token"), jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        std::fs::write(f.dir.path().join("token"), jwt_with_claims(r#"{"exp":4102444801}"#)).unwrap();
         // Files an audience-as-path bug would serve.
-        std::fs::write(f.dir.path().join("audience-1"), jwt_with_claims(r#"{"exp":9}"#)).unwrap();
-        std::fs::write(f.dir.path().join("sts"), jwt_with_claims(r#"{"exp":9}"#)).unwrap();
+        std::fs::write(f.dir.path().join("audience-1"), jwt_with_claims(r#"{"exp":4102444809}"#)).unwrap();
+        std::fs::write(f.dir.path().join("sts"), jwt_with_claims(r#"{"exp":4102444809}"#)).unwrap();
         let long = format!("/v1/token?audience={}", "a".repeat(10_000));
         let not_configured = [
             "/v1/token?audience=sts",
@@ -411,8 +428,8 @@ mod tests {
     async fn without_the_default_token_only_audiences_are_served() {
         let f = fixture_with(false, &["vault"], None);
         // Even if a file named like the default token exists, it is not served.
-        std::fs::write(f.dir.path().join("token"), jwt_with_claims(r#"{"exp":1}"#)).unwrap();
-        std::fs::write(f.dir.path().join("audience-0"), jwt_with_claims(r#"{"exp":2}"#)).unwrap();
+        std::fs::write(f.dir.path().join("token"), jwt_with_claims(r#"{"exp":4102444801}"#)).unwrap();
+        std::fs::write(f.dir.path().join("audience-0"), jwt_with_claims(r#"{"exp":4102444802}"#)).unwrap();
         let (status, response) = call(&f.app, Method::GET, "/v1/token", &[MD]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let body = json(response).await;
@@ -602,7 +619,7 @@ mod tests {
     #[tokio::test]
     async fn odd_and_hostile_paths_are_clean_4xx_and_the_token_never_leaks() {
         let f = cloud_fixture(&Flavor::ALL, Imdsv2::Optional);
-        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":1}"#)).unwrap();
+        std::fs::write(&f.token_path, jwt_with_claims(r#"{"exp":4102444801}"#)).unwrap();
         let huge = format!("/latest/meta-data/{}", "a".repeat(10_000));
         for path in [
             "/latest/meta-data/../user-data",

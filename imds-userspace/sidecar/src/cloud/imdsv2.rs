@@ -103,6 +103,9 @@ mod tests {
             sessions.issue(Duration::from_secs(20 + i as u64), t0).unwrap();
         }
         assert_eq!(sessions.expiries.lock().unwrap().len(), MAX_SESSIONS);
-        assert!(!sessions.is_valid(first.as_bytes(), t0), "the session expiring soonest should have been evicted");
+        assert!(
+            !sessions.is_valid(first.as_bytes(), t0),
+            "the session expiring soonest should have been evicted"
+        );
     }
 }
