@@ -81,6 +81,23 @@ fn served(binding: Binding) {
     assert_eq!(status, 400, "{body}");
     assert_eq!(json(&body)["error"], "metadata_header_missing");
 
+    // DNS rebinding: a name resolved to the IMDS address sends its own
+    // `Host` and is refused; an HTTP/1.0 client without `Host` is served.
+    let rebound = guest
+        .sh_status(
+            "curl -s -m 3 -w '\\n%{http_code}' -H 'Metadata: true' \
+             --resolve rebind.attacker.example:80:169.254.169.254 http://rebind.attacker.example/v1/token",
+        )
+        .unwrap();
+    let rebound = String::from_utf8_lossy(&rebound.stdout).into_owned();
+    let (body, status) = rebound.rsplit_once('\n').unwrap();
+    assert_eq!(status, "403", "{rebound}");
+    assert_eq!(json(body)["error"], "host_refused");
+    assert!(!body.contains(&r.token));
+    let (status, body) = curl(guest, "/v1/token", &["Metadata: true", "Host:"]);
+    assert_eq!(status, 200, "no Host at all: {body}");
+    assert_eq!(curl(guest, "/v1/identity", &["Metadata: true", "Host: 169.254.169.254:80"]).0, 200);
+
     assert_eq!(curl(guest, "/healthz", &[]), (200, "OK".to_owned()));
     assert!(r.counter("guest_redirected") >= 4);
     assert!(r.counter("reply_forwarded") >= 4);

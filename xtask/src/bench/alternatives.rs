@@ -8,6 +8,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
+use imds_common::contract::IMDS_IP;
 use imds_tests::{
     netns::{Background, Netns},
     topology::{BRIDGE, PodLayout},
@@ -60,7 +61,14 @@ pub fn set_up(layout: &PodLayout, bench: &Bench) -> anyhow::Result<Alternatives>
     // nginx returning the very bodies our server sends, from the pod.
     let bodies = ["/v1/token", "/v1/identity"]
         .into_iter()
-        .map(|p| Ok((p, guest.sh(&format!("curl -sf -H 'Metadata: true' http://{DNAT_ADDR}{p}"))?)))
+        .map(|p| {
+            Ok((
+                p,
+                guest.sh(&format!(
+                    "curl -sf -H 'Metadata: true' -H 'Host: {IMDS_IP}' http://{DNAT_ADDR}{p}"
+                ))?,
+            ))
+        })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let nginx_listen = format!("{POD_BRIDGE_IP}:8081");
     servers.push(nginx(pod, &nginx_listen, &bodies, bench.scratch.path())?);

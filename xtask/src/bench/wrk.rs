@@ -51,9 +51,10 @@ pub struct Http {
 pub fn run(guest: &Netns, base: &str, load: Load, duration: Duration) -> anyhow::Result<Http> {
     let threads = load.connections.min(2);
     let mut script = format!(
-        "wrk -t{threads} -c{} -d{}s --latency -H 'Metadata: true'",
+        "wrk -t{threads} -c{} -d{}s --latency -H 'Metadata: true' -H 'Host: {}'",
         load.connections,
-        duration.as_secs()
+        duration.as_secs(),
+        imds_common::contract::IMDS_IP
     );
     if !load.keep_alive {
         script.push_str(" -H 'Connection: close'");

@@ -12,6 +12,8 @@ pub enum ApiError {
     MetadataHeaderMissing,
     MetadataHeaderInvalid,
     ForwardedRequest,
+    /// `Host` names something other than the IMDS address (DNS rebinding).
+    HostNotImds,
     /// No `/v1` route and no metadata flavour of this VM has the path.
     NotFound,
     /// A metadata flavour's path that resolves to nothing, or data (user-,
@@ -59,7 +61,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MetadataHeaderMissing | ApiError::MetadataHeaderInvalid => StatusCode::BAD_REQUEST,
-            ApiError::ForwardedRequest => StatusCode::FORBIDDEN,
+            ApiError::ForwardedRequest | ApiError::HostNotImds => StatusCode::FORBIDDEN,
             ApiError::NotFound
             | ApiError::MetadataNotFound
             | ApiError::AudienceNotConfigured { .. }
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::MetadataHeaderMissing => "metadata_header_missing",
             ApiError::MetadataHeaderInvalid => "metadata_header_invalid",
             ApiError::ForwardedRequest => "forwarded_request_refused",
+            ApiError::HostNotImds => "host_refused",
             ApiError::NotFound | ApiError::MetadataNotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TokenUnavailable(_) => "token_unavailable",
@@ -107,6 +110,11 @@ impl ApiError {
             ApiError::ForwardedRequest => {
                 "requests carrying X-Forwarded-For or Forwarded are refused: the metadata service \
                  only answers the VM directly, never through a proxy"
+                    .into()
+            }
+            ApiError::HostNotImds => {
+                "the Host header must be 169.254.169.254 (or absent): a request for another \
+                                     name reaching this address is a DNS rebinding attempt"
                     .into()
             }
             ApiError::NotFound => {

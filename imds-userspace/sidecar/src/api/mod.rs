@@ -62,6 +62,7 @@ pub fn router(state: Arc<ImdsState>) -> Router {
         .merge(metadata)
         .fallback(cloud::dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed { allow: error::GET_HEAD } })
+        .layer(middleware::from_fn(guards::require_imds_host))
         .layer(middleware::from_fn(guards::refuse_forwarded))
         .with_state(state)
 }
