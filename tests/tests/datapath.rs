@@ -489,3 +489,44 @@ fn ebpf_log_messages_are_opt_in() {
     assert_eq!(curl(layout.guest(), "/healthz", &[]).0, 200);
     sidecar.wait_for_log("guest 10.0.2.2:", Duration::from_secs(5)).unwrap();
 }
+
+/// A guest process that pipelines requests and never reads (a tiny receive
+/// buffer) takes the only connection slot; it loses it at the response
+/// deadline, and a well-behaved client is served within that deadline.
+#[test]
+fn a_guest_that_never_reads_loses_its_connection_and_others_are_served() {
+    let _serial = exclusive();
+    require_root();
+    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).expect("layout");
+    let dir = tempfile::tempdir().unwrap();
+    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
+    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "stuck")).unwrap();
+    let args = ["--max-connections", "1", "--response-timeout", "2s"];
+    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).expect("agent and sidecar");
+    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    let guest = layout.guest();
+    // 4000 pipelined token requests: megabytes of answers for a 4 KiB
+    // receive window that is never drained. The process stays until killed.
+    let script = "import socket, time\n\
+                  s = socket.socket()\n\
+                  s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n\
+                  s.connect(('169.254.169.254', 80))\n\
+                  s.sendall(b'GET /v1/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\nMetadata: true\\r\\n\\r\\n' * 4000)\n\
+                  print('sent', flush=True)\n\
+                  time.sleep(60)\n";
+    let mut stuck =
+        guest.command("python3").args(["-c", script]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stuck.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "sent");
+    let started = std::time::Instant::now();
+    let out = guest
+        .sh_status("curl -s -m 8 -o /dev/null -w '%{http_code}' -H 'Metadata: true' http://169.254.169.254/v1/identity")
+        .unwrap();
+    let waited = started.elapsed();
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "the well-behaved client was not served");
+    assert!(waited < Duration::from_secs(5), "the well-behaved client waited {waited:?}");
+}

@@ -1,7 +1,9 @@
 //! Serving the API over HTTP/1.1 with limits a hostile guest cannot get
 //! around: bounded head size and header count, a deadline for every request
-//! head (which also bounds idle keep-alive connections), and a cap on
-//! concurrent connections. Request bodies are never read.
+//! head (which also bounds idle keep-alive connections), a deadline for
+//! writing every response ([`crate::write_deadline`]: a client that never
+//! reads loses its connection), and a cap on concurrent connections.
+//! Request bodies are never read.
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -20,6 +22,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::write_deadline::WriteDeadline;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Request line plus headers, in bytes.
@@ -28,6 +32,9 @@ pub struct Limits {
     /// From the moment the server waits for a request head (connection
     /// opened, or previous response sent) until the head is complete.
     pub head_timeout: Duration,
+    /// From the first byte of a response written until all of it is with
+    /// the kernel.
+    pub response_timeout: Duration,
     pub max_connections: usize,
     /// How long in-flight requests get to finish on shutdown.
     pub drain_timeout: Duration,
@@ -39,6 +46,7 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_headers: 32,
             head_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(10),
             max_connections: 256,
             drain_timeout: Duration::from_secs(3),
         }
@@ -115,7 +123,10 @@ pub async fn serve<H: Handshake>(
         let (http, watcher, handshake) = (http.clone(), graceful.watcher(), handshake.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(limits.head_timeout, handshake.handshake(stream)).await {
-                Ok(Ok(io)) => watcher.watch(http.serve_connection(TokioIo::new(io), service)).await,
+                Ok(Ok(io)) => {
+                    let io = TokioIo::new(WriteDeadline::new(io, limits.response_timeout));
+                    watcher.watch(http.serve_connection(io, service)).await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "handshake failed");
                     Ok(())
@@ -196,6 +207,41 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut buf)).await;
         trickle.abort();
         assert!(started.elapsed() < Duration::from_millis(1500), "slow client held {:?}", started.elapsed());
+    }
+
+    /// A client that pipelines requests for a large body and never reads
+    /// holds the only slot until the response deadline, no longer: the
+    /// next client is served.
+    #[tokio::test]
+    async fn a_client_that_never_reads_loses_its_slot_at_the_response_deadline() {
+        let body = "x".repeat(1024 * 1024);
+        let app = Router::new().route("/big", get(move || std::future::ready(body.clone())));
+        let limits = Limits {
+            max_connections: 1,
+            response_timeout: Duration::from_millis(500),
+            head_timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let (addr, _stop, _task) = start_app(limits, app).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stuck = socket.connect(addr).await.unwrap();
+        let pipelined = "GET /big HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+        stuck.write_all(pipelined.as_bytes()).await.unwrap();
+        // Let the server fill every buffer on the way.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let started = Instant::now();
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (text, _) = read_to_close(&mut other).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..text.len().min(200)]);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the second client waited {:?}",
+            started.elapsed()
+        );
+        drop(stuck);
     }
 
     #[tokio::test]

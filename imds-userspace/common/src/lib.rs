@@ -8,3 +8,4 @@ pub mod contract;
 pub mod errors;
 pub mod http_server;
 pub mod socket_path;
+pub mod write_deadline;

@@ -104,6 +104,11 @@ pub struct ApiArgs {
     /// Deadline for a request head, also the keep-alive idle timeout (e.g. `10s`).
     #[arg(long, env = "IMDS_HEAD_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub head_timeout: Duration,
+
+    /// Deadline for writing each response: a client that stops reading
+    /// loses its connection then (e.g. `10s`).
+    #[arg(long, env = "IMDS_RESPONSE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub response_timeout: Duration,
 }
 
 impl ApiArgs {
@@ -111,6 +116,7 @@ impl ApiArgs {
         Limits {
             max_connections: self.max_connections as usize,
             head_timeout: self.head_timeout,
+            response_timeout: self.response_timeout,
             ..Limits::default()
         }
     }
