@@ -35,9 +35,26 @@ pub const V1_9_DEDICATED_CPU: LauncherPod = LauncherPod {
     json: include_str!("../fixtures/virt-launcher-v1.9-dedicated-cpu.json"),
     vm: "latency-01",
 };
+pub const V1_9_BRIDGE: LauncherPod = LauncherPod {
+    file: "virt-launcher-v1.9-bridge.json",
+    json: include_str!("../fixtures/virt-launcher-v1.9-bridge.json"),
+    vm: "web-bridge",
+};
+pub const V1_9_MIGRATION_TARGET: LauncherPod = LauncherPod {
+    file: "virt-launcher-v1.9-migration-target.json",
+    json: include_str!("../fixtures/virt-launcher-v1.9-migration-target.json"),
+    vm: "fedora-imds",
+};
 
-pub const LAUNCHER_PODS: [LauncherPod; 5] =
-    [OPENSHIFT, OPENSHIFT_CAT8KV, V1_9_MASQUERADE, V1_9_RESTRICTED, V1_9_DEDICATED_CPU];
+pub const LAUNCHER_PODS: [LauncherPod; 7] = [
+    OPENSHIFT,
+    OPENSHIFT_CAT8KV,
+    V1_9_MASQUERADE,
+    V1_9_RESTRICTED,
+    V1_9_DEDICATED_CPU,
+    V1_9_BRIDGE,
+    V1_9_MIGRATION_TARGET,
+];
 
 impl LauncherPod {
     /// The pod as KubeVirt created it.
