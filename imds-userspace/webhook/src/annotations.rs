@@ -265,6 +265,14 @@ pub fn warnings(annotations: &BTreeMap<String, String>) -> Vec<String> {
     {
         warnings.push(format!("annotation {EC2_IMDSV2} has no effect without the ec2 or openstack flavour"));
     }
+    if annotations.get(EC2_IMDSV2).is_some_and(|v| v == "required")
+        && flavors.iter().any(|f| matches!(f, Flavor::Nocloud | Flavor::Openstack))
+    {
+        warnings.push(format!(
+            "annotation {EC2_IMDSV2} \"required\" covers only the EC2 paths: the nocloud and openstack \
+             flavours serve the same user-data without a session"
+        ));
+    }
     for key in annotations.keys().filter(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str())) {
         warnings.push(format!("annotation {key} is not one kubevirt-imds knows; it is ignored"));
     }
@@ -277,6 +285,21 @@ mod tests {
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn required_imdsv2_next_to_session_less_flavours_is_warned_about() {
+        let warned = |flavors: &str| {
+            warnings(&annotations(&[
+                (ENABLED, "true"),
+                (METADATA_FLAVORS, flavors),
+                (EC2_IMDSV2, "required"),
+            ]))
+            .iter()
+            .any(|w| w.contains("covers only the EC2 paths"))
+        };
+        assert!(warned("ec2,nocloud") && warned("openstack"));
+        assert!(!warned("ec2"));
     }
 
     #[test]
