@@ -201,6 +201,12 @@ pub const ENV_AWS_ROLE_ARN: &str = "IMDS_AWS_ROLE_ARN";
 pub const ENV_AWS_AUDIENCE: &str = "IMDS_AWS_AUDIENCE";
 pub const ENV_BRIDGE_NAME: &str = "IMDS_BRIDGE_NAME";
 pub const ENV_LOG_FORMAT: &str = "IMDS_LOG_FORMAT";
+/// The IP TTL of everything the sidecar sends (its SYN-ACKs included), like
+/// AWS's IMDSv2 hop limit: 1 reaches the guest's own processes only; a
+/// container behind a NAT or bridge inside the guest needs 2.
+pub const ENV_HOP_LIMIT: &str = "IMDS_HOP_LIMIT";
+pub const DEFAULT_HOP_LIMIT: u8 = 1;
+pub const MAX_HOP_LIMIT: u8 = 64;
 
 /// A region or availability zone: served as a one-line leaf and inside
 /// JSON, so 1–63 bytes of `[A-Za-z0-9._-]` (AWS's own names fit). Checked

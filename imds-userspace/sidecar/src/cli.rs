@@ -62,6 +62,13 @@ pub struct RunArgs {
     #[arg(long, env = ENV_GUEST_PORT_PREFIX, default_value = "tap", value_parser = interface_name)]
     pub guest_port_prefix: String,
 
+    /// IP TTL of every packet the IMDS sends, the connection's SYN-ACK
+    /// included: 1 serves the guest's own processes only (a container
+    /// behind a NAT inside the guest cannot even connect); 2 lets it in.
+    #[arg(long, env = contract::ENV_HOP_LIMIT, default_value_t = contract::DEFAULT_HOP_LIMIT,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(contract::MAX_HOP_LIMIT)))]
+    pub hop_limit: u8,
+
     /// Directory of the channel socket (`sidecar.sock`), shared with the
     /// agent through the pod's run volume.
     #[arg(long, env = contract::ENV_RUN_DIR, default_value = contract::RUN_DIR)]

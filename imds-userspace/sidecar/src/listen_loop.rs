@@ -62,6 +62,8 @@ pub struct ListenLoop {
     /// The interface's name, for SO_BINDTODEVICE.
     pub device: String,
     pub addr: SocketAddrV4,
+    /// The IP TTL of the listener, inherited by every connection.
+    pub hop_limit: u8,
     /// The API, already wrapped in [`crate::request_tally`].
     pub app: Router,
     pub limits: Limits,
@@ -130,7 +132,7 @@ impl ListenLoop {
         loop {
             let (state, retry) = match self.read_ifindex() {
                 None => (Listener::WaitingForInterface, self.timing.interface_poll),
-                Some(ifindex) => match listener::bind(self.addr, &self.device) {
+                Some(ifindex) => match listener::bind(self.addr, &self.device, self.hop_limit) {
                     Ok(listener) => return Ok(Some((listener, ifindex))),
                     Err(e) => (retry_state(e)?, self.timing.bind_retry),
                 },
@@ -267,6 +269,7 @@ mod tests {
             interface: InterfaceIndex::new(sysfs.path(), "fake-if"),
             device: "lo".into(),
             addr,
+            hop_limit: 1,
             app,
             limits: Limits { drain_timeout: Duration::from_millis(200), ..Limits::default() },
             readiness: readiness.clone(),

@@ -38,7 +38,7 @@ impl fmt::Display for BindStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BindStep::Socket => "creating the socket",
-            BindStep::Options => "setting SO_REUSEADDR and IP_FREEBIND",
+            BindStep::Options => "setting SO_REUSEADDR, IP_FREEBIND and IP_TTL",
             BindStep::Device => "binding to the device (SO_BINDTODEVICE)",
             BindStep::Bind => "binding the address",
             BindStep::Listen => "listening",
@@ -56,13 +56,16 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Listens on `addr`, bound to `device`. Must run inside the tokio runtime.
-pub fn bind(addr: SocketAddrV4, device: &str) -> Result<TcpListener, BindError> {
+/// Listens on `addr`, bound to `device`, sending with IP TTL `hop_limit`
+/// (accepted connections inherit it, and the kernel uses it for the
+/// SYN-ACK already). Must run inside the tokio runtime.
+pub fn bind(addr: SocketAddrV4, device: &str, hop_limit: u8) -> Result<TcpListener, BindError> {
     let error = |step| move |source| BindError { step, addr, device: device.to_owned(), source };
     let socket =
         Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(error(BindStep::Socket))?;
     socket.set_reuse_address(true).map_err(error(BindStep::Options))?;
     socket.set_freebind_v4(true).map_err(error(BindStep::Options))?;
+    socket.set_ttl_v4(u32::from(hop_limit)).map_err(error(BindStep::Options))?;
     socket.bind_device(Some(device.as_bytes())).map_err(error(BindStep::Device))?;
     socket.bind(&addr.into()).map_err(error(BindStep::Bind))?;
     socket.listen(1024).map_err(error(BindStep::Listen))?;
@@ -79,16 +82,17 @@ mod tests {
         // Port 0: any user may bind it; IP_FREEBIND lets the IMDS address
         // be bound before any interface of this namespace holds it.
         let addr = SocketAddrV4::new(imds_common::contract::IMDS_IP, 0);
-        let listener = bind(addr, "lo").unwrap();
+        let listener = bind(addr, "lo", 1).unwrap();
         let bound = listener.local_addr().unwrap();
         assert_eq!(bound.ip(), std::net::IpAddr::from(imds_common::contract::IMDS_IP));
+        assert_eq!(socket2::SockRef::from(&listener).ttl_v4().unwrap(), 1);
     }
 
     #[tokio::test]
     async fn errors_name_the_failing_step() {
         // No such device: SO_BINDTODEVICE fails (ENODEV), whatever the privileges.
         let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
-        let err = bind(addr, "imds-nonexist0").unwrap_err();
+        let err = bind(addr, "imds-nonexist0", 1).unwrap_err();
         assert_eq!(err.step, BindStep::Device, "{err}");
         assert_eq!(err.source.raw_os_error(), Some(libc::ENODEV), "{err}");
         assert!(err.to_string().contains("imds-nonexist0"), "{err}");

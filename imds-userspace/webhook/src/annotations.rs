@@ -26,12 +26,15 @@ pub const EC2_IMDSV2: &str = "imds.kubevirt.io/ec2-imdsv2";
 /// Which cloud-init datasource the VM's SMBIOS points at: `auto` (the
 /// default), `none`, or one of the served flavours.
 pub const DATASOURCE_HINT: &str = "imds.kubevirt.io/datasource-hint";
+/// IP TTL of the IMDS's packets (default 1, like AWS's hop limit): 2 lets
+/// containers behind a NAT or bridge inside the guest reach it.
+pub const HOP_LIMIT: &str = "imds.kubevirt.io/hop-limit";
 /// Set by the webhook on the pods it changed.
 pub const INJECTED: &str = "imds.kubevirt.io/injected";
 /// Set by the webhook on the VMIs whose SMBIOS it considered: what it did.
 pub const DATASOURCE_HINT_APPLIED: &str = "imds.kubevirt.io/datasource-hint-applied";
 
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
     ENABLED,
     TOKEN_EXPIRATION_SECONDS,
     BRIDGE_NAME,
@@ -41,6 +44,7 @@ const KNOWN: [&str; 13] = [
     USER_DATA_SECRET,
     EC2_IMDSV2,
     DATASOURCE_HINT,
+    HOP_LIMIT,
     INJECTED,
     DATASOURCE_HINT_APPLIED,
     super::firmware_uuid::ANNOTATION,
@@ -67,6 +71,8 @@ pub struct ImdsSettings {
     pub ec2_imdsv2: Imdsv2,
     /// Which datasource the VMI's SMBIOS points cloud-init at.
     pub datasource_hint: HintChoice,
+    /// The IP TTL of the IMDS's answers.
+    pub hop_limit: u8,
 }
 
 /// A malformed annotation: the message names it and the expected form, and
@@ -191,8 +197,25 @@ pub fn settings(annotations: &BTreeMap<String, String>) -> Result<ImdsSettings, 
                 ),
             })?,
     };
+    let hop_limit = match annotations.get(HOP_LIMIT) {
+        None => contract::DEFAULT_HOP_LIMIT,
+        Some(value) => value
+            .parse::<u8>()
+            .ok()
+            .filter(|n| (1..=contract::MAX_HOP_LIMIT).contains(n))
+            .ok_or_else(|| AnnotationError {
+                annotation: HOP_LIMIT,
+                value: value.clone(),
+                expected: format!(
+                    "a whole number from 1 to {}: 1 (the default) serves the guest's own processes, 2 also \
+                     containers behind a NAT or bridge inside the guest",
+                    contract::MAX_HOP_LIMIT
+                ),
+            })?,
+    };
     Ok(ImdsSettings {
         token_expiration_seconds,
+        hop_limit,
         bridge_name,
         audiences,
         default_token,
@@ -337,7 +360,8 @@ mod tests {
                 flavors: vec![],
                 user_data_secret: None,
                 ec2_imdsv2: Imdsv2::Optional,
-                datasource_hint: HintChoice::Auto
+                datasource_hint: HintChoice::Auto,
+                hop_limit: 1,
             })
         );
     }
@@ -355,11 +379,14 @@ mod tests {
                 flavors: vec![],
                 user_data_secret: None,
                 ec2_imdsv2: Imdsv2::Optional,
-                datasource_hint: HintChoice::Auto
+                datasource_hint: HintChoice::Auto,
+                hop_limit: 1,
             })
         );
         let a = annotations(&[(TOKEN_EXPIRATION_SECONDS, "4294967296")]);
         assert_eq!(settings(&a).unwrap().token_expiration_seconds, 1 << 32);
+        assert_eq!(settings(&annotations(&[(HOP_LIMIT, "2")])).unwrap().hop_limit, 2);
+        assert_eq!(settings(&annotations(&[(HOP_LIMIT, "64")])).unwrap().hop_limit, 64);
     }
 
     #[test]
@@ -372,6 +399,10 @@ mod tests {
         for bad in ["", "a/b", "this-is-way-too-long", "k6t eth0", ".."] {
             let err = settings(&annotations(&[(BRIDGE_NAME, bad)])).unwrap_err();
             assert!(err.to_string().contains(BRIDGE_NAME), "{err}");
+        }
+        for bad in ["0", "65", "-1", "1.5", " 1", "two", "", "256"] {
+            let err = settings(&annotations(&[(HOP_LIMIT, bad)])).unwrap_err();
+            assert!(err.to_string().contains(HOP_LIMIT) && err.to_string().contains("1 to 64"), "{err}");
         }
     }
 

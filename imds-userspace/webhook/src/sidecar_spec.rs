@@ -98,6 +98,7 @@ pub fn container(
         env_value(contract::ENV_FIRMWARE_UUID, &pod.firmware_uuid),
         env_value(contract::ENV_TOKEN_DIR, contract::TOKEN_DIR),
         env_value(contract::ENV_LOG_FORMAT, "json"),
+        env_value(contract::ENV_HOP_LIMIT, &settings.hop_limit.to_string()),
         // No ENV_RUN_DIR: the sidecar's default is RUN_DIR, where the run volume is mounted.
     ];
     if let Some(bridge) = &settings.bridge_name {

@@ -68,6 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         interface: InterfaceIndex::new(Path::new(SYSFS_NET), SIDECAR_IF),
         device: SIDECAR_IF.to_owned(),
         addr: SocketAddrV4::new(IMDS_IP, IMDS_PORT),
+        hop_limit: args.hop_limit,
         app: request_tally::layer(api::router(Arc::new(state)), readiness.clone()),
         limits: args.api.limits(),
         readiness,
