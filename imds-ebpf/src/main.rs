@@ -83,6 +83,13 @@ fn count(counter: Counter) {
     }
 }
 
+/// Whether the frame arrived with a VLAN tag (now in skb metadata).
+#[inline(always)]
+fn vlan_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: `skb` is the context pointer the kernel passed in.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the context pointer the kernel passed in.
@@ -94,7 +101,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 pub fn imds_from_guest(ctx: TcContext) -> i32 {
     let config = IMDS_CONFIG.load();
     let frame = Skb(&ctx);
-    match rules::from_guest(&parse(&frame, config.imds_addr), &config) {
+    match rules::from_guest(&parse(&frame, config.imds_addr), vlan_tagged(&ctx), &config) {
         GuestVerdict::Pass => PASS,
         GuestVerdict::Redirect(key) => redirect_to_sidecar(&ctx, &frame, key, &config),
         GuestVerdict::AnswerArp => answer_arp(&ctx, &frame, &config),

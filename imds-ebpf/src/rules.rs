@@ -27,8 +27,16 @@ pub enum GuestVerdict {
     Drop(Counter),
 }
 
+/// `tagged`: the frame came with an 802.1Q/802.1ad tag, which the kernel
+/// moved into skb metadata before tc (so `packet` looks untagged). Such a
+/// frame passes untouched: its reply would go back untagged and be lost, and
+/// serving VLANs would mean keeping each flow's tag. In bridge binding the
+/// bridge then switches it toward the uplink, where [`to_uplink`] stops it.
 #[inline(always)]
-pub fn from_guest(packet: &Packet, config: &Config) -> GuestVerdict {
+pub fn from_guest(packet: &Packet, tagged: bool, config: &Config) -> GuestVerdict {
+    if tagged {
+        return GuestVerdict::Pass;
+    }
     match packet {
         Packet::Ipv4(ip) if ip.dst == config.imds_addr => match ip.tcp {
             Some(tcp) if tcp.dst_port == config.imds_port => {
@@ -145,7 +153,16 @@ mod tests {
     }
 
     fn guest(frame: &[u8]) -> GuestVerdict {
-        from_guest(&parse(frame, IMDS_ADDR), &config())
+        from_guest(&parse(frame, IMDS_ADDR), false, &config())
+    }
+
+    #[test]
+    fn frames_that_came_tagged_pass_untouched() {
+        let f = tcp_frame(GUEST, IMDS_ADDR, 41000, 80);
+        assert_eq!(from_guest(&parse(&f[..], IMDS_ADDR), true, &config()), GuestVerdict::Pass);
+        let arp = arp_request(GUEST, IMDS_ADDR);
+        assert_eq!(from_guest(&parse(&arp[..], IMDS_ADDR), true, &config()), GuestVerdict::Pass);
+        assert_eq!(guest(&arp), GuestVerdict::AnswerArp);
     }
 
     #[test]
