@@ -37,9 +37,29 @@ pub const MAP_FLOWS: &str = "IMDS_FLOWS";
 /// Name of the read-only global holding [`Config`]; patched by the loader.
 pub const GLOBAL_CONFIG: &str = "IMDS_CONFIG";
 
-/// Capacity of [`MAP_FLOWS`]: concurrent guest connections to the IMDS that
-/// can be answered. LRU, so an idle flow is the first to go.
-pub const FLOWS_MAX_ENTRIES: u32 = 1024;
+/// Concurrent guest connections to the IMDS that [`MAP_FLOWS`] keeps before
+/// its LRU evicts a live one, however many CPUs insert.
+pub const FLOWS_LIVE: u32 = 2048;
+
+/// Free entries each CPU keeps for itself in a common-LRU map: the kernel's
+/// `LOCAL_FREE_TARGET` (`kernel/bpf/bpf_lru_list.c`). A CPU whose own free
+/// list is empty moves that many from the shared free list, and when fewer
+/// are left there it evicts entries, live ones included, to make up the
+/// number before it would take another CPU's. So up to this many free
+/// entries per CPU are out of everyone else's reach: with a flat 1024 and 8
+/// CPUs, a near-empty table could evict its live flows.
+pub const LRU_LOCAL_FREE_TARGET: u32 = 128;
+
+/// Size of [`MAP_FLOWS`] on a node with `possible_cpus` CPUs (the loader
+/// sets it): [`FLOWS_LIVE`] plus what every CPU may hold back. One shared
+/// LRU, not `BPF_F_NO_COMMON_LRU`: per-CPU lists would split the capacity,
+/// and one VM's inserts run on the few CPUs that carry its TAP.
+pub const fn flows_max_entries(possible_cpus: u32) -> u32 {
+    FLOWS_LIVE.saturating_add(possible_cpus.saturating_mul(LRU_LOCAL_FREE_TARGET))
+}
+
+/// The size compiled into the object, replaced at load time.
+pub const FLOWS_MAX_ENTRIES: u32 = flows_max_entries(1);
 
 /// Load-time settings of the programs, fixed for the life of a load.
 #[repr(C)]
@@ -187,6 +207,13 @@ unsafe impl aya::Pod for Counters {}
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn the_flow_table_keeps_its_live_flows_whatever_each_cpu_holds_back() {
+        assert_eq!(flows_max_entries(2), FLOWS_LIVE + 256);
+        assert_eq!(flows_max_entries(64), FLOWS_LIVE + 64 * LRU_LOCAL_FREE_TARGET);
+        assert_eq!(flows_max_entries(u32::MAX), u32::MAX);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

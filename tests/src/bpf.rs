@@ -84,3 +84,32 @@ pub fn counter_at(pin: &std::path::Path, field: &str) -> anyhow::Result<u64> {
         .map(|cpu| cpu["value"][field].as_u64().with_context(|| format!("no counter {field}")))
         .sum()
 }
+
+/// `max_entries` of the map pinned at `pin`, as the kernel reports it.
+pub fn map_max_entries(pin: &std::path::Path) -> anyhow::Result<u32> {
+    let out = run(Command::new("bpftool").args(["-j", "map", "show", "pinned"]).arg(pin))?;
+    let map: serde_json::Value = serde_json::from_str(&out).context("bpftool map show JSON")?;
+    let n = map["max_entries"].as_u64().with_context(|| format!("no max_entries: {out}"))?;
+    Ok(u32::try_from(n)?)
+}
+
+/// How many CPUs a sysfs CPU list (`0-3,8,10-11`) names.
+pub fn count_cpu_ranges(list: &str) -> u32 {
+    list.split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u32>().unwrap_or(0).saturating_sub(a.parse::<u32>().unwrap_or(0)) + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod cpu_list_tests {
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(super::count_cpu_ranges("0-1"), 2);
+        assert_eq!(super::count_cpu_ranges("0-3,8,10-11"), 7);
+        assert_eq!(super::count_cpu_ranges("0"), 1);
+    }
+}

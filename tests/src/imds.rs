@@ -308,12 +308,21 @@ impl Imds {
 
     /// The pinned counters map of this pod.
     pub fn counters_pin(&self) -> anyhow::Result<PathBuf> {
+        self.map_pin(imds_ebpf::abi::MAP_COUNTERS)
+    }
+
+    pub fn flows_pin(&self) -> anyhow::Result<PathBuf> {
+        self.map_pin(imds_ebpf::abi::MAP_FLOWS)
+    }
+
+    /// Where the agent pinned the pod's map `name` (its current generation).
+    fn map_pin(&self, name: &str) -> anyhow::Result<PathBuf> {
         let pod = self.agent.pins_dir().join(self.pod.uid());
         let generation = std::fs::read_dir(&pod)
             .with_context(|| format!("reading {}", pod.display()))?
             .filter_map(Result::ok)
             .find(|e| e.file_name().to_string_lossy().starts_with("gen-"))
             .context("no generation pinned")?;
-        Ok(generation.path().join(format!("map_{}", imds_ebpf::abi::MAP_COUNTERS)))
+        Ok(generation.path().join(format!("map_{name}")))
     }
 }

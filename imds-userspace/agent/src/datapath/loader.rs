@@ -23,7 +23,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use imds_ebpf::abi::{Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, MAP_FLOWS};
+use imds_ebpf::abi::{Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, MAP_FLOWS, flows_max_entries};
 
 use super::plan::{Attachment, Changes, Direction, Role};
 use crate::pins::Generation;
@@ -320,6 +320,17 @@ struct LoadJob {
 
 /// Loads on the one thread that does nothing else, then gives the heap back.
 ///
+/// The flow table's size for this node's CPUs (see
+/// [`imds_ebpf::abi::flows_max_entries`]). Should the CPU count be
+/// unreadable, 256 CPUs' worth: too large costs memory, too small live flows.
+fn flows_table_size() -> u32 {
+    let cpus = aya::util::nr_cpus().map(|n| u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or_else(|(path, e)| {
+        tracing::warn!(path, error = %e, "cannot read the number of possible CPUs; sizing the flow table for 256");
+        256
+    });
+    flows_max_entries(cpus)
+}
+
 /// Every `EbpfLoader::new` parses the kernel's BTF (`/sys/kernel/btf/vmlinux`,
 /// about 5 MiB, some 80 MiB of allocations at the peak), and aya offers no
 /// loader without it. Done on each pod's own thread, glibc kept most of each
@@ -406,6 +417,7 @@ fn load_and_pin(
         // Nothing is ever written: keep the ring at its minimum (a page).
         loader.map_max_entries(LOG_RING, 4096);
     }
+    loader.map_max_entries(MAP_FLOWS, flows_table_size());
     let mut ebpf = loader.load(OBJECT)?;
     for role in Role::ALL {
         let name = role.program();
