@@ -5,6 +5,7 @@ mod build;
 mod certs;
 mod cmd;
 mod demo;
+mod fuzz;
 mod manifests;
 mod setup;
 pub(crate) mod test;
@@ -68,6 +69,16 @@ enum Command {
     /// Boot a real VM in a virt-launcher-like namespace and show what it
     /// gets from 169.254.169.254 (needs root).
     Demo,
+    /// Run every fuzz target (tests/fuzz, cargo-fuzz on nightly) for a
+    /// bounded time each; fails on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+        seconds: u32,
+        /// Only these targets (repeat); default all.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Demo => demo::run(),
+        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Bench(options) => bench::run(options),
         Command::ValidateManifests => {
             setup::ensure()?;

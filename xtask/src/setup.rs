@@ -63,6 +63,7 @@ pub fn run() -> anyhow::Result<()> {
     install_python_tools()?;
     install_rust_src()?;
     install_bpf_linker()?;
+    install_cargo_fuzz()?;
     install_debian_packages()?;
     unpack_cloud_init()?;
     eprintln!("setup: everything is in place");
@@ -74,6 +75,7 @@ pub fn run() -> anyhow::Result<()> {
 pub fn ensure() -> anyhow::Result<()> {
     if rust_src_present()
         && bpf_linker_works()
+        && cargo_fuzz_works()
         && missing_packages().is_empty()
         && python_tools_present()
         && cloud_init_present()
@@ -177,6 +179,20 @@ fn install_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (libFuzzer targets on nightly).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+fn cargo_fuzz_works() -> bool {
+    output(cmd::cargo(None).args(["fuzz", "--version"])).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
+}
+
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    if cargo_fuzz_works() {
+        return Ok(());
+    }
+    cmd::run(cmd::cargo(None).args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION]))
 }
 
 fn bpf_linker_works() -> bool {

@@ -130,7 +130,7 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
 }
 
 /// The request of an AdmissionReview body, or why the body is not one (a 400).
-fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
         tracing::warn!(error = %e, "refused a body that is not an AdmissionReview");
         format!("the body is not an AdmissionReview: {e}")
