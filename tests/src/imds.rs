@@ -279,6 +279,14 @@ impl Imds {
         self.agent.process()?.wait_for_log(needle, timeout)
     }
 
+    /// Waits until the agent has attached the guest's program to a TAP: its
+    /// log line `attached program="imds_from_guest" …`
+    /// (`imds_agent::datapath::loader`).
+    pub fn wait_until_guest_attached(&mut self) -> anyhow::Result<()> {
+        let needle = format!("program=\"{}\"", imds_ebpf::abi::PROG_FROM_GUEST);
+        self.wait_for_log(&needle, Duration::from_secs(10))
+    }
+
     /// Both logs, for failure messages.
     pub fn logs(&self) -> String {
         format!(
@@ -324,5 +332,46 @@ impl Imds {
             .find(|e| e.file_name().to_string_lossy().starts_with("gen-"))
             .context("no generation pinned")?;
         Ok(generation.path().join(format!("map_{name}")))
+    }
+}
+
+/// A namespace guest of a virt-launcher-like pod, served: a token published
+/// kubelet-style, the node agent and a sidecar started with extra flags,
+/// the guest's program attached.
+pub struct ServedGuest {
+    pub layout: crate::topology::PodLayout,
+    pub volume: crate::tokens::ProjectedVolume,
+    /// The token the volume holds.
+    pub token: String,
+    pub imds: Imds,
+    _dir: tempfile::TempDir,
+}
+
+impl ServedGuest {
+    pub fn start(
+        binding: crate::topology::Binding,
+        id: &Identity,
+        sidecar_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        crate::netns::require_root();
+        let layout = crate::topology::PodLayout::build(binding, crate::topology::GuestKind::Namespace)?;
+        let dir = tempfile::tempdir()?;
+        let volume = crate::tokens::ProjectedVolume::new(&dir.path().join("token"))?;
+        let token = crate::tokens::jwt(id.namespace, id.service_account, crate::tokens::EXP, "first");
+        volume.publish(&token)?;
+        let mut imds = Imds::start(&layout.pod, id, volume.dir(), sidecar_args)?;
+        imds.wait_until_guest_attached()?;
+        Ok(Self { layout, volume, token, imds, _dir: dir })
+    }
+
+    pub fn guest(&self) -> &crate::netns::Netns {
+        self.layout.guest()
+    }
+
+    /// A counter of this pod's pinned IMDS_COUNTERS (panics when it cannot
+    /// be read: a broken test set-up).
+    pub fn counter(&self, name: &str) -> u64 {
+        let pin = self.imds.counters_pin().expect("the pod's counters are pinned");
+        crate::bpf::counter_at(&pin, name).unwrap_or_else(|e| panic!("counter {name}: {e:#}"))
     }
 }

@@ -38,7 +38,7 @@ fn start(args: &[&str], default: &str, sts: &str, vault: &str) -> Running {
     let volume = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
     publish(&volume, default, sts, vault);
     let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), args).unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
     Running { layout, volume, _imds: sidecar, _dir: dir }
 }
 

@@ -2,7 +2,7 @@
 //! sidecar's NoCloud, OpenStack and EC2 flavours through the eBPF path,
 //! from a guest namespace, as a booting cloud image does.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use imds_common::contract::SEED_SERIAL;
@@ -136,7 +136,7 @@ fn start(extra: &[&str]) -> Running {
     args.extend(["--ssh-key-dir", &key_dirs]);
     args.extend_from_slice(extra);
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
     Running { layout, secret, ci_keys, _laptop_keys: laptop_keys, _imds: sidecar, _dir: dir }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use imds_tests::{
     bpf,
-    imds::{Identity, Imds, sidecar_binary},
+    imds::{Identity, Imds, ServedGuest, sidecar_binary},
     kubelet::CgroupLayout,
     netns::{Netns, exclusive, require_root},
     tokens::{EXP, EXP_RFC3339, LoopingClient, ProjectedVolume, jwt},
@@ -16,32 +16,10 @@ use serde_json::Value;
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
 
-struct Running {
-    layout: PodLayout,
-    volume: ProjectedVolume,
-    token: String,
-    imds: Imds,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    /// A counter of this pod's pinned IMDS_COUNTERS.
-    fn counter(&self, name: &str) -> u64 {
-        bpf::counter_at(&self.imds.counters_pin().unwrap(), name).unwrap()
-    }
-}
+type Running = ServedGuest;
 
 fn start(binding: Binding) -> Running {
-    require_root();
-    let layout = PodLayout::build(binding, GuestKind::Namespace).expect("layout");
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    let token = jwt(ID.namespace, ID.service_account, EXP, "first");
-    volume.publish(&token).unwrap();
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &[]).expect("agent and sidecar");
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))
-        .expect("guest program attached");
-    Running { layout, volume, token, imds, _dir: dir }
+    ServedGuest::start(binding, &ID, &[]).expect("agent and sidecar")
 }
 
 /// `curl` from `ns`; returns (HTTP status, body). Status 0: no connection.
@@ -444,7 +422,7 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     drop(poller);
 
@@ -485,7 +463,7 @@ fn ebpf_log_messages_are_opt_in() {
         CgroupLayout::SystemdV2,
     )
     .unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
     assert_eq!(curl(layout.guest(), "/healthz", &[]).0, 200);
     sidecar.wait_for_log("guest 10.0.2.2:", Duration::from_secs(5)).unwrap();
 }
@@ -496,15 +474,9 @@ fn ebpf_log_messages_are_opt_in() {
 #[test]
 fn a_guest_that_never_reads_loses_its_connection_and_others_are_served() {
     let _serial = exclusive();
-    require_root();
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).expect("layout");
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "stuck")).unwrap();
     let args = ["--max-connections", "1", "--response-timeout", "2s"];
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).expect("agent and sidecar");
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
-    let guest = layout.guest();
+    let served = ServedGuest::start(Binding::Masquerade, &ID, &args).expect("agent and sidecar");
+    let guest = served.guest();
     // 4000 pipelined token requests: megabytes of answers for a 4 KiB
     // receive window that is never drained. The process stays until killed.
     let script = "import socket, time\n\

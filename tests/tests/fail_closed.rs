@@ -84,7 +84,7 @@ fn sidecar_down_and_back(binding: Binding) {
     let p = pod(binding);
     let guest = p.layout.guest();
     let mut imds = Imds::start(&p.layout.pod, &ID, p._volume.dir(), &[]).unwrap();
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    imds.wait_until_guest_attached().unwrap();
     let baseline = p.node_imds.packets_reached().unwrap();
     served(&p, guest);
     let counters = imds.counters_pin().unwrap();
@@ -130,7 +130,7 @@ fn interface_added_while_no_agent(binding: Binding) {
     let _serial = exclusive();
     let p = pod(binding);
     let mut imds = Imds::start(&p.layout.pod, &ID, p._volume.dir(), &[]).unwrap();
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    imds.wait_until_guest_attached().unwrap();
     let baseline = p.node_imds.packets_reached().unwrap();
     let counters = imds.counters_pin().unwrap();
     imds.agent.kill9().unwrap();
@@ -180,7 +180,7 @@ fn vlan_tagged_requests_are_passed_untouched(binding: Binding) {
     let p = pod(binding);
     let guest = p.layout.guest();
     let mut imds = Imds::start(&p.layout.pod, &ID, p._volume.dir(), &[]).unwrap();
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    imds.wait_until_guest_attached().unwrap();
     let counters = imds.counters_pin().unwrap();
     let counter = |name: &str| bpf::counter_at(&counters, name).unwrap();
     let reached = p.node_imds.packets_reached().unwrap();

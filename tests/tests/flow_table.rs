@@ -2,15 +2,12 @@
 //! connections than the table's old flat size (1024, of which the kernel's
 //! per-CPU free lists left about 768 usable here) and loses none.
 
-use std::time::Duration;
-
 use imds_ebpf::abi::{FLOWS_LIVE, flows_max_entries};
 use imds_tests::{
     bpf,
-    imds::{Identity, Imds},
-    netns::{exclusive, require_root},
-    tokens::{EXP, ProjectedVolume, jwt},
-    topology::{Binding, GuestKind, PodLayout},
+    imds::{Identity, ServedGuest},
+    netns::exclusive,
+    topology::Binding,
 };
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
@@ -18,14 +15,9 @@ const ID: Identity = Identity { namespace: "vm-team", service_account: "builder"
 #[test]
 fn one_guest_holds_more_connections_than_the_old_table_and_loses_none() {
     let _serial = exclusive();
-    require_root();
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "flows")).unwrap();
     // Room for every connection in the server too: the table is under test.
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &["--max-connections", "2000"]).unwrap();
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    let served = ServedGuest::start(Binding::Masquerade, &ID, &["--max-connections", "2000"]).unwrap();
+    let imds = &served.imds;
     let counters = imds.counters_pin().unwrap();
 
     // The table the agent created is sized for this machine's CPUs.
@@ -36,7 +28,7 @@ fn one_guest_holds_more_connections_than_the_old_table_and_loses_none() {
     let n = 1500;
     assert!(n > 1024 && n < FLOWS_LIVE);
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/many_connections.py");
-    let out = layout.guest().command("python3").arg(script).arg(n.to_string()).output().unwrap();
+    let out = served.guest().command("python3").arg(script).arg(n.to_string()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -26,7 +26,7 @@ fn scenario(binding: Binding) {
     let token = jwt(ID.namespace, ID.service_account, EXP, "vm");
     volume.publish(&token).unwrap();
     let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
     let www = tempfile::tempdir().unwrap();
     let _neighbour_http = layout.foreign.http_server(a.foreign_ip, 8080, www.path()).unwrap();
 

@@ -4,13 +4,10 @@
 //! own processes can. `imds.kubevirt.io/hop-limit: "2"` lets such
 //! containers in.
 
-use std::time::Duration;
-
 use imds_tests::{
-    imds::{Identity, Imds},
-    netns::{Netns, exclusive, require_root},
-    tokens::{EXP, ProjectedVolume, jwt},
-    topology::{Binding, GuestKind, PodLayout},
+    imds::{Identity, ServedGuest},
+    netns::{Netns, exclusive},
+    topology::Binding,
 };
 
 const ID: Identity = Identity { namespace: "vm-team", service_account: "builder", vm_name: "fedora-42" };
@@ -48,14 +45,9 @@ fn token_status(ns: &Netns) -> u16 {
 
 fn check(hop_limit: Option<&str>, container_served: bool) {
     let _serial = exclusive();
-    require_root();
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("token")).unwrap();
-    volume.publish(&jwt(ID.namespace, ID.service_account, EXP, "hop")).unwrap();
     let args: Vec<&str> = hop_limit.map(|h| vec!["--hop-limit", h]).unwrap_or_default();
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    let served = ServedGuest::start(Binding::Masquerade, &ID, &args).unwrap();
+    let layout = &served.layout;
     let guest = layout.guest();
     let container = container_behind(guest);
     // The container reaches the outside through the guest's NAT (the pod's

@@ -2,7 +2,7 @@
 //! the real sidecar, with stand-ins for AWS STS and Vault that record what
 //! they were sent (the real services are out of reach here).
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf};
 
 use imds_tests::{
     imds::{Identity, Imds},
@@ -55,7 +55,7 @@ fn guest_recipes_work_against_the_real_sidecar() {
         .unwrap();
     let args = ["--token-audience", "sts.amazonaws.com,vault,spire-server", "--aws-role-arn", ROLE];
     let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
 
     // Stand-ins for STS and Vault on the pod's bridge address.
     let www = dir.path().join("www");

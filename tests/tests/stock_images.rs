@@ -160,7 +160,7 @@ fn pod(flavor: Flavor, vmi: &Value) -> Pod {
         args.extend(["--ssh-key-dir", &key_dir]);
     }
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
-    sidecar.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10)).unwrap();
+    sidecar.wait_until_guest_attached().unwrap();
 
     let a = layout.addressing;
     let mtu: u32 = layout.pod.sh("cat /sys/class/net/eth0/mtu").unwrap().trim().parse().unwrap();

@@ -41,7 +41,7 @@ pub fn run() -> anyhow::Result<()> {
 
     step("Starting the node agent and, in the pod, the unprivileged sidecar (uid 107, no capabilities)");
     let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &[])?;
-    imds.wait_for_log("program=\"imds_from_guest\"", Duration::from_secs(10))?;
+    imds.wait_until_guest_attached()?;
     for line in imds
         .agent
         .log()

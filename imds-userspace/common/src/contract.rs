@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 /// The IMDS address and port (the address also lives in the eBPF ABI,
 /// `imds_ebpf::abi::IMDS_ADDR`, which the programs match on).
 pub const IMDS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 254);
+/// [`IMDS_IP`] as text: the `Host` the sidecar accepts (with or without `:80`).
+pub const IMDS_HOST: &str = "169.254.169.254";
 pub const IMDS_PORT: u16 = 80;
 
 /// The veth end the node agent gives the IMDS address; the sidecar binds to
@@ -232,6 +234,11 @@ pub fn check_interface_name(name: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_the_address() {
+        assert_eq!(IMDS_HOST, IMDS_IP.to_string());
+    }
 
     #[test]
     fn audience_rules() {

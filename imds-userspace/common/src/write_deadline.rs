@@ -24,23 +24,28 @@ use tokio::{
 pub struct WriteDeadline<T> {
     inner: T,
     timeout: Duration,
-    /// Armed while a response is being written.
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// One timer per connection, reset for each response (no allocation
+    /// per request).
+    sleep: Pin<Box<Sleep>>,
+    /// Whether a response is being written, so `sleep` is its deadline.
+    armed: bool,
 }
 
 impl<T> WriteDeadline<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
-        Self { inner, timeout, sleep: None }
+        Self { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), armed: false }
     }
 
     /// Arms the deadline if no response is in progress; `Err` once it passed.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let timeout = self.timeout;
-        let sleep =
-            self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
+        if !self.armed {
+            let deadline = Instant::now() + self.timeout;
+            self.sleep.as_mut().reset(deadline);
+            self.armed = true;
+        }
         // Polling registers the waker: a write left pending is woken at the
         // deadline and fails then, instead of waiting for the peer.
-        match sleep.as_mut().poll(cx) {
+        match self.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "response write deadline passed")),
             Poll::Pending => Ok(()),
         }
@@ -80,7 +85,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
         self.check(cx)?;
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         // The response is with the kernel: the next one gets its own deadline.
-        self.sleep = None;
+        self.armed = false;
         Poll::Ready(Ok(()))
     }
 

@@ -47,8 +47,7 @@ pub async fn require_imds_host(request: Request, next: Next) -> Response {
 
 pub fn check_host(headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
     let is_imds = |authority: &[u8]| {
-        let ip = crate::contract::IMDS_IP.to_string();
-        let ip = ip.as_bytes();
+        let ip = crate::contract::IMDS_HOST.as_bytes();
         authority == ip || authority.strip_prefix(ip) == Some(&b":80"[..])
     };
     let mut hosts = headers.get_all(header::HOST).iter();
