@@ -43,16 +43,47 @@ impl Frame for [u8] {
     }
 }
 
-/// The fields of a frame that matter to the IMDS data path.
+/// What kind of frame a [`Packet`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Packet {
-    Ipv4(Ipv4),
+pub enum PacketKind {
+    Ipv4,
     /// An ARP request for an IPv4 address over Ethernet.
-    ArpRequest {
-        target: [u8; 4],
-    },
+    ArpRequest,
     /// Anything else: other ethertypes, VLAN tags, ARP replies, runts.
     Other,
+}
+
+/// The fields of a frame that matter to the IMDS data path.
+///
+/// A struct whose every field is set whatever the kind (zeros where it does
+/// not apply), not an enum with data: LLVM leaves the fields of variants a
+/// path did not build undefined, spills them to the stack unwritten, and
+/// kernels before 5.12 refuse a program that reads stack it never wrote
+/// (found on Linux 5.10, `cargo xtask test --kernel 5.10`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub kind: PacketKind,
+    /// For [`PacketKind::Ipv4`]; zeros otherwise.
+    pub ipv4: Ipv4,
+    /// For [`PacketKind::ArpRequest`], the address asked for; zeros otherwise.
+    pub arp_target: [u8; 4],
+}
+
+impl Packet {
+    pub const OTHER: Packet = Packet { kind: PacketKind::Other, ipv4: Ipv4::ZERO, arp_target: [0; 4] };
+
+    pub const fn from_ipv4(ipv4: Ipv4) -> Self {
+        Packet { kind: PacketKind::Ipv4, ipv4, arp_target: [0; 4] }
+    }
+
+    pub const fn arp_request(target: [u8; 4]) -> Self {
+        Packet { kind: PacketKind::ArpRequest, ipv4: Ipv4::ZERO, arp_target: target }
+    }
+
+    /// The IPv4 fields, if it is IPv4.
+    pub fn ipv4(&self) -> Option<&Ipv4> {
+        (self.kind == PacketKind::Ipv4).then_some(&self.ipv4)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,9 +91,20 @@ pub struct Ipv4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub protocol: u8,
-    /// The start of the TCP header when it is a well-formed one in an
-    /// unfragmented datagram from or to the watched address.
-    pub tcp: Option<Tcp>,
+    /// Whether [`Self::tcp_header`] holds the start of a well-formed TCP
+    /// header in an unfragmented datagram from or to the watched address.
+    pub has_tcp: bool,
+    /// Zeros unless `has_tcp` (see [`Packet`] for why not an `Option`).
+    pub tcp_header: Tcp,
+}
+
+impl Ipv4 {
+    const ZERO: Ipv4 = Ipv4 { src: [0; 4], dst: [0; 4], protocol: 0, has_tcp: false, tcp_header: Tcp::ZERO };
+
+    /// The TCP header's start, when there is one (see `has_tcp`).
+    pub fn tcp(&self) -> Option<Tcp> {
+        self.has_tcp.then_some(self.tcp_header)
+    }
 }
 
 /// A TCP header as far as its flags.
@@ -74,6 +116,10 @@ pub struct Tcp {
     pub dst_port: [u8; 2],
     /// CWR … FIN, e.g. [`TCP_RST`].
     pub flags: u8,
+}
+
+impl Tcp {
+    const ZERO: Tcp = Tcp { src_port: [0; 2], dst_port: [0; 2], flags: 0 };
 }
 
 /// Ports, sequence and acknowledgement numbers, data offset, flags.
@@ -91,15 +137,16 @@ const HEAD_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN - HEAD_OFFSET;
 /// or to `watched` (the IMDS address): every other packet costs a single read.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F, watched: [u8; 4]) -> Packet {
-    let Some(head) = frame.read_at::<HEAD_OFFSET, HEAD_LEN>() else {
-        // Shorter than any IPv4 packet, and than an ARP packet: no address
-        // in it to match.
-        return Packet::Other;
-    };
+    // Shorter than any IPv4 packet, and than an ARP packet: no address in
+    // it to match, and EtherType 0 makes it `Other`. Zeros rather than an
+    // early return: LLVM merges the paths and reads the head bytes of both
+    // from one stack slot, which kernels before 5.12 refuse when one path
+    // never wrote it (uninitialised stack).
+    let head = frame.read_at::<HEAD_OFFSET, HEAD_LEN>().unwrap_or([0; HEAD_LEN]);
     match u16::from_be_bytes([head[0], head[1]]) {
         ETHERTYPE_IPV4 => parse_ipv4(frame, &head, watched),
         ETHERTYPE_ARP => parse_arp(frame),
-        _ => Packet::Other,
+        _ => Packet::OTHER,
     }
 }
 
@@ -110,7 +157,8 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; HEAD_LEN], watched: [u8;
         src: [ip[12], ip[13], ip[14], ip[15]],
         dst: [ip[16], ip[17], ip[18], ip[19]],
         protocol: ip[9],
-        tcp: None,
+        has_tcp: false,
+        tcp_header: Tcp::ZERO,
     };
     let version = ip[0] >> 4;
     let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -124,16 +172,17 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, head: &[u8; HEAD_LEN], watched: [u8;
         && header.protocol == IPPROTO_TCP
         && let Some(t) = frame.read::<TCP_THROUGH_FLAGS>(ETH_HLEN + ihl)
     {
-        header.tcp = Some(Tcp { src_port: [t[0], t[1]], dst_port: [t[2], t[3]], flags: t[13] });
+        header.has_tcp = true;
+        header.tcp_header = Tcp { src_port: [t[0], t[1]], dst_port: [t[2], t[3]], flags: t[13] };
     }
-    Packet::Ipv4(header)
+    Packet::from_ipv4(header)
 }
 
 #[inline(always)]
 fn parse_arp<F: Frame + ?Sized>(frame: &F) -> Packet {
     match arp_request_target(frame, ETH_HLEN) {
-        Some(target) => Packet::ArpRequest { target },
-        None => Packet::Other,
+        Some(target) => Packet::arp_request(target),
+        None => Packet::OTHER,
     }
 }
 
@@ -218,7 +267,7 @@ fn destination_behind_tags<F: Frame + ?Sized>(frame: &F) -> Destination {
 /// Turns an Ethernet/IPv4 ARP request (its first [`ARP_FRAME_LEN`] bytes) into
 /// the reply `answer_mac` would send; `None` if it is not such a request.
 pub fn arp_reply(request: &[u8; ARP_FRAME_LEN], answer_mac: [u8; 6]) -> Option<[u8; ARP_FRAME_LEN]> {
-    let Packet::ArpRequest { target } = parse_arp(&request[..]) else {
+    let Packet { kind: PacketKind::ArpRequest, arp_target: target, .. } = parse_arp(&request[..]) else {
         return None;
     };
     let mut reply = *request;
@@ -375,10 +424,10 @@ pub(crate) mod tests {
     #[test]
     fn ports_are_only_read_for_watched_flows() {
         let f = tcp_frame([10, 0, 2, 2], [10, 0, 2, 1], 40000, 80);
-        let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp, None);
-        let Packet::Ipv4(ip) = parse(&f[..], [10, 0, 2, 1]) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp, tcp(40000, 80, 0x10));
+        let Some(&ip) = parse(&f[..], IMDS).ipv4() else { panic!("not ipv4") };
+        assert_eq!(ip.tcp(), None);
+        let Some(&ip) = parse(&f[..], [10, 0, 2, 1]).ipv4() else { panic!("not ipv4") };
+        assert_eq!(ip.tcp(), tcp(40000, 80, 0x10));
     }
 
     #[test]
@@ -386,16 +435,17 @@ pub(crate) mod tests {
         let f = tcp_frame([10, 0, 2, 2], [169, 254, 169, 254], 40000, 80);
         assert_eq!(
             parse(&f[..], IMDS),
-            Packet::Ipv4(Ipv4 {
+            Packet::from_ipv4(Ipv4 {
                 src: [10, 0, 2, 2],
                 dst: [169, 254, 169, 254],
                 protocol: IPPROTO_TCP,
-                tcp: tcp(40000, 80, 0x10),
+                has_tcp: true,
+                tcp_header: tcp(40000, 80, 0x10).unwrap(),
             })
         );
         let reset = with_tcp_flags(tcp_frame(IMDS, [10, 0, 2, 2], 80, 40000), TCP_RST | 0x10);
-        let Packet::Ipv4(ip) = parse(&reset[..], IMDS) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp, tcp(80, 40000, TCP_RST | 0x10));
+        let Some(&ip) = parse(&reset[..], IMDS).ipv4() else { panic!("not ipv4") };
+        assert_eq!(ip.tcp(), tcp(80, 40000, TCP_RST | 0x10));
     }
 
     #[test]
@@ -411,8 +461,8 @@ pub(crate) mod tests {
         let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 2);
         f[14] = 0x46; // IHL 6: four bytes of options before TCP
         f.splice(34..34, [1, 1, 1, 0]);
-        let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
-        assert_eq!(ip.tcp, tcp(1, 2, 0x10));
+        let Some(&ip) = parse(&f[..], IMDS).ipv4() else { panic!("not ipv4") };
+        assert_eq!(ip.tcp(), tcp(1, 2, 0x10));
     }
 
     #[test]
@@ -420,8 +470,8 @@ pub(crate) mod tests {
         for (offset, value) in [(20usize, 0x20u8), (21, 0x01), (14, 0x44), (14, 0x65)] {
             let mut f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
             f[offset] = value;
-            let Packet::Ipv4(ip) = parse(&f[..], IMDS) else { panic!("not ipv4") };
-            assert_eq!(ip.tcp, None, "byte {offset} = {value:#x}");
+            let Some(&ip) = parse(&f[..], IMDS).ipv4() else { panic!("not ipv4") };
+            assert_eq!(ip.tcp(), None, "byte {offset} = {value:#x}");
         }
     }
     const IMDS: [u8; 4] = crate::abi::IMDS_ADDR;
@@ -434,21 +484,21 @@ pub(crate) mod tests {
             let _ = destination(&f[..len]);
         }
         let f = tcp_frame([10, 0, 2, 2], IMDS, 1, 80);
-        assert_eq!(parse(&f[..13], IMDS), Packet::Other);
-        assert_eq!(parse(&f[..33], IMDS), Packet::Other);
-        let Packet::Ipv4(ip) = parse(&f[..34], IMDS) else { panic!() };
-        assert_eq!((ip.dst, ip.tcp), (IMDS, None));
+        assert_eq!(parse(&f[..13], IMDS), Packet::OTHER);
+        assert_eq!(parse(&f[..33], IMDS), Packet::OTHER);
+        let Some(&ip) = parse(&f[..34], IMDS).ipv4() else { panic!() };
+        assert_eq!((ip.dst, ip.tcp()), (IMDS, None));
         // Ports without the flags are not enough.
-        let Packet::Ipv4(ip) = parse(&f[..TCP_FLAGS_AT], IMDS) else { panic!() };
-        assert_eq!(ip.tcp, None);
-        let Packet::Ipv4(ip) = parse(&f[..TCP_FLAGS_AT + 1], IMDS) else { panic!() };
-        assert_eq!(ip.tcp, tcp(1, 80, 0x10));
+        let Some(&ip) = parse(&f[..TCP_FLAGS_AT], IMDS).ipv4() else { panic!() };
+        assert_eq!(ip.tcp(), None);
+        let Some(&ip) = parse(&f[..TCP_FLAGS_AT + 1], IMDS).ipv4() else { panic!() };
+        assert_eq!(ip.tcp(), tcp(1, 80, 0x10));
     }
 
     #[test]
     fn arp_requests_are_recognised_and_answered() {
         let req = arp_request([10, 0, 2, 2], IMDS);
-        assert_eq!(parse(&req[..], IMDS), Packet::ArpRequest { target: IMDS });
+        assert_eq!(parse(&req[..], IMDS), Packet::arp_request(IMDS));
         let ours = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
         let reply = arp_reply(&req, ours).expect("a request");
         assert_eq!(&reply[0..6], &GUEST_MAC);
@@ -459,7 +509,7 @@ pub(crate) mod tests {
         assert_eq!(&reply[32..38], &GUEST_MAC);
         assert_eq!(&reply[38..42], &[10, 0, 2, 2]);
         // A reply is not a request, so it is never answered.
-        assert_eq!(parse(&reply[..], IMDS), Packet::Other);
+        assert_eq!(parse(&reply[..], IMDS), Packet::OTHER);
         assert_eq!(arp_reply(&reply, ours), None);
     }
 
@@ -467,6 +517,6 @@ pub(crate) mod tests {
     fn non_ethernet_ipv4_arp_is_other() {
         let mut req = arp_request([10, 0, 2, 2], IMDS);
         req[15] = 6; // hardware type IEEE 802
-        assert_eq!(parse(&req[..], IMDS), Packet::Other);
+        assert_eq!(parse(&req[..], IMDS), Packet::OTHER);
     }
 }

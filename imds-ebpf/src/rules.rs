@@ -12,7 +12,7 @@
 
 use crate::{
     abi::{Config, Counter, FlowKey},
-    frame::{Destination, IPPROTO_TCP, Packet, TCP_RST},
+    frame::{Destination, IPPROTO_TCP, Packet, PacketKind, TCP_RST},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,14 +37,20 @@ pub fn from_guest(packet: &Packet, tagged: bool, config: &Config) -> GuestVerdic
     if tagged {
         return GuestVerdict::Pass;
     }
-    match packet {
-        Packet::Ipv4(ip) if ip.dst == config.imds_addr => match ip.tcp {
-            Some(tcp) if tcp.dst_port == config.imds_port => {
-                GuestVerdict::Redirect(FlowKey { guest_addr: ip.src, guest_port: tcp.src_port, _pad: [0; 2] })
+    let ip = &packet.ipv4;
+    match packet.kind {
+        PacketKind::Ipv4 if ip.dst == config.imds_addr => {
+            if ip.has_tcp && ip.tcp_header.dst_port == config.imds_port {
+                GuestVerdict::Redirect(FlowKey {
+                    guest_addr: ip.src,
+                    guest_port: ip.tcp_header.src_port,
+                    _pad: [0; 2],
+                })
+            } else {
+                GuestVerdict::Drop(Counter::GuestUnsupportedDropped)
             }
-            _ => GuestVerdict::Drop(Counter::GuestUnsupportedDropped),
-        },
-        Packet::ArpRequest { target } if *target == config.imds_addr => GuestVerdict::AnswerArp,
+        }
+        PacketKind::ArpRequest if packet.arp_target == config.imds_addr => GuestVerdict::AnswerArp,
         _ => GuestVerdict::Pass,
     }
 }
@@ -64,17 +70,26 @@ pub enum ReplyVerdict {
 /// else its stack emits there (IPv6 router solicitations, …) stops here.
 #[inline(always)]
 pub fn to_guest(packet: &Packet, config: &Config) -> ReplyVerdict {
-    match packet {
-        Packet::Ipv4(ip) if ip.src == config.imds_addr && ip.protocol == IPPROTO_TCP => match ip.tcp {
-            Some(tcp) if tcp.src_port == config.imds_port => ReplyVerdict::Forward {
-                flow: FlowKey { guest_addr: ip.dst, guest_port: tcp.dst_port, _pad: [0; 2] },
+    let ip = &packet.ipv4;
+    match packet.kind {
+        PacketKind::Ipv4
+            if ip.src == config.imds_addr
+                && ip.protocol == IPPROTO_TCP
+                && ip.has_tcp
+                && ip.tcp_header.src_port == config.imds_port =>
+        {
+            ReplyVerdict::Forward {
+                flow: FlowKey { guest_addr: ip.dst, guest_port: ip.tcp_header.dst_port, _pad: [0; 2] },
                 // Still forwarded, so the guest fails fast instead of
                 // retrying its SYN for two minutes; counted apart so a
                 // missing server shows.
-                counter: if tcp.flags & TCP_RST != 0 { Counter::ReplyReset } else { Counter::ReplyForwarded },
-            },
-            _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
-        },
+                counter: if ip.tcp_header.flags & TCP_RST != 0 {
+                    Counter::ReplyReset
+                } else {
+                    Counter::ReplyForwarded
+                },
+            }
+        }
         _ => ReplyVerdict::Drop(Counter::ReplyUnexpectedDropped),
     }
 }
@@ -90,9 +105,11 @@ pub enum GuardVerdict {
 /// the TAP), so anything for the IMDS address seen here is foreign.
 #[inline(always)]
 pub fn guard(packet: &Packet, config: &Config) -> GuardVerdict {
-    match packet {
-        Packet::Ipv4(ip) if ip.dst == config.imds_addr => GuardVerdict::Drop(Counter::ForeignDropped),
-        Packet::ArpRequest { target } if *target == config.imds_addr => {
+    match packet.kind {
+        PacketKind::Ipv4 if packet.ipv4.dst == config.imds_addr => {
+            GuardVerdict::Drop(Counter::ForeignDropped)
+        }
+        PacketKind::ArpRequest if packet.arp_target == config.imds_addr => {
             GuardVerdict::Drop(Counter::ForeignArpDropped)
         }
         _ => GuardVerdict::Pass,

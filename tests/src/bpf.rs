@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::netns::run;
+use crate::netns::{Netns, run};
 
 /// Names of the programs the agent loads for every pod.
 pub const PROGRAMS: [&str; 5] = [
@@ -54,16 +54,39 @@ pub fn still_loaded(ids: &[u64]) -> anyhow::Result<Vec<(u64, String)>> {
         .collect())
 }
 
-/// How many links attach each of `programs`, summed per name of
-/// [`PROGRAMS`], in that order.
-pub fn links_by_name(programs: &[(u64, String)]) -> anyhow::Result<Vec<usize>> {
-    let links: Vec<serde_json::Value> =
-        serde_json::from_str(&run(Command::new("bpftool").args(["-j", "link", "show"]))?)?;
+/// How many attachments run each of `programs`, summed per name of
+/// [`PROGRAMS`], in that order: TCX links (kernels with TCX), else the
+/// legacy tc filters on the interfaces of `netns` (the pod's).
+pub fn attachments_by_name(programs: &[(u64, String)], netns: &Netns) -> anyhow::Result<Vec<usize>> {
+    let prog_ids: Vec<u64> = if imds_common::kernel::has_tcx(&imds_common::kernel::running_release()) {
+        let links: Vec<serde_json::Value> =
+            serde_json::from_str(&run(Command::new("bpftool").args(["-j", "link", "show"]))?)?;
+        links.iter().filter_map(|l| l["prog_id"].as_u64()).collect()
+    } else {
+        legacy_filters(netns)?.into_iter().map(|(_, _, id)| id).collect()
+    };
     Ok(PROGRAMS
         .iter()
         .map(|name| {
             let ids: Vec<u64> = programs.iter().filter(|(_, n)| n == name).map(|(id, _)| *id).collect();
-            links.iter().filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id))).count()
+            prog_ids.iter().filter(|id| ids.contains(id)).count()
+        })
+        .collect())
+}
+
+/// The legacy tc filters running a BPF program in `netns`, as
+/// (interface, hook, program id) from `bpftool net show`.
+pub fn legacy_filters(netns: &Netns) -> anyhow::Result<Vec<(String, String, u64)>> {
+    let out = run(netns.command("bpftool").args(["-j", "net", "show"]))?;
+    let sections: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool net show JSON")?;
+    Ok(sections
+        .iter()
+        .filter_map(|s| s["tc"].as_array())
+        .flatten()
+        .filter_map(|f| {
+            // bpftool names a tc filter's program `id` (`prog_id` for XDP and TCX).
+            let id = f["id"].as_u64().or_else(|| f["prog_id"].as_u64())?;
+            Some((f["devname"].as_str()?.to_owned(), f["kind"].as_str()?.to_owned(), id))
         })
         .collect())
 }

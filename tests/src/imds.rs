@@ -265,12 +265,10 @@ impl Imds {
 
     /// Waits until the (current) sidecar says it serves guests.
     pub fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let agent_log = self.agent.log();
         let sidecar = self.sidecar.as_mut().context("no sidecar running")?;
-        sidecar
-            .process()
-            .wait_for_log(SIDECAR_READY, START_TIMEOUT)
-            .with_context(|| format!("agent log:\n{agent_log}"))
+        let waited = sidecar.process().wait_for_log(SIDECAR_READY, START_TIMEOUT);
+        // The agent's log as it is after the wait, where its errors are.
+        waited.with_context(|| format!("agent log:\n{}", self.agent.log()))
     }
 
     /// Waits until the agent's log contains `needle` (attachments: e.g.

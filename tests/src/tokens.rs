@@ -114,6 +114,28 @@ impl LoopingClient {
         Ok(Self { process: Some(process), log, _dir: dir })
     }
 
+    /// How many responses the loop has finished so far.
+    pub fn responses(&self) -> usize {
+        std::fs::read_to_string(&self.log).map(|t| t.matches('\n').count()).unwrap_or(0)
+    }
+
+    /// Waits until the loop has finished `more` responses beyond those it
+    /// had: a test's "while X, the guest goes on asking" holds however slow
+    /// the machine (an emulated node makes a few requests a second).
+    pub fn wait_for_more(&self, more: usize, timeout: std::time::Duration) -> anyhow::Result<()> {
+        let target = self.responses() + more;
+        let deadline = std::time::Instant::now() + timeout;
+        while self.responses() < target {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the looping client finished only {} of {target} responses within {timeout:?}",
+                self.responses()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Stops the loop and checks it made at least 20 requests, each answered
     /// with a whole token from `published` (the last line may be cut by the
     /// kill). Returns how many different tokens it was served.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use imds_common::kernel;
 use imds_tests::{
     bpf,
     imds::{Identity, Imds, ServedGuest, sidecar_binary},
@@ -213,10 +214,10 @@ fn pinned(r: &Running) -> Vec<(u64, String)> {
     bpf::pinned_programs(&r.imds.agent.pins_dir()).unwrap()
 }
 
-/// TCX links per program of this test's agent: one per TAP, bridge, uplink
-/// and the veth.
+/// Attachments (TCX links, or legacy tc filters) per program of this
+/// test's agent: one per TAP, bridge, uplink and the veth.
 fn links(r: &Running) -> Vec<usize> {
-    bpf::links_by_name(&pinned(r)).unwrap()
+    bpf::attachments_by_name(&pinned(r), &r.layout.pod).unwrap()
 }
 
 /// The agent killed and restarted under a guest that never stops asking:
@@ -231,12 +232,13 @@ fn the_agent_killed_and_restarted_under_a_looping_guest_loses_nothing() {
         let before = (count_everything(&r), links(&r));
         assert_eq!(before.0, (1, 1, 1, vec![1, 1, 1, 1, 1]), "{binding:?}");
         let looping = LoopingClient::start(guest, "/v1/token").unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        looping.wait_for_more(5, Duration::from_secs(30)).unwrap();
         r.imds.agent.kill9().unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+        // The guest goes on being served with no agent at all.
+        looping.wait_for_more(5, Duration::from_secs(30)).unwrap();
         r.imds.agent.restart().unwrap();
         r.imds.wait_for_log("programs=\"adopted\"", Duration::from_secs(10)).unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+        looping.wait_for_more(20, Duration::from_secs(60)).unwrap();
         let seen = looping.stop_and_check(std::slice::from_ref(&r.token)).unwrap();
         assert!(seen >= 1);
         let log = r.imds.agent.log();
@@ -279,7 +281,7 @@ fn a_pod_that_goes_is_unpinned() {
         left = bpf::still_loaded(&ids).unwrap();
     }
     assert!(left.is_empty(), "programs left behind: {left:?}\n{}", r.imds.logs());
-    assert_eq!(bpf::links_by_name(&pinned_before).unwrap(), vec![0, 0, 0, 0, 0]);
+    assert_eq!(bpf::attachments_by_name(&pinned_before, &r.layout.pod).unwrap(), vec![0, 0, 0, 0, 0]);
     assert!(!r.imds.agent.pins_dir().join(r.imds.pod.uid()).exists());
 }
 
@@ -346,7 +348,7 @@ fn token_rotation_is_atomic_under_a_looping_client() {
     let looping = LoopingClient::start(guest, "/v1/token").unwrap();
     let mut published = vec![r.token.clone()];
     for generation in 1..=5 {
-        std::thread::sleep(Duration::from_millis(300));
+        looping.wait_for_more(4, Duration::from_secs(30)).unwrap();
         let token =
             jwt(ID.namespace, ID.service_account, EXP + generation * 3600, &format!("gen{generation}"));
         r.volume.publish(&token).unwrap();
@@ -356,7 +358,7 @@ fn token_rotation_is_atomic_under_a_looping_client() {
         assert_eq!(json(&body)["token"], token, "generation {generation} not served right after the swap");
         published.push(token);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    looping.wait_for_more(4, Duration::from_secs(30)).unwrap();
     let seen = looping.stop_and_check(&published).unwrap();
     assert!(seen >= 3, "the loop saw only {seen} generations");
 }
@@ -423,7 +425,16 @@ fn requests_racing_startup_never_fail_once_one_succeeded() {
     std::thread::sleep(Duration::from_millis(500));
     let mut sidecar = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
     sidecar.wait_until_guest_attached().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Enough requests after the first success, however slow the machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let codes = std::fs::read_to_string(&log).unwrap_or_default();
+        let served_since = codes.lines().skip_while(|c| *c != "200").count();
+        if served_since > 10 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(poller);
 
     let codes = std::fs::read_to_string(&log).unwrap();
@@ -501,4 +512,51 @@ fn a_guest_that_never_reads_loses_its_connection_and_others_are_served() {
     let _ = stuck.wait();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "the well-behaved client was not served");
     assert!(waited < Duration::from_secs(5), "the well-behaved client waited {waited:?}");
+}
+
+/// The agent says at start what the node's kernel lacks. Without TCX
+/// (before 6.6) the programs run as legacy tc filters of a clsact qdisc,
+/// which cannot be pinned: the warning names the kernel, nothing is pinned
+/// but programs and maps, and the filters are in the kernel. With TCX,
+/// nothing is degraded and every link is pinned.
+#[test]
+fn the_agent_says_at_start_what_the_kernel_lacks() {
+    let _serial = exclusive();
+    let r = start(Binding::Masquerade);
+    let release = kernel::running_release();
+    let log = r.imds.agent.log();
+    let mut link_pins = 0;
+    let mut stack = vec![r.imds.agent.pins_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().unwrap().to_string_lossy().starts_with("link_") {
+                link_pins += 1;
+            }
+        }
+    }
+    // Every program attached somewhere (the uplink guard on each uplink).
+    let attachments = links(&r);
+    assert!(attachments.iter().all(|n| *n >= 1), "{release}: {attachments:?}");
+    if kernel::has_tcx(&release) {
+        assert!(!log.contains(kernel::LOG_LEGACY_TC), "{release}: {log}");
+        assert_eq!(
+            link_pins,
+            attachments.iter().sum::<usize>(),
+            "{release}: one pinned TCX link per attachment"
+        );
+    } else {
+        let warning = log
+            .lines()
+            .find(|l| l.contains(kernel::LOG_LEGACY_TC))
+            .unwrap_or_else(|| panic!("Linux {release} has no TCX, and the agent did not say so:\n{log}"));
+        assert!(warning.contains(&format!("kernel={release}")), "{warning}");
+        assert!(warning.contains("cannot be pinned"), "{warning}");
+        assert_eq!(link_pins, 0, "{release}: legacy filters cannot be pinned");
+        let hooks: Vec<String> =
+            bpf::legacy_filters(&r.layout.pod).unwrap().into_iter().map(|f| f.1).collect();
+        assert!(hooks.iter().all(|h| h == "clsact/ingress" || h == "clsact/egress"), "{hooks:?}");
+    }
 }

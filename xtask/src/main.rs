@@ -6,6 +6,7 @@ mod certs;
 mod cmd;
 mod demo;
 mod fuzz;
+mod kernel_node;
 mod manifests;
 mod setup;
 pub(crate) mod test;
@@ -32,6 +33,11 @@ enum Command {
     },
     /// Run every test, the privileged ones included (needs root).
     Test {
+        /// Instead, run the data-path tests on a QEMU node booting this
+        /// kernel (6.1, 5.10; repeat for several). Arguments after `--` then
+        /// go to each test binary (a name filter, `--exact`).
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
         /// Extra arguments for `cargo test`, after `--`.
         #[arg(last = true)]
         cargo_args: Vec<String>,
@@ -96,7 +102,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Test { kernels, cargo_args } if kernels.is_empty() => test::run(&cargo_args),
+        Command::Test { kernels, cargo_args } => test::run_on_kernels(&kernels, &cargo_args),
         Command::Demo => demo::run(),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Bench(options) => bench::run(options),

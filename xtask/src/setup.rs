@@ -121,6 +121,11 @@ pub fn stock_image_cache() -> anyhow::Result<PathBuf> {
     Ok(cache_root()?.join("stock-images"))
 }
 
+/// Node kernels fetched for `cargo xtask test --kernel` and their initramfs.
+pub fn kernel_cache() -> anyhow::Result<PathBuf> {
+    Ok(cache_root()?.join("kernels"))
+}
+
 /// ~/.cache/kubevirt-imds, everything setup and the tests keep between runs.
 fn cache_root() -> anyhow::Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;

@@ -29,6 +29,15 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     crate::manifests::run()
 }
 
+/// `cargo xtask test --kernel …`: the data-path tests on QEMU nodes.
+pub fn run_on_kernels(kernels: &[String], test_args: &[String]) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the node runs the privileged tests: run `cargo xtask test --kernel` as root");
+    }
+    setup::ensure()?;
+    crate::kernel_node::run(kernels, test_args)
+}
+
 /// Removes namespaces and bpffs mounts a killed test, demo or benchmark
 /// left behind: their programs would otherwise stay loaded and attached.
 pub fn sweep_leftovers() -> anyhow::Result<()> {

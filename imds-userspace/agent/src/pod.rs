@@ -24,7 +24,7 @@ use crate::{
     net::{
         links::{self, LinkEvents},
         sidecar_link::{self, Ensured, SidecarLink},
-        sysctl,
+        sysctl, tc_filters,
     },
     netns::Netns,
     pins::PinRoot,
@@ -126,6 +126,23 @@ impl Worker {
     }
 }
 
+/// Legacy tc only (TCX links go with their pins): removes the pod's
+/// filters while its network namespace may still be there, since unpinning
+/// the programs would not detach them.
+async fn detach_legacy_filters(handle: &rtnetlink::Handle, datapath: &mut PodDatapath) {
+    if !datapath.is_legacy_tc() {
+        return;
+    }
+    let Ok(links) = links::dump(handle).await else { return };
+    let ifindexes: Vec<u32> = links.iter().map(|l| l.index).collect();
+    let Ok(filters) = tc_filters::dump(handle, &ifindexes).await else { return };
+    let Ok(attached) = datapath.attached(&filters) else { return };
+    let changes = plan::Changes { attach: Vec::new(), detach: attached.into_iter().collect() };
+    for e in datapath.apply(&changes, &filters) {
+        tracing::warn!(error = %chain(&e), "pod gone, but a filter could not be removed");
+    }
+}
+
 struct PodWork {
     uid: String,
     shared: Arc<Shared>,
@@ -177,7 +194,13 @@ impl PodWork {
         let mut last_counters = Vec::new();
         let mut plumbing: Option<(SidecarLink, PodDatapath)> = None;
         loop {
-            if let Some(why) = *stop.borrow() {
+            let stopping = *stop.borrow();
+            if let Some(why) = stopping {
+                if why == Stop::PodGone
+                    && let Some((_, datapath)) = plumbing.as_mut()
+                {
+                    detach_legacy_filters(&handle, datapath).await;
+                }
                 return Ok(why);
             }
             let links = links::dump(&handle).await?;
@@ -190,7 +213,7 @@ impl PodWork {
                 continue;
             }
             if let Some((_, datapath)) = plumbing.as_mut() {
-                self.reconcile(datapath, &links);
+                self.reconcile(&handle, datapath, &links).await;
                 if !self.ready {
                     self.check_sidecar(&handle, datapath).await;
                 }
@@ -242,7 +265,7 @@ impl PodWork {
             sidecar_mac: link.sidecar_mac,
         };
         let (mut datapath, fresh) = PodDatapath::open_or_load(&generation, &config, self.shared.ebpf_log)?;
-        let failed = self.reconcile(&mut datapath, &links::dump(handle).await?);
+        let failed = self.reconcile(handle, &mut datapath, &links::dump(handle).await?).await;
         if failed > 0 {
             // No address until every guard is on: a guest is never served
             // by a half-plumbed pod (the sidecar stays not ready).
@@ -272,11 +295,30 @@ impl PodWork {
     }
 
     /// Makes the attachments what the plan says; returns how many changes failed.
-    fn reconcile(&self, datapath: &mut PodDatapath, links: &[links::LinkSummary]) -> usize {
+    async fn reconcile(
+        &self,
+        handle: &rtnetlink::Handle,
+        datapath: &mut PodDatapath,
+        links: &[links::LinkSummary],
+    ) -> usize {
         let wanted = plan::plan(links, &self.selector());
-        match datapath.attached() {
+        // Legacy tc keeps nothing in bpffs: what is attached is what the
+        // kernel lists.
+        let filters = if datapath.is_legacy_tc() {
+            let ifindexes: Vec<u32> = links.iter().map(|l| l.index).collect();
+            match tc_filters::dump(handle, &ifindexes).await {
+                Ok(filters) => filters,
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "cannot list the tc filters");
+                    return 1;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        match datapath.attached(&filters) {
             Ok(attached) => {
-                let errors = datapath.apply(&plan::diff(&attached, &wanted));
+                let errors = datapath.apply(&plan::diff(&attached, &wanted), &filters);
                 for e in &errors {
                     tracing::warn!(error = %chain(e), "attach failed; retrying on the next link event");
                 }

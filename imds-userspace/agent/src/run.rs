@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use imds_common::errors::chain;
+use imds_common::{errors::chain, kernel};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -34,9 +34,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let tcx = kernel_has_tcx();
     if !tcx {
         tracing::warn!(
-            kernel = %kernel_release(),
-            "no TCX (Linux < 6.6): tc filters through clsact; they stay when the agent exits, but a restarted \
-             agent removes and re-attaches them (microseconds without the programs)"
+            kernel = %kernel::running_release(),
+            degraded = "links cannot be pinned in bpffs; the filters outlive the agent in the kernel, and a \
+                        restarted agent adopts them by program id",
+            "{}",
+            kernel::LOG_LEGACY_TC
         );
     }
     let shared = Arc::new(Shared {
@@ -171,8 +173,4 @@ fn forget_vanished_pods(shared: &Shared) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot list the pinned pods"),
     }
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }

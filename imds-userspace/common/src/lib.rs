@@ -7,5 +7,6 @@ pub mod channel;
 pub mod contract;
 pub mod errors;
 pub mod http_server;
+pub mod kernel;
 pub mod socket_path;
 pub mod write_deadline;

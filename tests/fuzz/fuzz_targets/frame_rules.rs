@@ -28,7 +28,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let _ = rules::to_guest(&packet, &config);
     let guard = rules::guard(&packet, &config);
-    if let Packet::Ipv4(ip) = &packet {
+    if let Some(ip) = packet.ipv4() {
         if ip.dst == IMDS_ADDR {
             assert!(matches!(guard, GuardVerdict::Drop(_)), "the bridge guard passed {packet:?}");
         }

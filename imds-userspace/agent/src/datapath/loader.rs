@@ -18,15 +18,14 @@ use aya::{
     maps::{Map, MapData, PerCpuArray},
     programs::{
         SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc,
+        links::{FdLink, Link as _, PinnedLink},
+        tc::{self, SchedClassifierLink, TcHandle},
     },
-    util::KernelVersion,
 };
 use imds_ebpf::abi::{Config, Counter, Counters, GLOBAL_CONFIG, MAP_COUNTERS, MAP_FLOWS, flows_max_entries};
 
 use super::plan::{Attachment, Changes, Direction, Role};
-use crate::pins::Generation;
+use crate::{net::tc_filters::TcFilter, pins::Generation};
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time
 /// (see `build.rs`).
@@ -58,6 +57,13 @@ pub enum DatapathError {
     Map(&'static str, #[source] aya::maps::MapError),
     #[error("attaching {program} to {ifname}")]
     Attach {
+        program: &'static str,
+        ifname: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("removing the tc filter of {program} from {ifname}")]
+    Detach {
         program: &'static str,
         ifname: String,
         #[source]
@@ -101,19 +107,24 @@ impl EbpfLogLevel {
 }
 
 /// Whether this kernel has TCX (6.6): its links can be pinned. Before, tc
-/// filters through a clsact qdisc, which outlive the process by
-/// themselves but cannot be pinned, listed or adopted by aya 0.14.
+/// filters through a clsact qdisc, which outlive the process by themselves
+/// and are read back from the kernel ([`crate::net::tc_filters`]).
 pub fn kernel_has_tcx() -> bool {
-    KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false)
+    imds_common::kernel::has_tcx(&imds_common::kernel::running_release())
 }
 
 /// A pod's programs, from their pins.
 pub struct PodDatapath {
     generation: Generation,
     programs: Vec<(Role, SchedClassifier)>,
+    /// The kernel's id of each role's program: legacy filters are told
+    /// apart from a previous generation's by it.
+    program_ids: Vec<(Role, u32)>,
     legacy_tc: bool,
-    /// Legacy tc only: what this process attached (TCX keeps it in the pins).
-    legacy_attached: BTreeSet<(Role, u32)>,
+    /// Legacy tc: where this process last knew its programs to be on, so
+    /// that an interface that vanished (taking its filters with it) is
+    /// reported detached as with TCX.
+    legacy_known: BTreeSet<(Role, u32)>,
     /// Forwards the programs' own log messages while it lives (only for a
     /// generation this process loaded with logging on).
     _log_reader: Option<tokio::task::JoinHandle<()>>,
@@ -135,28 +146,49 @@ impl PodDatapath {
             None
         };
         let mut programs = Vec::new();
+        let mut program_ids = Vec::new();
         for role in Role::ALL {
             let name = role.program();
             let program = SchedClassifier::from_pin(generation.program(name))
                 .map_err(|source| DatapathError::Program { name, source })?;
+            let info = program.info().map_err(|source| DatapathError::Program { name, source })?;
+            program_ids.push((role, info.id()));
             programs.push((role, program));
         }
         let legacy_tc = !kernel_has_tcx();
         let datapath = Self {
             generation: generation.clone(),
             programs,
+            program_ids,
             legacy_tc,
-            legacy_attached: BTreeSet::new(),
+            legacy_known: BTreeSet::new(),
             _log_reader: log_reader,
         };
         Ok((datapath, fresh))
     }
 
-    /// What is attached: the pinned links (TCX), or what this process
-    /// attached (legacy tc).
-    pub fn attached(&self) -> Result<BTreeSet<(Role, u32)>, DatapathError> {
+    /// Whether attachments are legacy tc filters, which the caller lists
+    /// from the kernel ([`crate::net::tc_filters::dump`]) for
+    /// [`Self::attached`] and [`Self::apply`].
+    pub fn is_legacy_tc(&self) -> bool {
+        self.legacy_tc
+    }
+
+    fn role_of(&self, prog_id: u32) -> Option<Role> {
+        self.program_ids.iter().find(|(_, id)| *id == prog_id).map(|(role, _)| *role)
+    }
+
+    /// What is attached: the pinned links (TCX), or the filters among
+    /// `filters` that run this generation's programs (legacy tc).
+    pub fn attached(&self, filters: &[TcFilter]) -> Result<BTreeSet<(Role, u32)>, DatapathError> {
         if self.legacy_tc {
-            return Ok(self.legacy_attached.clone());
+            let listed = filters.iter().filter_map(|f| {
+                let role = self.role_of(f.prog_id)?;
+                (role.direction() == f.direction).then_some((role, f.ifindex))
+            });
+            let vanished =
+                self.legacy_known.iter().copied().filter(|(_, ifindex)| ifname_of(*ifindex).is_none());
+            return Ok(listed.chain(vanished).collect());
         }
         let links = self
             .generation
@@ -169,27 +201,69 @@ impl PodDatapath {
     }
 
     /// Applies `changes`; returns what could not be done (the caller logs
-    /// it and the next reconciliation retries).
-    pub fn apply(&mut self, changes: &Changes) -> Vec<DatapathError> {
+    /// it and the next reconciliation retries). `filters` are the legacy tc
+    /// filters as listed before (empty with TCX).
+    pub fn apply(&mut self, changes: &Changes, filters: &[TcFilter]) -> Vec<DatapathError> {
         let mut errors = Vec::new();
+        // Legacy tc: where this generation's programs are on once done.
+        let mut now_on =
+            if self.legacy_tc { self.attached(filters).unwrap_or_default() } else { BTreeSet::new() };
         for &(role, ifindex) in &changes.detach {
-            match self.detach(role, ifindex) {
-                Ok(()) => tracing::info!(program = role.program(), ifindex, "detached"),
+            match self.detach(role, ifindex, filters) {
+                Ok(()) => {
+                    now_on.remove(&(role, ifindex));
+                    tracing::info!(program = role.program(), ifindex, "detached");
+                }
                 Err(e) => errors.push(e),
             }
         }
         for attachment in &changes.attach {
             match self.attach(attachment) {
-                Ok(()) => tracing::info!(
-                    program = attachment.role.program(),
-                    ifname = attachment.ifname,
-                    ifindex = attachment.ifindex,
-                    "attached"
-                ),
+                Ok(()) => {
+                    now_on.insert(attachment.key());
+                    tracing::info!(
+                        program = attachment.role.program(),
+                        ifname = attachment.ifname,
+                        ifindex = attachment.ifindex,
+                        "attached"
+                    )
+                }
                 Err(e) => errors.push(e),
             }
         }
+        if self.legacy_tc {
+            self.remove_stale_filters(filters, &now_on);
+            self.legacy_known = now_on;
+        }
         errors
+    }
+
+    /// Legacy tc: removes the filters carrying one of our program names
+    /// but another program (a previous generation's, whose veth is gone)
+    /// from the hooks where this generation's program now runs; they were
+    /// left until then so that no hook was ever without one.
+    fn remove_stale_filters(&self, before: &[TcFilter], now_on: &BTreeSet<(Role, u32)>) {
+        for stale in before {
+            let Some(role) = Role::from_program(&stale.name) else { continue };
+            if role.direction() != stale.direction
+                || self.role_of(stale.prog_id) == Some(role)
+                || !now_on.contains(&(role, stale.ifindex))
+            {
+                continue;
+            }
+            let Some(ifname) = ifname_of(stale.ifindex) else { continue };
+            match remove_filter(&ifname, stale) {
+                Ok(()) => tracing::info!(
+                    program = role.program(),
+                    ifname,
+                    prog_id = stale.prog_id,
+                    "removed a previous generation's filter"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, program = role.program(), ifname, "removing a stale filter")
+                }
+            }
+        }
     }
 
     fn program(&mut self, role: Role) -> &mut SchedClassifier {
@@ -202,10 +276,9 @@ impl PodDatapath {
         let attach_type = attach_type(a.role.direction());
         let legacy = self.legacy_tc;
         if legacy {
-            // Idempotent: the qdisc may exist, a killed predecessor's filter
-            // too (removed by name, then attached anew).
+            // Idempotent: the qdisc may exist. A previous generation's
+            // filter stays until this one is on (`remove_stale_filters`).
             let _ = tc::qdisc_add_clsact(&a.ifname);
-            let _ = tc::qdisc_detach_program(&a.ifname, attach_type, name);
         }
         let program = self.program(a.role);
         let id = program.attach(&a.ifname, attach_type).map_err(|source| DatapathError::Attach {
@@ -218,7 +291,6 @@ impl PodDatapath {
             // A tc filter stays in the kernel until removed; dropping its
             // aya handle would remove it.
             std::mem::forget(link);
-            self.legacy_attached.insert(a.key());
             return Ok(());
         }
         let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
@@ -231,14 +303,20 @@ impl PodDatapath {
         Ok(())
     }
 
-    fn detach(&mut self, role: Role, ifindex: u32) -> Result<(), DatapathError> {
+    fn detach(&mut self, role: Role, ifindex: u32, filters: &[TcFilter]) -> Result<(), DatapathError> {
         let name = role.program();
         if self.legacy_tc {
             // The interface is usually gone, and its filters with it.
-            if let Some(ifname) = ifname_of(ifindex) {
-                let _ = tc::qdisc_detach_program(&ifname, attach_type(role.direction()), name);
+            let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
+            for filter in
+                filters.iter().filter(|f| f.ifindex == ifindex && self.role_of(f.prog_id) == Some(role))
+            {
+                remove_filter(&ifname, filter).map_err(|source| DatapathError::Detach {
+                    program: name,
+                    ifname: ifname.clone(),
+                    source,
+                })?;
             }
-            self.legacy_attached.remove(&(role, ifindex));
             return Ok(());
         }
         let path = self.generation.link(name, ifindex);
@@ -297,6 +375,16 @@ fn attach_type(direction: Direction) -> TcAttachType {
         Direction::Ingress => TcAttachType::Ingress,
         Direction::Egress => TcAttachType::Egress,
     }
+}
+
+/// Removes one legacy filter by its priority and handle (never by name: a
+/// name also matches the filter that replaced it).
+fn remove_filter(ifname: &str, filter: &TcFilter) -> Result<(), aya::programs::ProgramError> {
+    let handle = TcHandle::new((filter.handle >> 16) as u16, filter.handle as u16);
+    let link =
+        SchedClassifierLink::attached(ifname, attach_type(filter.direction), filter.priority, handle, None)
+            .map_err(|e| aya::programs::ProgramError::IOError(e))?;
+    link.detach()
 }
 
 fn ifname_of(ifindex: u32) -> Option<String> {

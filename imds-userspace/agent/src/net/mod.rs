@@ -3,6 +3,7 @@
 pub mod links;
 pub mod sidecar_link;
 pub mod sysctl;
+pub mod tc_filters;
 /// Routing table for traffic sourced from the IMDS address (`ip route show table 169254`).
 pub const ROUTE_TABLE: u32 = 169_254;
 /// Priority of the rule selecting [`ROUTE_TABLE`]; before `main` (32766).
