@@ -560,3 +560,37 @@ fn the_agent_says_at_start_what_the_kernel_lacks() {
         assert!(hooks.iter().all(|h| h == "clsact/ingress" || h == "clsact/egress"), "{hooks:?}");
     }
 }
+
+/// The pod's veth made again (deleted under the agent): a new generation of
+/// programs is loaded and attached, the guest is served again, and the
+/// previous generation's attachments go, on TCX (its pins) as on legacy tc
+/// (its filters, removed once the new ones are on the same hooks), so its
+/// programs are freed.
+#[test]
+fn a_veth_made_again_replaces_the_previous_generation() {
+    let _serial = exclusive();
+    let mut r = start(Binding::Masquerade);
+    let before = pinned(&r);
+    assert_eq!(bpf::count_by_name(&before), vec![1, 1, 1, 1, 1]);
+    let old_ids: Vec<u64> = before.iter().map(|(id, _)| *id).collect();
+    r.layout.pod.ip("link del imds-sidecar").unwrap();
+    r.imds.wait_for_log("removed the pins of a previous veth", Duration::from_secs(30)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while curl(r.layout.guest(), "/v1/identity", &["Metadata: true"]).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "not served again:\n{}", r.imds.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = pinned(&r);
+    assert_eq!(bpf::count_by_name(&after), vec![1, 1, 1, 1, 1]);
+    assert!(after.iter().all(|(id, _)| !old_ids.contains(id)), "{after:?} reuses {old_ids:?}");
+    let attachments = bpf::attachments_by_name(&after, &r.layout.pod).unwrap();
+    assert!(attachments.iter().all(|n| *n >= 1), "{attachments:?}");
+    // Nothing holds the previous generation any more (the kernel frees
+    // programs after an RCU grace period).
+    let mut left = bpf::still_loaded(&old_ids).unwrap();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = bpf::still_loaded(&old_ids).unwrap();
+    }
+    assert!(left.is_empty(), "the previous generation is still loaded: {left:?}\n{}", r.imds.logs());
+}

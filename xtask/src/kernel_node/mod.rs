@@ -75,11 +75,13 @@ pub fn run(versions: &[String], test_args: &[String]) -> anyhow::Result<()> {
 /// Builds the test binaries of [`NODE_SUITES`] and returns (name, path).
 fn build_suites() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut c = cmd::cargo(None);
-    c.args(["test", "-p", "imds-tests", "--no-run", "--message-format=json-render-diagnostics"]);
+    // `--workspace`, as `cargo xtask test` builds: the same feature set, so
+    // nothing is compiled again after it.
+    c.args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"]);
     for suite in NODE_SUITES {
         c.args(["--test", suite]);
     }
-    eprintln!("+ cargo test -p imds-tests --no-run {}", NODE_SUITES.map(|s| format!("--test {s}")).join(" "));
+    eprintln!("+ cargo test --workspace --no-run {}", NODE_SUITES.map(|s| format!("--test {s}")).join(" "));
     let out = c.stderr(std::process::Stdio::inherit()).output().context("running cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the node test binaries failed");

@@ -507,6 +507,8 @@ fn load_and_pin(
     }
     loader.map_max_entries(MAP_FLOWS, flows_table_size());
     let mut ebpf = loader.load(OBJECT)?;
+    // Every program through the verifier before any is pinned: a refusal
+    // leaves no partial generation for the next attempt to trip on.
     for role in Role::ALL {
         let name = role.program();
         let program: &mut SchedClassifier = ebpf
@@ -515,7 +517,18 @@ fn load_and_pin(
             .try_into()
             .map_err(|source| DatapathError::Program { name, source })?;
         program.load().map_err(|source| DatapathError::Program { name, source })?;
+    }
+    // A generation is only used once all of it is pinned, so pins found
+    // here are what an agent killed mid-pin left: replaced.
+    for role in Role::ALL {
+        let name = role.program();
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
         let path = generation.program(name);
+        let _ = std::fs::remove_file(&path);
         program.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
     }
     for name in [MAP_COUNTERS, MAP_FLOWS] {
@@ -523,6 +536,7 @@ fn load_and_pin(
             .map(name)
             .ok_or(DatapathError::Map(name, aya::maps::MapError::InvalidName { name: name.to_owned() }))?;
         let path = generation.map(name);
+        let _ = std::fs::remove_file(&path);
         map.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
     }
     Ok(ebpf)
