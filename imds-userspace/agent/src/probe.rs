@@ -45,7 +45,7 @@ pub enum ProbeError {
     #[error("setting up the probe interface")]
     Netlink(#[from] NetlinkError),
     #[error("attaching imds_from_guest to the probe interface")]
-    Attach(#[source] crate::datapath::loader::DatapathError),
+    Attach(#[source] Box<crate::datapath::loader::DatapathError>),
     #[error("the probe namespace")]
     Netns(#[source] std::io::Error),
     #[error("the probe request: {0}")]
@@ -95,7 +95,8 @@ async fn exchange(
         .execute()
         .await
         .context(format!("bringing {PROBE_IF} up"))?;
-    let _attached = datapath.attach_unpinned(Role::FromGuest, PROBE_IF).map_err(ProbeError::Attach)?;
+    let _attached =
+        datapath.attach_unpinned(Role::FromGuest, PROBE_IF).map_err(|e| ProbeError::Attach(Box::new(e)))?;
 
     block_on_in(probe_netns, || async {
         let (connection, guest, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {

@@ -7,7 +7,7 @@
 
 use imds_ebpf::{
     abi::{Config, IMDS_ADDR},
-    frame::{Destination, Packet, destination, parse},
+    frame::{Destination, destination, parse},
     rules::{self, GuardVerdict},
 };
 

@@ -383,7 +383,7 @@ fn remove_filter(ifname: &str, filter: &TcFilter) -> Result<(), aya::programs::P
     let handle = TcHandle::new((filter.handle >> 16) as u16, filter.handle as u16);
     let link =
         SchedClassifierLink::attached(ifname, attach_type(filter.direction), filter.priority, handle, None)
-            .map_err(|e| aya::programs::ProgramError::IOError(e))?;
+            .map_err(aya::programs::ProgramError::IOError)?;
     link.detach()
 }
 
