@@ -134,8 +134,7 @@ async fn detach_legacy_filters(handle: &rtnetlink::Handle, datapath: &mut PodDat
         return;
     }
     let Ok(links) = links::dump(handle).await else { return };
-    let ifindexes: Vec<u32> = links.iter().map(|l| l.index).collect();
-    let Ok(filters) = tc_filters::dump(handle, &ifindexes).await else { return };
+    let Ok(filters) = tc_filters::dump(handle, &links).await else { return };
     let Ok(attached) = datapath.attached(&filters) else { return };
     let changes = plan::Changes { attach: Vec::new(), detach: attached.into_iter().collect() };
     for e in datapath.apply(&changes, &filters) {
@@ -305,8 +304,7 @@ impl PodWork {
         // Legacy tc keeps nothing in bpffs: what is attached is what the
         // kernel lists.
         let filters = if datapath.is_legacy_tc() {
-            let ifindexes: Vec<u32> = links.iter().map(|l| l.index).collect();
-            match tc_filters::dump(handle, &ifindexes).await {
+            match tc_filters::dump(handle, links).await {
                 Ok(filters) => filters,
                 Err(e) => {
                     tracing::warn!(error = %chain(&e), "cannot list the tc filters");

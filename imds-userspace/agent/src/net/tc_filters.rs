@@ -10,7 +10,7 @@ use rtnetlink::{
     packet_route::tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption},
 };
 
-use super::{Context as _, NetlinkError, is_not_found};
+use super::{Context as _, NetlinkError, is_not_found, links::LinkSummary};
 use crate::datapath::plan::Direction;
 
 /// One bpf filter of a clsact qdisc.
@@ -62,11 +62,11 @@ impl TcFilter {
     }
 }
 
-/// Every bpf filter on the ingress and egress hooks of `ifindexes`. A link
+/// Every bpf filter on the ingress and egress hooks of `links`. A link
 /// that vanished meanwhile (or has no clsact qdisc) simply has none.
-pub async fn dump(handle: &Handle, ifindexes: &[u32]) -> Result<Vec<TcFilter>, NetlinkError> {
+pub async fn dump(handle: &Handle, links: &[LinkSummary]) -> Result<Vec<TcFilter>, NetlinkError> {
     let mut found = Vec::new();
-    for &ifindex in ifindexes {
+    for ifindex in links.iter().map(|l| l.index) {
         let Ok(index) = i32::try_from(ifindex) else { continue };
         for direction in [Direction::Ingress, Direction::Egress] {
             let mut request = handle.traffic_filter(index).get();
