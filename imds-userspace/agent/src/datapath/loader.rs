@@ -511,22 +511,14 @@ fn load_and_pin(
     // leaves no partial generation for the next attempt to trip on.
     for role in Role::ALL {
         let name = role.program();
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
+        let program = classifier(&mut ebpf, name)?;
         program.load().map_err(|source| DatapathError::Program { name, source })?;
     }
     // A generation is only used once all of it is pinned, so pins found
     // here are what an agent killed mid-pin left: replaced.
     for role in Role::ALL {
         let name = role.program();
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
+        let program = classifier(&mut ebpf, name)?;
         let path = generation.program(name);
         let _ = std::fs::remove_file(&path);
         program.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
@@ -540,6 +532,16 @@ fn load_and_pin(
         map.pin(&path).map_err(|e| DatapathError::Pin(path.display().to_string(), e))?;
     }
     Ok(ebpf)
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
 }
 
 /// Forwards aya-log records (through the `log` facade) into tracing.
