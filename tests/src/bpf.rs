@@ -54,6 +54,19 @@ pub fn still_loaded(ids: &[u64]) -> anyhow::Result<Vec<(u64, String)>> {
         .collect())
 }
 
+/// Waits up to `timeout` for the kernel to free the programs `ids` (it does
+/// once their last pin, link and filter are gone, after an RCU grace
+/// period); returns those still loaded then.
+pub fn wait_until_freed(ids: &[u64], timeout: std::time::Duration) -> anyhow::Result<Vec<(u64, String)>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut left = still_loaded(ids)?;
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = still_loaded(ids)?;
+    }
+    Ok(left)
+}
+
 /// How many attachments run each of `programs`, summed per name of
 /// [`PROGRAMS`], in that order: TCX links (kernels with TCX), else the
 /// legacy tc filters on the interfaces of `netns` (the pod's).

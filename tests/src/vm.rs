@@ -195,7 +195,7 @@ fn build_base(modules: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 /// gzip'd newc cpio of everything under `dir`.
-fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
+pub fn pack(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("sh")
         .arg("-c")
         .arg("find . -mindepth 1 | cpio --quiet -o -H newc -R 0:0 | gzip -1")

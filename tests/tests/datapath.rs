@@ -272,14 +272,7 @@ fn a_pod_that_goes_is_unpinned() {
     r.imds.kill_sidecar().unwrap();
     r.imds.pod.remove_volumes().unwrap();
     r.imds.wait_for_log("its programs, maps and links are unpinned", Duration::from_secs(10)).unwrap();
-    // The kernel frees programs once their last pin and link are gone,
-    // after an RCU grace period: give it a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut left = bpf::still_loaded(&ids).unwrap();
-    while !left.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        left = bpf::still_loaded(&ids).unwrap();
-    }
+    let left = bpf::wait_until_freed(&ids, Duration::from_secs(5)).unwrap();
     assert!(left.is_empty(), "programs left behind: {left:?}\n{}", r.imds.logs());
     assert_eq!(bpf::attachments_by_name(&pinned_before, &r.layout.pod).unwrap(), vec![0, 0, 0, 0, 0]);
     assert!(!r.imds.agent.pins_dir().join(r.imds.pod.uid()).exists());
@@ -585,12 +578,7 @@ fn a_veth_made_again_replaces_the_previous_generation() {
     assert!(after.iter().all(|(id, _)| !old_ids.contains(id)), "{after:?} reuses {old_ids:?}");
     let attachments = bpf::attachments_by_name(&after, &r.layout.pod).unwrap();
     assert!(attachments.iter().all(|n| *n >= 1), "{attachments:?}");
-    // Nothing holds the previous generation any more (the kernel frees
-    // programs after an RCU grace period).
-    let mut left = bpf::still_loaded(&old_ids).unwrap();
-    while !left.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        left = bpf::still_loaded(&old_ids).unwrap();
-    }
+    // Nothing holds the previous generation any more.
+    let left = bpf::wait_until_freed(&old_ids, Duration::from_secs(30)).unwrap();
     assert!(left.is_empty(), "the previous generation is still loaded: {left:?}\n{}", r.imds.logs());
 }

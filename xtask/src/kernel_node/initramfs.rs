@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, ensure};
@@ -78,17 +77,10 @@ pub fn build(kernel: &Prepared, cache: &Path) -> anyhow::Result<PathBuf> {
         order.iter().filter_map(|p| Path::new(p).file_name()?.to_str().map(str::to_owned)).collect();
     std::fs::write(root.join("modules/order"), names.join("\n"))?;
     write_executable(&root.join("init"), &init_script())?;
-    let packed = Command::new("sh")
-        .arg("-c")
-        .arg("find . -mindepth 1 | cpio --quiet -o -H newc -R 0:0 | gzip -1")
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cpio")?;
-    ensure!(packed.status.success() && !packed.stdout.is_empty(), "cpio failed");
+    let packed = imds_tests::vm::pack(root)?;
     std::fs::create_dir_all(cache)?;
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, packed.stdout)?;
+    std::fs::write(&tmp, packed)?;
     std::fs::rename(&tmp, &out)?;
     Ok(out)
 }
