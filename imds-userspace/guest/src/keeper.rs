@@ -1,0 +1,197 @@
+//! The loop that keeps every target's files fresh: fetch, check, publish,
+//! sleep until the earliest refresh point ([`crate::schedule`]). A failed
+//! refresh leaves the files as they are (a good token is never truncated
+//! or removed) and is retried with backoff.
+
+use std::{
+    io::Write as _,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    imds_client::{ImdsClient, ImdsError},
+    jwt::{ClaimsError, Lifetime},
+    log_lines, ownership,
+    projection::{self, Ownership, Payload},
+    schedule,
+    targets::{self, CA_FILE, Extra, NAMESPACE_FILE, Source, Target},
+};
+
+/// A `ca.crt` larger than this is refused (a bundle is a few KiB).
+const MAX_CA_FILE: u64 = 1024 * 1024;
+/// Sleep in slices no longer than this, so that a clock step or a
+/// suspended VM is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Imds(#[from] ImdsError),
+    #[error("the IMDS served a token whose claims cannot be read: {0}")]
+    Claims(#[from] ClaimsError),
+    #[error("the IMDS served an expired token (expired {0})")]
+    Expired(String),
+    #[error(transparent)]
+    Ownership(#[from] ownership::OwnershipError),
+    #[error("reading {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] projection::WriteError),
+    #[error("writing {path}: {source}")]
+    EnvFile { path: String, source: std::io::Error },
+}
+
+/// One target and what the keeper knows of it. Holds a credential: no
+/// `Debug`.
+pub struct Kept {
+    pub target: Target,
+    /// The token last written, to skip rewriting an unchanged one.
+    written: Option<String>,
+    due: SystemTime,
+    failures: u32,
+}
+
+impl Kept {
+    pub fn new(target: Target, now: SystemTime) -> Self {
+        Self { target, written: None, due: now, failures: 0 }
+    }
+}
+
+/// Fetches `kept`'s token and publishes it if it changed; returns the
+/// token's lifetime.
+pub fn refresh(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> Result<Lifetime, RefreshError> {
+    let target = &kept.target;
+    let audience = match &target.source {
+        Source::Default => None,
+        Source::Audience(a) => Some(a.as_str()),
+    };
+    let served = client.token(audience)?;
+    let lifetime = Lifetime::of(&served.token, now)?;
+    if lifetime.is_expired(now) {
+        return Err(RefreshError::Expired(served.expiration_timestamp));
+    }
+    if kept.written.as_deref() == Some(served.token.as_str()) {
+        return Ok(lifetime);
+    }
+    let owner = ownership::resolve(&target.access)?;
+    // Read first: the payloads borrow it.
+    let ca = target
+        .extras
+        .iter()
+        .find_map(|e| match e {
+            Extra::CaCertificate(path) => Some(read_bounded(path)),
+            _ => None,
+        })
+        .transpose()?;
+    let mut files = vec![Payload { name: &target.file, content: served.token.as_bytes() }];
+    for extra in &target.extras {
+        if let Extra::Namespace(ns) = extra {
+            files.push(Payload { name: NAMESPACE_FILE, content: ns.as_bytes() });
+        }
+    }
+    if let Some(ca) = &ca {
+        files.push(Payload { name: CA_FILE, content: ca });
+    }
+    projection::publish(&target.dir, &files, target.access.mode, owner, now)?;
+    for extra in &target.extras {
+        if let Extra::AwsEnv { file, role_arn } = extra {
+            write_env_file(file, &targets::aws_env_file(role_arn, &target.token_path()), owner)?;
+        }
+    }
+    kept.written = Some(served.token);
+    Ok(lifetime)
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, RefreshError> {
+    let err = |source| RefreshError::CaFile { path: path.display().to_string(), source };
+    let len = std::fs::metadata(path).map_err(err)?.len();
+    if len > MAX_CA_FILE {
+        return Err(err(std::io::Error::other(format!(
+            "{len} bytes, more than a CA bundle ({MAX_CA_FILE})"
+        ))));
+    }
+    std::fs::read(path).map_err(err)
+}
+
+/// Replaced by rename, and only when its content changes.
+fn write_env_file(path: &Path, content: &str, owner: Ownership) -> Result<(), RefreshError> {
+    if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
+        return Ok(());
+    }
+    let err = |source| RefreshError::EnvFile { path: path.display().to_string(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(content.as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
+    if owner != Ownership::default() {
+        std::os::unix::fs::chown(&tmp, owner.uid, owner.gid).map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Refreshes `kept` and sets when it is due again; logs either way.
+pub fn refresh_and_schedule(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> bool {
+    let before = kept.written.clone();
+    match refresh(client, kept, now) {
+        Ok(lifetime) => {
+            kept.failures = 0;
+            let refresh_at = schedule::refresh_point(&lifetime, fastrand::f64());
+            let wait = schedule::after_success(&lifetime, refresh_at, now);
+            kept.due = now + wait;
+            let expires = humantime::format_rfc3339_seconds(lifetime.expires_at).to_string();
+            let next = humantime::format_duration(Duration::from_secs(wait.as_secs())).to_string();
+            if before != kept.written {
+                tracing::info!(
+                    target_name = %kept.target.label, path = %kept.target.token_path().display(),
+                    expires = %expires, next_refresh_in = %next, "{}", log_lines::WRITTEN
+                );
+            } else {
+                tracing::debug!(target_name = %kept.target.label, next_refresh_in = %next, "token unchanged");
+            }
+            true
+        }
+        Err(e) => {
+            let wait = schedule::after_failure(kept.failures, fastrand::f64());
+            kept.failures = kept.failures.saturating_add(1);
+            kept.due = now + wait;
+            tracing::warn!(
+                target_name = %kept.target.label, error = %e, failures = kept.failures,
+                retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)),
+                "{}", log_lines::REFRESH_FAILED
+            );
+            false
+        }
+    }
+}
+
+/// Runs forever: each target refreshed when due.
+pub fn keep(client: &ImdsClient, mut kept: Vec<Kept>) -> ! {
+    loop {
+        let now = SystemTime::now();
+        for k in kept.iter_mut().filter(|k| k.due <= now) {
+            refresh_and_schedule(client, k, now);
+        }
+        let now = SystemTime::now();
+        let next = kept.iter().map(|k| k.due).min().unwrap_or(now + MAX_SLEEP);
+        std::thread::sleep(next.duration_since(now).unwrap_or_default().min(MAX_SLEEP));
+    }
+}
+
+/// `--once`: every target written, retrying until `deadline`. Returns the
+/// labels of the targets that could not be written.
+pub fn once(client: &ImdsClient, mut pending: Vec<Kept>, deadline: SystemTime) -> Vec<String> {
+    loop {
+        let now = SystemTime::now();
+        // Keep what is not due yet, or was due and failed.
+        pending.retain_mut(|k| k.due > now || !refresh_and_schedule(client, k, now));
+        let Some(next) = pending.iter().map(|k| k.due).min() else { return Vec::new() };
+        if next >= deadline {
+            return pending.into_iter().map(|k| k.target.label).collect();
+        }
+        let now = SystemTime::now();
+        std::thread::sleep(next.duration_since(now).unwrap_or_default().min(MAX_SLEEP));
+    }
+}
