@@ -6,7 +6,8 @@
 # The agent embeds the eBPF object, which needs the nightly toolchain and
 # bpf-linker to build; build on the host first, then the image:
 #
-#   cargo xtask build --release     # the sidecar into target/sidecar/ (its own profile)
+#   cargo xtask build --release     # the sidecar into target/sidecar/ (its own profile),
+#                                   # the guest helper's static builds into target/guest-binaries/
 #   docker build -t registry.example.com/kubevirt-imds:0.1.0 .
 #
 # distroless/cc: glibc and nothing else (no shell, no package manager). Its
@@ -14,3 +15,7 @@
 # root, each set by its workload.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY target/sidecar/kubevirt-imds-sidecar target/release/kubevirt-imds-agent target/release/kubevirt-imds-webhook /usr/local/bin/
+# The guest helper's static builds (kubevirt-imds-guest-linux-{amd64,arm64}):
+# the sidecar serves them, with their SHA-256, at /v1/guest/ so that a VM
+# installs the helper from the IMDS itself (deploy/guest/cloud-init.yaml).
+COPY target/guest-binaries/ /usr/share/kubevirt-imds/guest/

@@ -29,7 +29,15 @@ pub struct FakeApiServer {
     pub addr: SocketAddr,
     /// ServiceAccount reads so far, by `namespace/name`.
     pub reads: Arc<Mutex<HashMap<String, usize>>>,
+    /// Bearer tokens accepted besides [`TOKEN`].
+    accepted: Arc<Mutex<Vec<String>>>,
     runtime: tokio::runtime::Runtime,
+}
+
+#[derive(Clone)]
+struct Shared {
+    reads: Arc<Mutex<HashMap<String, usize>>>,
+    accepted: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeApiServer {
@@ -45,9 +53,10 @@ impl FakeApiServer {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let reads = Arc::new(Mutex::new(HashMap::new()));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/api/v1/namespaces/{namespace}/serviceaccounts/{name}", get(service_account))
-            .with_state(reads.clone());
+            .with_state(Shared { reads: reads.clone(), accepted: accepted.clone() });
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding")?;
         let addr = listener.local_addr()?;
         runtime.spawn(async move {
@@ -62,7 +71,15 @@ impl FakeApiServer {
                 });
             }
         });
-        Ok(Self { addr, reads, runtime })
+        Ok(Self { addr, reads, accepted, runtime })
+    }
+
+    /// Accepts `token` as a bearer too (a ServiceAccount token a client
+    /// read from a file).
+    pub fn accept_bearer(&self, token: &str) {
+        if let Ok(mut accepted) = self.accepted.lock() {
+            accepted.push(token.to_owned());
+        }
     }
 
     /// A kubeconfig for this endpoint, trusting `ca`, verifying the name
@@ -101,14 +118,22 @@ fn status(code: u16, reason: &str, message: &str) -> Response {
 }
 
 async fn service_account(
-    State(reads): State<Arc<Mutex<HashMap<String, usize>>>>,
+    State(Shared { reads, accepted }): State<Shared>,
     UrlPath((namespace, name)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     if let Ok(mut reads) = reads.lock() {
         *reads.entry(format!("{namespace}/{name}")).or_default() += 1;
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
+    // The scheme is case-insensitive (RFC 9110 §11.1): the Python client sends `bearer`.
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
+    let known = bearer.is_some_and(|b| b == TOKEN || accepted.lock().is_ok_and(|a| a.iter().any(|t| t == b)));
+    if !known {
         return status(401, "Unauthorized", "Unauthorized");
     }
     let account = |annotations: serde_json::Value| {

@@ -16,6 +16,7 @@ pub mod pod_security;
 pub mod process;
 pub mod qemu;
 pub mod smbios;
+pub mod stand_in;
 pub mod stock_image;
 pub mod tokens;
 pub mod topology;
@@ -48,4 +49,27 @@ pub(crate) fn require_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The guest helper's builds, as `cargo xtask build` leaves them.
+pub mod guest_helper {
+    use std::path::PathBuf;
+
+    /// `IMDS_GUEST_BINARIES_DIR` (set by `cargo xtask test`), else
+    /// `target/guest-binaries`; every one of `imds_api::GUEST_BINARIES` must be there.
+    pub fn binaries_dir() -> PathBuf {
+        let dir = std::env::var_os(imds_common::contract::ENV_GUEST_BINARIES_DIR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-binaries")
+            });
+        for b in imds_api::GUEST_BINARIES {
+            assert!(
+                dir.join(b.name).is_file(),
+                "{} is missing: run the tests with `cargo xtask test` (it builds the guest helper)",
+                dir.join(b.name).display()
+            );
+        }
+        dir
+    }
 }

@@ -14,18 +14,32 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 pub const EXP: u64 = 4_102_444_800;
 pub const EXP_RFC3339: &str = "2100-01-01T00:00:00Z";
 
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// A JWT shaped like a projected ServiceAccount token (the signature is
 /// random bytes: the IMDS never verifies it, consumers do).
 pub fn jwt(namespace: &str, service_account: &str, exp: u64, nonce: &str) -> String {
+    jwt_issued(namespace, service_account, exp - 3600, exp, nonce)
+}
+
+/// [`jwt`] issued at `iat` (seconds since the epoch): a short-lived token,
+/// for what refreshes at a fraction of the lifetime.
+pub fn jwt_issued(namespace: &str, service_account: &str, iat: u64, exp: u64, nonce: &str) -> String {
     let header = r#"{"alg":"RS256","kid":"test-key"}"#;
     let claims = serde_json::json!({
         "aud": ["https://kubernetes.default.svc"],
         "exp": exp,
-        "iat": exp - 3600,
+        "iat": iat,
         "iss": "https://kubernetes.default.svc",
         "jti": nonce,
         "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": service_account, "uid": nonce}},
-        "nbf": exp - 3600,
+        "nbf": iat,
         "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
     });
     // Long enough to look like RS256 and to make a torn read obvious.

@@ -117,10 +117,28 @@ impl GuestKit {
         script: &str,
         timeout: Duration,
     ) -> anyhow::Result<GuestRun> {
+        self.boot(netns, tap, mac, script, &[])?.wait(timeout)
+    }
+
+    /// Boots the guest as [`GuestKit::run`] does, with `files` added to its
+    /// initramfs (`(path in the guest, host file)`), and returns at once:
+    /// the test reads the console while the scenario runs.
+    pub fn boot(
+        &self,
+        netns: &Netns,
+        tap: &str,
+        mac: &str,
+        script: &str,
+        files: &[(&str, &Path)],
+    ) -> anyhow::Result<Booted> {
         let work = tempfile::tempdir()?;
         let scenario = work.path().join("scenario");
         std::fs::create_dir(&scenario)?;
         std::fs::write(scenario.join("scenario.sh"), script)?;
+        for (dest, src) in files {
+            let dest = scenario.join(dest.trim_start_matches('/'));
+            copy_file(src, &dest)?;
+        }
         let initrd = work.path().join("initrd");
         // The kernel unpacks concatenated archives in order.
         let mut image = std::fs::read(&self.base_initrd)?;
@@ -137,8 +155,39 @@ impl GuestKit {
             .args(["-append", "console=ttyS0 quiet loglevel=0 panic=-1"])
             .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
             .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
-        let console = Qemu::spawn(command)?.wait(timeout)?;
-        Ok(GuestRun { console })
+        Ok(Booted { qemu: Qemu::spawn(command)?, _work: work })
+    }
+}
+
+/// A guest booted by [`GuestKit::boot`], still running.
+pub struct Booted {
+    qemu: Qemu,
+    _work: tempfile::TempDir,
+}
+
+impl Booted {
+    /// The console so far.
+    pub fn console(&self) -> String {
+        self.qemu.console()
+    }
+
+    /// Waits until the console shows `needle`; fails with the console.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.console().contains(needle) {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the guest's console did not show {needle:?} within {timeout:?}:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Waits for the guest to power off; see [`Qemu::wait`].
+    pub fn wait(self, timeout: Duration) -> anyhow::Result<GuestRun> {
+        Ok(GuestRun { console: self.qemu.wait(timeout)? })
     }
 }
 

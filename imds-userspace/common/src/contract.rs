@@ -195,6 +195,11 @@ pub const ENV_VM_NAME: &str = "IMDS_VM_NAME";
 /// OpenStack's `uuid`, as KubeVirt's own cloud-init disks give them.
 pub const ENV_FIRMWARE_UUID: &str = "IMDS_FIRMWARE_UUID";
 pub const ENV_TOKEN_DIR: &str = "IMDS_TOKEN_DIR";
+/// Where the sidecar finds the guest helper's builds it serves under
+/// `imds_api::GUEST_PATH` ([`GUEST_BINARIES_DIR`] in the image; `cargo
+/// xtask build` leaves them in `target/guest-binaries/`).
+pub const ENV_GUEST_BINARIES_DIR: &str = "IMDS_GUEST_BINARIES_DIR";
+pub const GUEST_BINARIES_DIR: &str = "/usr/share/kubevirt-imds/guest";
 /// Comma-separated, in file order (see [`audience_file_name`]).
 pub const ENV_TOKEN_AUDIENCES: &str = "IMDS_TOKEN_AUDIENCES";
 /// `false` when the API-server-audience token is not mounted.

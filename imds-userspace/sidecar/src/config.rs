@@ -10,6 +10,7 @@ use crate::{
     api::{ImdsState, cloud::CloudState},
     cloud::{InstanceFacts, data::DataSources, imdsv2::Sessions, ssh_keys::SshKeySources},
     contract,
+    guest_binaries::GuestBinaries,
     http_server::Limits,
     metadata::{AwsRole, Identity},
     token::TokenSet,
@@ -97,6 +98,11 @@ pub struct ApiArgs {
     #[arg(long, env = contract::ENV_AVAILABILITY_ZONE, default_value = contract::DEFAULT_AVAILABILITY_ZONE, value_parser = placement_name)]
     pub availability_zone: String,
 
+    /// The guest helper's builds to serve under /v1/guest/ (missing files
+    /// are not served; see `imds_api::GUEST_BINARIES` for the names).
+    #[arg(long, env = contract::ENV_GUEST_BINARIES_DIR, default_value = contract::GUEST_BINARIES_DIR)]
+    pub guest_binaries_dir: PathBuf,
+
     /// Most guest connections served at once; more wait in the backlog.
     #[arg(long, env = "IMDS_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
@@ -147,6 +153,7 @@ impl ApiArgs {
                 imdsv2: self.ec2_imdsv2,
                 sessions: Sessions::default(),
             },
+            guest_binaries: GuestBinaries::scan(&self.guest_binaries_dir),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! serves; the node agent plumbs the pod.
 //!
 //! - What it serves: the HTTP API ([`api`]), the cloud metadata flavours
-//!   ([`cloud`]), the kubelet-projected tokens ([`token`]).
+//!   ([`cloud`]), the kubelet-projected tokens ([`token`]), the guest
+//!   helper's builds ([`guest_binaries`]).
 //! - Where: [`listen_loop`] waits for the agent's interface ([`interface`])
 //!   and keeps a [`listener`] on it that admits only what the data path
 //!   redirected; [`request_tally`] counts what it answers.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod guest_binaries;
 pub mod interface;
 pub mod listen_loop;
 pub mod listener;

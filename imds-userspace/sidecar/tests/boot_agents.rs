@@ -59,6 +59,7 @@ impl Imds {
                 imdsv2,
                 sessions: Default::default(),
             },
+            guest_binaries: Default::default(),
         };
         Self { app: router(Arc::new(state)), dir }
     }

@@ -65,6 +65,7 @@ fn fixture() -> &'static Fixture {
                 imdsv2: Imdsv2::Optional,
                 sessions: Default::default(),
             },
+            guest_binaries: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Fixture { runtime, app: router(Arc::new(state)), _dir: dir }

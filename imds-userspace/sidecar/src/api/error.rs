@@ -52,6 +52,12 @@ pub enum ApiError {
     MetadataUnavailable,
     /// OpenStack's `password`: this service stores none, whatever the method.
     PasswordNotStored,
+    /// Not one of the guest helper's builds this sidecar serves.
+    GuestBinaryNotFound {
+        served: Vec<&'static str>,
+    },
+    /// A served build changed or vanished on disk since the sidecar started.
+    GuestBinaryUnavailable,
 }
 
 /// What every read-only path answers.
@@ -67,10 +73,13 @@ impl ApiError {
             | ApiError::AudienceNotConfigured { .. }
             | ApiError::DefaultTokenDisabled { .. }
             | ApiError::AwsNotConfigured
-            | ApiError::PasswordNotStored => StatusCode::NOT_FOUND,
+            | ApiError::PasswordNotStored
+            | ApiError::GuestBinaryNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::AudienceInvalid(_) | ApiError::Ec2TtlInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Ec2SessionInvalid | ApiError::Ec2SessionRequired => StatusCode::UNAUTHORIZED,
-            ApiError::MetadataUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MetadataUnavailable | ApiError::GuestBinaryUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TokenUnavailable(_) | ApiError::TokenExpired { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -96,6 +105,8 @@ impl ApiError {
             ApiError::Ec2SessionRequired => "ec2_session_required",
             ApiError::MetadataUnavailable => "metadata_unavailable",
             ApiError::PasswordNotStored => "password_not_stored",
+            ApiError::GuestBinaryNotFound { .. } => "guest_binary_not_found",
+            ApiError::GuestBinaryUnavailable => "guest_binary_unavailable",
         }
     }
 
@@ -118,8 +129,8 @@ impl ApiError {
                     .into()
             }
             ApiError::NotFound => {
-                "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws \
-                                   and GET /healthz, and the cloud metadata flavours the VM was given \
+                "no such endpoint; the API has GET /v1/token, GET /v1/identity, GET /v1/aws, \
+                                   GET /v1/guest/ and GET /healthz, and the cloud metadata flavours the VM was given \
                                    (annotation imds.kubevirt.io/metadata-flavors)"
                     .into()
             }
@@ -161,6 +172,17 @@ impl ApiError {
             ApiError::PasswordNotStored => "this metadata service stores no passwords and accepts none; \
                                             set credentials through user-data"
                 .into(),
+            ApiError::GuestBinaryNotFound { served } if served.is_empty() => {
+                "no such guest helper build: this sidecar's image carries none".into()
+            }
+            ApiError::GuestBinaryNotFound { served } => format!(
+                "no such guest helper build; served: {} (each with .sha256 beside it)",
+                served.join(", ")
+            ),
+            ApiError::GuestBinaryUnavailable => {
+                "the guest helper build changed since the sidecar started; it is not served until it restarts"
+                    .into()
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod cloud;
 pub mod error;
 mod guards;
+mod guest_downloads;
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Serialize;
+use imds_api::{IdentityResponse, TokenResponse};
 
 use crate::{
     contract,
@@ -31,34 +32,19 @@ pub struct ImdsState {
     pub tokens: TokenSet,
     pub aws: Option<AwsRole>,
     pub cloud: cloud::CloudState,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct IdentityResponse<'a> {
-    #[serde(flatten)]
-    identity: &'a Identity,
-    /// Extra audiences `/v1/token?audience=` serves.
-    audiences: Vec<String>,
-    /// Whether `/v1/token` (the Kubernetes API's audience) is served.
-    default_token: bool,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct TokenResponse {
-    token: String,
-    expiration_timestamp: String,
+    /// The guest helper's builds served under [`imds_api::GUEST_PATH`].
+    pub guest_binaries: crate::guest_binaries::GuestBinaries,
 }
 
 pub fn router(state: Arc<ImdsState>) -> Router {
     let metadata = Router::new()
-        .route("/v1/token", get(token))
-        .route("/v1/identity", get(identity))
-        .route("/v1/aws", get(aws))
+        .route(imds_api::TOKEN_PATH, get(token))
+        .route(imds_api::IDENTITY_PATH, get(identity))
+        .route(imds_api::AWS_PATH, get(aws))
+        .merge(guest_downloads::routes())
         .route_layer(middleware::from_fn(guards::require_metadata_header));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route(imds_api::HEALTHZ_PATH, get(healthz))
         .merge(metadata)
         .fallback(cloud::dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed { allow: error::GET_HEAD } })
@@ -73,7 +59,7 @@ async fn healthz() -> &'static str {
 
 async fn identity(State(state): State<Arc<ImdsState>>) -> Response {
     let body = IdentityResponse {
-        identity: &state.identity,
+        identity: state.identity.clone(),
         audiences: state.tokens.audiences(),
         default_token: state.tokens.default_token().is_some(),
     };
@@ -186,6 +172,7 @@ mod tests {
             tokens: TokenSet::new(dir.path(), default_token, &audiences),
             aws,
             cloud: cloud_state(&[], contract::Imdsv2::Optional, None),
+            guest_binaries: Default::default(),
         };
         Fixture { app: router(Arc::new(state)), token_path, dir }
     }
@@ -220,6 +207,7 @@ mod tests {
             tokens: TokenSet::new(dir.path(), true, &[]),
             aws: None,
             cloud: cloud_state(flavors, imdsv2, Some(&data_dir)),
+            guest_binaries: Default::default(),
         };
         Fixture { app: router(Arc::new(state)), token_path, dir }
     }
@@ -652,5 +640,128 @@ mod tests {
             assert_eq!(status, StatusCode::OK, "{path}");
             assert!(!text(response).await.contains("eyJ"), "{path} exposes a JWT");
         }
+    }
+
+    /// An app serving the guest helper's builds from `dir/guest` (only the
+    /// amd64 one present).
+    fn guest_fixture() -> (Fixture, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = dir.path().join("guest");
+        std::fs::create_dir(&guest).unwrap();
+        let build: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        std::fs::write(guest.join(imds_api::GUEST_BINARIES[0].name), &build).unwrap();
+        let state = ImdsState {
+            identity: Identity {
+                namespace: "vms".into(),
+                service_account_name: "builder".into(),
+                vm_name: "fedora-1".into(),
+            },
+            tokens: TokenSet::new(dir.path(), true, &[]),
+            aws: None,
+            cloud: cloud_state(&[], contract::Imdsv2::Optional, None),
+            guest_binaries: crate::guest_binaries::GuestBinaries::scan(&guest),
+        };
+        let token_path = dir.path().join("token");
+        (Fixture { app: router(Arc::new(state)), token_path, dir }, build)
+    }
+
+    const AMD64: &str = "/v1/guest/kubevirt-imds-guest-linux-amd64";
+
+    #[tokio::test]
+    async fn guest_builds_are_served_whole_with_their_digest() {
+        let (f, build) = guest_fixture();
+        let (status, response) = call(&f.app, Method::GET, AMD64, &[MD]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/octet-stream");
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "70000");
+        assert_eq!(to_bytes(response.into_body(), 1 << 20).await.unwrap(), build);
+
+        let (status, response) = call(&f.app, Method::GET, &format!("{AMD64}.sha256"), &[MD]).await;
+        assert_eq!(status, StatusCode::OK);
+        let line = text(response).await;
+        let (hex, name) = line.strip_suffix('\n').unwrap().split_once("  ").unwrap();
+        assert_eq!(name, "kubevirt-imds-guest-linux-amd64");
+        assert_eq!(hex.len(), 64);
+        assert_eq!(f.app_guest_digest(), hex);
+
+        let (status, response) = call(&f.app, Method::HEAD, AMD64, &[MD]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "70000");
+        assert!(to_bytes(response.into_body(), 1 << 20).await.unwrap().is_empty());
+
+        for listing in ["/v1/guest", "/v1/guest/"] {
+            let (status, response) = call(&f.app, Method::GET, listing, &[MD]).await;
+            assert_eq!(status, StatusCode::OK, "{listing}");
+            let body = json(response).await;
+            assert_eq!(body[0]["name"], "kubevirt-imds-guest-linux-amd64");
+            assert_eq!(body[0]["size"], 70000);
+            assert_eq!(body[0]["sha256"], hex);
+            assert_eq!(body.as_array().unwrap().len(), 1, "the arm64 build is not in the directory");
+        }
+    }
+
+    impl Fixture {
+        /// SHA-256 of the amd64 build as the scan computed it.
+        fn app_guest_digest(&self) -> String {
+            crate::guest_binaries::GuestBinaries::scan(&self.dir.path().join("guest")).served[0]
+                .sha256
+                .clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn only_known_guest_builds_are_served() {
+        let (f, _) = guest_fixture();
+        std::fs::write(f.dir.path().join("guest/secret"), b"not for guests").unwrap();
+        for path in [
+            "/v1/guest/kubevirt-imds-guest-linux-arm64",
+            "/v1/guest/kubevirt-imds-guest-linux-arm64.sha256",
+            "/v1/guest/secret",
+            "/v1/guest/..%2ftoken",
+            "/v1/guest/kubevirt-imds-guest-linux-amd64.sha256.sha256",
+            "/v1/guest/KUBEVIRT-IMDS-GUEST-LINUX-AMD64",
+            "/v1/guest/.sha256",
+        ] {
+            let (status, response) = call(&f.app, Method::GET, path, &[MD]).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            let body = json(response).await;
+            assert_eq!(body["error"], "guest_binary_not_found", "{path}");
+            assert!(
+                body["message"].as_str().unwrap().contains("served: kubevirt-imds-guest-linux-amd64"),
+                "{body}"
+            );
+        }
+        for path in ["/v1/guest/a/b", "/v1/guest/%2e%2e/token", "/v1/guest/../token"] {
+            let (status, response) = call(&f.app, Method::GET, path, &[MD]).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert!(!text(response).await.contains("eyJ"), "{path}");
+        }
+        let (status, response) = call(&f.app, Method::GET, AMD64, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "the Metadata header is required");
+        assert_eq!(json(response).await["error"], "metadata_header_missing");
+        let (status, _) = call(&f.app, Method::POST, AMD64, &[MD]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn a_guest_build_changed_after_start_is_refused() {
+        let (f, _) = guest_fixture();
+        std::fs::write(f.dir.path().join("guest/kubevirt-imds-guest-linux-amd64"), b"replaced").unwrap();
+        let (status, response) = call(&f.app, Method::GET, AMD64, &[MD]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(response).await["error"], "guest_binary_unavailable");
+        std::fs::remove_file(f.dir.path().join("guest/kubevirt-imds-guest-linux-amd64")).unwrap();
+        let (status, _) = call(&f.app, Method::GET, AMD64, &[MD]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn an_image_without_builds_says_so() {
+        let f = fixture();
+        let (status, response) = call(&f.app, Method::GET, AMD64, &[MD]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(json(response).await["message"].as_str().unwrap().contains("carries none"));
+        let (_, response) = call(&f.app, Method::GET, "/v1/guest", &[MD]).await;
+        assert_eq!(json(response).await, serde_json::json!([]));
     }
 }
