@@ -55,14 +55,18 @@ pub(crate) fn require_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
 pub mod guest_helper {
     use std::path::PathBuf;
 
-    /// `IMDS_GUEST_BINARIES_DIR` (set by `cargo xtask test`), else
-    /// `target/guest-binaries`; every one of `imds_api::GUEST_BINARIES` must be there.
+    /// Where `cargo xtask test` says the builds are. Not the sidecar's own
+    /// `IMDS_GUEST_BINARIES_DIR`: every sidecar the tests start would
+    /// inherit that and hash the builds at start; the tests that want them
+    /// served pass `--guest-binaries-dir`.
+    pub const ENV: &str = "IMDS_TEST_GUEST_BINARIES";
+
+    /// [`ENV`], else `target/guest-binaries`; every one of
+    /// `imds_api::GUEST_BINARIES` must be there.
     pub fn binaries_dir() -> PathBuf {
-        let dir = std::env::var_os(imds_common::contract::ENV_GUEST_BINARIES_DIR)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-binaries")
-            });
+        let dir = std::env::var_os(ENV).map(PathBuf::from).unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-binaries")
+        });
         for b in imds_api::GUEST_BINARIES {
             assert!(
                 dir.join(b.name).is_file(),

@@ -182,12 +182,21 @@ fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
 
     let (seen, missing, reads) = reader.finish();
     assert_eq!(missing, 0, "the token file was missing for {missing} of {reads} reads");
-    assert_eq!(seen, [first.clone(), second, third], "reads saw something else than the three whole tokens");
+    assert_eq!(
+        seen,
+        [first.clone(), second, third.clone()],
+        "reads saw something else than the three whole tokens"
+    );
     let versions = std::fs::read_dir(&k8s).unwrap().filter(|e| {
         let name = e.as_ref().unwrap().file_name();
         name.to_string_lossy().starts_with("..2")
     });
     assert_eq!(versions.count(), 1, "old versions are removed");
+    // Files removed behind its back come back at the next refresh, even
+    // with the same token.
+    std::fs::remove_dir_all(&k8s).unwrap();
+    let restored = wait_until(Duration::from_secs(TTL + 10), || holds(&third));
+    assert!(restored, "the removed files were not written again:\n{}", logs(&helper, &imds));
     assert!(helper.is_running(), "the helper exited:\n{}", helper.log());
     assert!(!helper.log().contains(&first), "a token reached the helper's log");
 }

@@ -34,10 +34,6 @@ pub struct Binaries {
     pub guest_dir: PathBuf,
 }
 
-/// The environment variable that points the harness (and so every sidecar
-/// it starts) at [`Binaries::guest_dir`].
-pub const GUEST_BINARIES_ENV: &str = imds_common::contract::ENV_GUEST_BINARIES_DIR;
-
 /// Builds the eBPF object, then every binary (the agent embeds the object).
 /// `--release` builds the sidecar with the `sidecar` profile (LTO, small
 /// code: it runs beside every VM, see the workspace Cargo.toml) and the

@@ -16,7 +16,7 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
         .env("IMDS_SIDECAR_BIN", &binaries.sidecar)
         .env("IMDS_AGENT_BIN", &binaries.agent)
         .env("IMDS_WEBHOOK_BIN", &binaries.webhook)
-        .env(build::GUEST_BINARIES_ENV, &binaries.guest_dir);
+        .env(imds_tests::guest_helper::ENV, &binaries.guest_dir);
     // The webhook tests get their certificates from `cargo xtask generate-certs`.
     c.env("IMDS_XTASK_BIN", std::env::current_exe()?);
     // Pods the webhook patched are validated against the Pod schema too.
@@ -57,7 +57,7 @@ pub fn point_harness_at(binaries: &build::Binaries) {
         ("IMDS_SIDECAR_BIN", &binaries.sidecar),
         ("IMDS_AGENT_BIN", &binaries.agent),
         ("IMDS_WEBHOOK_BIN", &binaries.webhook),
-        (build::GUEST_BINARIES_ENV, &binaries.guest_dir),
+        (imds_tests::guest_helper::ENV, &binaries.guest_dir),
     ] {
         // SAFETY: called before the harness starts any thread.
         unsafe { std::env::set_var(var, path) };

@@ -58,9 +58,17 @@ impl Kept {
     }
 }
 
-/// Fetches `kept`'s token and publishes it if it changed; returns the
-/// token's lifetime.
-pub fn refresh(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> Result<Lifetime, RefreshError> {
+/// What a refresh did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The files were (re)written.
+    Written(Lifetime),
+    /// The same token was served and the files still hold it.
+    Unchanged(Lifetime),
+}
+
+/// Fetches `kept`'s token and publishes it unless the files already hold it.
+pub fn refresh(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> Result<Refreshed, RefreshError> {
     let target = &kept.target;
     let audience = match &target.source {
         Source::Default => None,
@@ -71,8 +79,11 @@ pub fn refresh(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> Result<
     if lifetime.is_expired(now) {
         return Err(RefreshError::Expired(served.expiration_timestamp));
     }
-    if kept.written.as_deref() == Some(served.token.as_str()) {
-        return Ok(lifetime);
+    // Unchanged and still in place (someone may have removed the files).
+    let in_place =
+        || projection::read_visible(&target.dir, &target.file).is_ok_and(|t| t == served.token.as_bytes());
+    if kept.written.as_deref() == Some(served.token.as_str()) && in_place() {
+        return Ok(Refreshed::Unchanged(lifetime));
     }
     let owner = ownership::resolve(&target.access)?;
     // Read first: the payloads borrow it.
@@ -100,7 +111,7 @@ pub fn refresh(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> Result<
         }
     }
     kept.written = Some(served.token);
-    Ok(lifetime)
+    Ok(Refreshed::Written(lifetime))
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, RefreshError> {
@@ -134,16 +145,16 @@ fn write_env_file(path: &Path, content: &str, owner: Ownership) -> Result<(), Re
 
 /// Refreshes `kept` and sets when it is due again; logs either way.
 pub fn refresh_and_schedule(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> bool {
-    let before = kept.written.clone();
     match refresh(client, kept, now) {
-        Ok(lifetime) => {
+        Ok(outcome) => {
+            let (Refreshed::Written(lifetime) | Refreshed::Unchanged(lifetime)) = outcome;
             kept.failures = 0;
             let refresh_at = schedule::refresh_point(&lifetime, fastrand::f64());
             let wait = schedule::after_success(&lifetime, refresh_at, now);
             kept.due = now + wait;
             let expires = humantime::format_rfc3339_seconds(lifetime.expires_at).to_string();
             let next = humantime::format_duration(Duration::from_secs(wait.as_secs())).to_string();
-            if before != kept.written {
+            if matches!(outcome, Refreshed::Written(_)) {
                 tracing::info!(
                     target_name = %kept.target.label, path = %kept.target.token_path().display(),
                     expires = %expires, next_refresh_in = %next, "{}", log_lines::WRITTEN

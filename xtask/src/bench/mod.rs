@@ -13,6 +13,7 @@
 mod alternatives;
 mod bpf;
 mod footprint;
+mod guest_helper;
 mod http;
 mod iperf;
 mod logs;
@@ -78,8 +79,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut report = report::Report { machine: machine::describe()?, ..report::Report::default() };
     report.busy.push(("start".into(), machine::Busy::now()));
     type Measure = fn(&Context, &mut report::Report) -> anyhow::Result<()>;
-    let sections: [(Section, &str, Measure); 5] = [
+    let sections: [(Section, &str, Measure); 6] = [
         (Section::Footprint, "footprint", footprint::run),
+        (Section::Guest, "guest helper", guest_helper::run),
         (Section::Http, "HTTP", http::run),
         (Section::Traffic, "traffic", traffic::run),
         (Section::Scale, "scale", scale::run),

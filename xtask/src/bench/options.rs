@@ -43,6 +43,8 @@ pub enum Section {
     Token,
     /// The agent with 1, 10, 100 plumbed pods: memory, CPU, attach latency, pins.
     Scale,
+    /// The guest helper: its builds' sizes, its RSS while it keeps a token, `--once`.
+    Guest,
 }
 
 impl Options {

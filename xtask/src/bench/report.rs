@@ -35,8 +35,22 @@ pub struct Report {
     /// Each program's run time and runs during the BPF statistics run.
     pub per_packet: BTreeMap<&'static str, ProgRun>,
     pub footprint: Footprint,
+    pub guest_helper: GuestHelper,
     pub scale: Vec<ScalePoint>,
     pub token_read: BTreeMap<String, f64>,
+}
+
+/// The guest helper inside a VM (`super::guest_helper`).
+#[derive(Default)]
+pub struct GuestHelper {
+    /// Each static build: name, MiB.
+    pub binaries: Vec<(&'static str, f64)>,
+    /// Keeping one token file, settled (MiB).
+    pub rss: Option<Summary>,
+    pub private: Option<Summary>,
+    pub peak: Option<Summary>,
+    /// `--once`, start to exit, one token (ms).
+    pub once_ms: Option<Summary>,
 }
 
 /// One way of the VM's other traffic, through a plumbed pod and an unplumbed one.
@@ -162,6 +176,7 @@ impl Report {
             self.render_traffic(&mut s);
         }
         self.render_footprint(&mut s);
+        self.render_guest_helper(&mut s);
         if !self.scale.is_empty() {
             self.render_scale(&mut s, options);
         }
@@ -360,6 +375,34 @@ impl Report {
         for (what, v) in singles {
             if let Some(v) = v {
                 let _ = writeln!(s, "| {what} | {v:.1} |");
+            }
+        }
+        s.push('\n');
+    }
+
+    fn render_guest_helper(&self, s: &mut String) {
+        let g = &self.guest_helper;
+        if g.binaries.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "### The guest helper (`kubevirt-imds-guest`)\n\n\
+             The x86_64 build keeping the default token in a namespace whose 169.254.169.254:80 is the \
+             release sidecar's `serve`; a fresh helper per repetition; median (lowest–highest).\n\n| | |\n|---|---|"
+        );
+        for (name, mib) in &g.binaries {
+            let _ = writeln!(s, "| `{name}`, static, stripped (MiB) | {mib:.2} |");
+        }
+        let rows = [
+            ("RSS keeping a token file, settled: VmRSS (MiB)", g.rss, 2),
+            ("… of it private: Private_Dirty (MiB)", g.private, 2),
+            ("RSS peak: VmHWM (MiB)", g.peak, 2),
+            ("`--once`, one token, start to exit (ms)", g.once_ms, 1),
+        ];
+        for (what, v, decimals) in rows {
+            if let Some(v) = v {
+                let _ = writeln!(s, "| {what} | {} |", v.show(decimals));
             }
         }
         s.push('\n');

@@ -13,6 +13,8 @@ use super::{
 const TRAFFIC_MIN_RATIO: f64 = 0.98;
 const SIDECAR_RSS_IDLE_MAX_MIB: f64 = 4.0;
 const SIDECAR_PRIVATE_MAX_MIB: f64 = 2.0;
+/// The guest helper, each build and its peak RSS.
+const GUEST_HELPER_MAX_MIB: f64 = 2.0;
 /// One pod on the node, median.
 const ATTACH_MAX_MS: f64 = 100.0;
 /// At the largest pod count (the is 100), p99.
@@ -57,6 +59,21 @@ pub fn rows(report: &Report) -> Vec<Target> {
             format!("sidecar private ≤ {SIDECAR_PRIVATE_MAX_MIB} MiB"),
             format!("{:.2} MiB", private.median),
             private.median <= SIDECAR_PRIVATE_MAX_MIB,
+        ));
+    }
+    let g = &report.guest_helper;
+    for (name, mib) in &g.binaries {
+        rows.push(target(
+            format!("guest helper `{name}` ≤ {GUEST_HELPER_MAX_MIB} MiB"),
+            format!("{mib:.2} MiB"),
+            *mib <= GUEST_HELPER_MAX_MIB,
+        ));
+    }
+    if let Some(peak) = g.peak {
+        rows.push(target(
+            format!("guest helper RSS peak ≤ {GUEST_HELPER_MAX_MIB} MiB"),
+            format!("{:.2} MiB", peak.max),
+            peak.max <= GUEST_HELPER_MAX_MIB,
         ));
     }
     if let Some(ms) = f.attach_ms {
