@@ -29,15 +29,40 @@ const ROLE: &str = "arn:aws:iam::111122223333:role/vm-reader";
 /// Short enough that the helper refreshes within the test (at 80–85 %).
 const TTL: u64 = 10;
 
-fn sidecar_args(guest_dir: &Path) -> Vec<String> {
-    vec![
-        "--token-audience".into(),
-        "sts.amazonaws.com,vault".into(),
-        "--aws-role-arn".into(),
-        ROLE.into(),
-        "--guest-binaries-dir".into(),
-        guest_dir.display().to_string(),
-    ]
+/// The IMDS of one pod for a namespace guest: the sidecar serving `files`
+/// (a kubelet-style volume) with `args`, and the guest helper's builds.
+/// Fields drop in order: the processes before the namespaces.
+struct Served {
+    imds: Imds,
+    volume: ProjectedVolume,
+    dir: tempfile::TempDir,
+    layout: PodLayout,
+    builds: PathBuf,
+}
+
+impl Served {
+    fn start(binding: Binding, files: &[(&str, &[u8])], args: &[&str]) -> Self {
+        let builds = imds_tests::guest_helper::binaries_dir();
+        let layout = PodLayout::build(binding, GuestKind::Namespace).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let volume = ProjectedVolume::new(&dir.path().join("volume")).unwrap();
+        volume.publish_files(files).unwrap();
+        let builds_arg = builds.to_str().unwrap().to_owned();
+        let args: Vec<&str> = args.iter().copied().chain(["--guest-binaries-dir", &builds_arg]).collect();
+        let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
+        imds.wait_until_guest_attached().unwrap();
+        Self { imds, volume, dir, layout, builds }
+    }
+
+    /// The build for `imds_api::GUEST_BINARIES[index]`.
+    fn build(&self, index: usize) -> PathBuf {
+        self.builds.join(imds_api::GUEST_BINARIES[index].name)
+    }
+
+    /// The x86_64 build, to run in the guest.
+    fn helper(&self) -> Command {
+        self.layout.guest().command(self.build(0).to_str().unwrap())
+    }
 }
 
 /// Whether `done` became true within `timeout`.
@@ -93,11 +118,6 @@ impl Reader {
 fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
     let _serial = exclusive();
     require_root();
-    let guest_dir = imds_tests::guest_helper::binaries_dir();
-    let helper = guest_dir.join(imds_api::GUEST_BINARIES[0].name);
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("volume")).unwrap();
     let fresh = |nonce: &str| {
         let now = now_secs();
         jwt_issued(ID.namespace, ID.service_account, now, now + TTL, nonce)
@@ -107,22 +127,20 @@ fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
         jwt(ID.namespace, ID.service_account, EXP, "vault"),
     );
     let first = fresh("first");
-    let publish = |token: &str| {
-        volume
-            .publish_files(&[
-                ("token", token.as_bytes()),
-                ("audience-0", sts.as_bytes()),
-                ("audience-1", vault.as_bytes()),
-            ])
-            .unwrap()
+    // The pod's volume: the default token, and the two audiences' (fixed).
+    let volume_files = |token: &str| {
+        [("token", token.to_owned()), ("audience-0", sts.clone()), ("audience-1", vault.clone())]
     };
-    publish(&first);
-    let args = sidecar_args(&guest_dir);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
-    imds.wait_until_guest_attached().unwrap();
+    fn as_bytes<'a>(f: &'a [(&'static str, String); 3]) -> [(&'static str, &'a [u8]); 3] {
+        f.each_ref().map(|(n, c)| (*n, c.as_bytes()))
+    }
+    let args = ["--token-audience", "sts.amazonaws.com,vault", "--aws-role-arn", ROLE];
+    let mut s = Served::start(Binding::Masquerade, &as_bytes(&volume_files(&first)), &args);
+    let publish = |volume: &ProjectedVolume, token: &str| {
+        volume.publish_files(&as_bytes(&volume_files(token))).unwrap()
+    };
 
-    let root = dir.path().join("guest-root");
+    let root = s.dir.path().join("guest-root");
     let (k8s, aws, vault_dir) = (root.join("k8s-sa"), root.join("eks-sa"), root.join("vault"));
     let env_file = root.join("etc/aws.env");
     let config = root.join("guest.toml");
@@ -139,12 +157,12 @@ fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
         ),
     )
     .unwrap();
-    let mut command = layout.guest().command(helper.to_str().unwrap());
+    let mut command = s.helper();
     command.arg("--config").arg(&config).arg("--verbose");
     let mut helper = Process::spawn("guest-helper", command).unwrap();
     let token_path = k8s.join("token");
     let written = wait_until(Duration::from_secs(20), || token_path.exists());
-    assert!(written, "no token file:\n{}", logs(&helper, &imds));
+    assert!(written, "no token file:\n{}", logs(&helper, &s.imds));
     let reader = Reader::start(token_path.clone());
 
     // The layout a pod's projected volume has, and what goes beside the token.
@@ -165,20 +183,20 @@ fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
     // The kubelet rotates the pod's token: the helper follows at 80–85 %
     // of the first one's lifetime.
     let second = fresh("second");
-    publish(&second);
+    publish(&s.volume, &second);
     let holds = |t: &str| std::fs::read_to_string(&token_path).is_ok_and(|c| c == t);
     let rotated = wait_until(Duration::from_secs(TTL + 10), || holds(&second));
-    assert!(rotated, "the rotation was not followed:\n{}", logs(&helper, &imds));
+    assert!(rotated, "the rotation was not followed:\n{}", logs(&helper, &s.imds));
 
     // The sidecar goes away: the refresh fails, the file stays as it was.
-    imds.kill_sidecar().unwrap();
+    s.imds.kill_sidecar().unwrap();
     helper.wait_for_log(log_lines::REFRESH_FAILED, Duration::from_secs(TTL + 10)).unwrap();
     assert!(holds(&second), "a failed refresh changed the file");
     let third = fresh("third");
-    publish(&third);
-    imds.restart_sidecar(&layout.pod).unwrap();
+    publish(&s.volume, &third);
+    s.imds.restart_sidecar(&s.layout.pod).unwrap();
     let recovered = wait_until(Duration::from_secs(30), || holds(&third));
-    assert!(recovered, "no token after the outage:\n{}", logs(&helper, &imds));
+    assert!(recovered, "no token after the outage:\n{}", logs(&helper, &s.imds));
 
     let (seen, missing, reads) = reader.finish();
     assert_eq!(missing, 0, "the token file was missing for {missing} of {reads} reads");
@@ -196,7 +214,7 @@ fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
     // with the same token.
     std::fs::remove_dir_all(&k8s).unwrap();
     let restored = wait_until(Duration::from_secs(TTL + 10), || holds(&third));
-    assert!(restored, "the removed files were not written again:\n{}", logs(&helper, &imds));
+    assert!(restored, "the removed files were not written again:\n{}", logs(&helper, &s.imds));
     assert!(helper.is_running(), "the helper exited:\n{}", helper.log());
     assert!(!helper.log().contains(&first), "a token reached the helper's log");
 }
@@ -205,31 +223,15 @@ fn the_helper_keeps_kubelet_style_files_through_rotation_and_an_outage() {
 fn once_writes_every_token_and_says_why_when_it_cannot() {
     let _serial = exclusive();
     require_root();
-    let guest_dir = imds_tests::guest_helper::binaries_dir();
-    let helper = guest_dir.join(imds_api::GUEST_BINARIES[0].name);
-    let layout = PodLayout::build(Binding::Bridge, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("volume")).unwrap();
     let token = jwt(ID.namespace, ID.service_account, EXP, "once");
-    volume.publish(&token).unwrap();
-    let args = ["--guest-binaries-dir", guest_dir.to_str().unwrap()];
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
-    imds.wait_until_guest_attached().unwrap();
+    let s = Served::start(Binding::Bridge, &[("token", token.as_bytes())], &[]);
     let run = |config: &str, extra: &[&str]| {
-        let path = dir.path().join("guest.toml");
+        let path = s.dir.path().join("guest.toml");
         std::fs::write(&path, config).unwrap();
-        let out = layout
-            .guest()
-            .command(helper.to_str().unwrap())
-            .arg("--once")
-            .arg("--config")
-            .arg(&path)
-            .args(extra)
-            .output()
-            .unwrap();
+        let out = s.helper().arg("--once").arg("--config").arg(&path).args(extra).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let k8s = dir.path().join("sa");
+    let k8s = s.dir.path().join("sa");
     let (code, log) = run(&format!("[kubernetes]\ndir = \"{}\"", k8s.display()), &[]);
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(std::fs::read_to_string(k8s.join("token")).unwrap(), token);
@@ -254,7 +256,8 @@ fn once_writes_every_token_and_says_why_when_it_cannot() {
     // a private tmpfs so the host's stays untouched.
     let snippet = cloud_init_snippet();
     let install = snippet["runcmd"][0][2].as_str().expect("the install script");
-    let installed = layout
+    let installed = s
+        .layout
         .guest()
         .command("unshare")
         .args(["--mount", "sh", "-c", "mount -t tmpfs imds-test /usr/local/bin && sh -c \"$1\" && /usr/local/bin/kubevirt-imds-guest --version", "sh"])
@@ -265,7 +268,6 @@ fn once_writes_every_token_and_says_why_when_it_cannot() {
     assert!(installed.status.success(), "{said}{}", String::from_utf8_lossy(&installed.stderr));
     assert!(said.contains("kubevirt-imds-guest-linux-amd64: OK"), "{said}");
     assert!(said.contains(concat!("kubevirt-imds-guest ", env!("CARGO_PKG_VERSION"))), "{said}");
-    drop(imds);
 }
 
 /// The arm64 build is a working program too (run by qemu-user), and talks
@@ -274,21 +276,16 @@ fn once_writes_every_token_and_says_why_when_it_cannot() {
 fn the_arm64_build_writes_the_token_under_qemu_user() {
     let _serial = exclusive();
     require_root();
-    let guest_dir = imds_tests::guest_helper::binaries_dir();
-    let arm64 = guest_dir.join(imds_api::GUEST_BINARIES[1].name);
+    let token = jwt(ID.namespace, ID.service_account, EXP, "arm64");
+    let s = Served::start(Binding::Masquerade, &[("token", token.as_bytes())], &[]);
+    let arm64 = s.build(1);
     let file = imds_tests::netns::run(Command::new("file").arg(&arm64)).unwrap();
     assert!(file.contains("ARM aarch64") && file.contains("statically linked"), "{file}");
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("volume")).unwrap();
-    let token = jwt(ID.namespace, ID.service_account, EXP, "arm64");
-    volume.publish(&token).unwrap();
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &[]).unwrap();
-    imds.wait_until_guest_attached().unwrap();
-    let k8s = dir.path().join("sa");
-    let config = dir.path().join("guest.toml");
+    let k8s = s.dir.path().join("sa");
+    let config = s.dir.path().join("guest.toml");
     std::fs::write(&config, format!("[kubernetes]\ndir = \"{}\"", k8s.display())).unwrap();
-    let out = layout
+    let out = s
+        .layout
         .guest()
         .command("qemu-aarch64-static")
         .arg(&arm64)
@@ -337,19 +334,17 @@ print(account.metadata.name)
 fn botocore_and_the_kubernetes_client_read_the_helpers_files() {
     let _serial = exclusive();
     require_root();
-    let guest_dir = imds_tests::guest_helper::binaries_dir();
-    let helper = guest_dir.join(imds_api::GUEST_BINARIES[0].name);
-    let layout = PodLayout::build(Binding::Masquerade, GuestKind::Namespace).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let volume = ProjectedVolume::new(&dir.path().join("volume")).unwrap();
     let (api, sts) = (
         jwt(ID.namespace, ID.service_account, EXP, "api"),
         jwt(ID.namespace, ID.service_account, EXP, "sts"),
     );
-    volume.publish_files(&[("token", api.as_bytes()), ("audience-0", sts.as_bytes())]).unwrap();
-    let args = ["--token-audience", "sts.amazonaws.com", "--aws-role-arn", ROLE];
-    let mut imds = Imds::start(&layout.pod, &ID, volume.dir(), &args).unwrap();
-    imds.wait_until_guest_attached().unwrap();
+    let files = [("token", api.as_bytes()), ("audience-0", sts.as_bytes())];
+    let s = Served::start(
+        Binding::Masquerade,
+        &files,
+        &["--token-audience", "sts.amazonaws.com", "--aws-role-arn", ROLE],
+    );
+    let (dir, layout) = (&s.dir, &s.layout);
 
     // The API server's CA, which the user gives the helper to copy in.
     let api_tls = dir.path().join("api-tls");
@@ -368,14 +363,7 @@ fn botocore_and_the_kubernetes_client_read_the_helpers_files() {
         ),
     )
     .unwrap();
-    let out = layout
-        .guest()
-        .command(helper.to_str().unwrap())
-        .arg("--once")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = s.helper().arg("--once").arg("--config").arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(k8s.join("ca.crt")).unwrap(), std::fs::read(api_tls.join("ca.crt")).unwrap());
 

@@ -133,14 +133,14 @@ struct Pod {
 
 /// The sidecar gets the key Secrets the VMI webhook recorded, as the pod
 /// webhook mounts them.
-fn pod(flavor: Flavor, vmi: &Value) -> Pod {
+fn pod(flavor: Flavor, vmi: &Value, user_data: &str, extra_args: &[&str]) -> Pod {
     let instance_id = instance_id(vmi);
     let layout = PodLayout::build(Binding::Masquerade, GuestKind::Tap).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = ProjectedVolume::new(&dir.path().join("tokens")).unwrap();
     tokens.publish(&jwt(ID.namespace, ID.service_account, EXP, "stock")).unwrap();
     let secret = ProjectedVolume::new(&dir.path().join("user-data")).unwrap();
-    secret.publish_files(&[("userdata", user_data().as_bytes())]).unwrap();
+    secret.publish_files(&[("userdata", user_data.as_bytes())]).unwrap();
     let user_data_dir = secret.dir().to_str().unwrap().to_owned();
     let keys = ProjectedVolume::new(&dir.path().join(format!("{ACCESS_SECRET}-access-cred"))).unwrap();
     keys.publish_files(&[("key", format!("{ACCESS_KEY}\n").as_bytes())]).unwrap();
@@ -159,6 +159,7 @@ fn pod(flavor: Flavor, vmi: &Value) -> Pod {
     if recorded.is_some_and(|secrets| secrets == [ACCESS_SECRET]) {
         args.extend(["--ssh-key-dir", &key_dir]);
     }
+    args.extend(extra_args);
     let mut sidecar = Imds::start(&layout.pod, &ID, tokens.dir(), &args).unwrap();
     sidecar.wait_until_guest_attached().unwrap();
 
@@ -200,10 +201,10 @@ struct Run {
 }
 
 /// Boots `release` with the SMBIOS of `vmi` in a fresh pod whose sidecar
-/// serves `flavor`.
-fn boot(release: Release, flavor: Flavor, vmi: &Value) -> Run {
+/// serves `flavor` and `user_data`, with `extra_args`.
+fn boot(release: Release, flavor: Flavor, vmi: &Value, user_data: &str, extra_args: &[&str]) -> Run {
     let image = StockImage::prepare(release, &stock_image::cache_dir().unwrap()).unwrap();
-    let pod = pod(flavor, vmi);
+    let pod = pod(flavor, vmi, user_data, extra_args);
     let smbios = smbios::qemu_args(vmi);
     eprintln!("qemu: {}", smbios.join(" "));
     let booted = image
@@ -281,7 +282,7 @@ fn assert_configured_from_the_imds(release: Release, flavor: Flavor) {
     let _serial = exclusive();
     require_root();
     let vmi = hinted_vmi(flavor);
-    let Run { booted, cloud_init: o, why, pod } = boot(release, flavor, &vmi);
+    let Run { booted, cloud_init: o, why, pod } = boot(release, flavor, &vmi, &user_data(), &[]);
 
     let datasource = o.datasource().unwrap_or_else(|| panic!("cloud-init left no status.json\n{why}"));
     assert_datasource(release, flavor, datasource, &why);
@@ -359,11 +360,67 @@ fn bookworm_ignores_the_user_data_with_the_old_serial() {
     require_root();
     let mut vmi: Value = serde_json::from_str(VMI_FROM_VM).unwrap();
     vmi["spec"]["domain"]["firmware"]["serial"] = json!(OLD_SEED_SERIAL);
-    let Run { booted, cloud_init: o, why, .. } = boot(Release::Bookworm, Flavor::Nocloud, &vmi);
+    let Run { booted, cloud_init: o, why, .. } =
+        boot(Release::Bookworm, Flavor::Nocloud, &vmi, &user_data(), &[]);
     let skipped = o.log_lines(NET_STAGE_SKIPPED);
     assert!(skipped.iter().any(|l| l.contains("in local mode")), "{why}");
     assert_ne!(o.instance_id.as_deref(), Some(instance_id(&vmi).as_str()), "{why}");
     assert_eq!(read(&booted, WRITTEN_FILE), None, "{why}");
     assert_eq!(read(&booted, RUNCMD_MARKER), None, "{why}");
     assert!(!read(&booted, DEFAULT_USER_KEYS).unwrap_or_default().contains(SSH_KEY), "{why}");
+}
+
+/// Where the evidence of the guest helper's install is copied to (on the
+/// disk: `/run` is gone after power-off).
+const HELPER_EVIDENCE: &str = "/root/imds-guest-helper";
+
+/// `deploy/guest/cloud-init.yaml` as the user's whole user-data, plus one
+/// `runcmd` entry of the test's that copies what happened to the disk.
+fn helper_user_data() -> String {
+    let snippet =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/guest/cloud-init.yaml"))
+            .unwrap();
+    assert!(
+        snippet.trim_end().ends_with("kubevirt-imds-guest.service]"),
+        "runcmd must stay the snippet's last key"
+    );
+    let e = HELPER_EVIDENCE;
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    format!(
+        "{}\n  - [sh, -c, 'sleep 3; mkdir -p {e}; cp -L {sa}/token {sa}/namespace {e}/; ls -la {sa}/ > {e}/layout; \
+         systemctl is-active kubevirt-imds-guest > {e}/active; systemctl is-enabled kubevirt-imds-guest > {e}/enabled; \
+         journalctl -u kubevirt-imds-guest --no-pager > {e}/journal 2>&1; /usr/local/bin/kubevirt-imds-guest --version > {e}/version']\n",
+        snippet.trim_end()
+    )
+}
+
+/// The cloud-init snippet of `deploy/guest/` in a stock Debian 12 image:
+/// cloud-init downloads the helper from the IMDS, checks its digest,
+/// installs it, writes the token once and enables the systemd unit, which
+/// systemd then runs.
+#[test]
+fn bookworm_installs_the_guest_helper_from_the_snippet() {
+    let _serial = exclusive();
+    require_root();
+    let vmi = hinted_vmi(Flavor::Nocloud);
+    let guest_binaries = imds_tests::guest_helper::binaries_dir();
+    let args = ["--guest-binaries-dir", guest_binaries.to_str().unwrap()];
+    let Run { booted, cloud_init: o, why, .. } =
+        boot(Release::Bookworm, Flavor::Nocloud, &vmi, &helper_user_data(), &args);
+    assert_eq!(o.errors(), Vec::<String>::new(), "{why}");
+    let evidence = |name: &str| read(&booted, &format!("{HELPER_EVIDENCE}/{name}"));
+    let journal = evidence("journal").unwrap_or_default();
+    let token = jwt(ID.namespace, ID.service_account, EXP, "stock");
+    assert_eq!(evidence("token").as_deref(), Some(token.as_str()), "{why}\njournal:\n{journal}");
+    assert_eq!(evidence("namespace").as_deref(), Some(ID.namespace));
+    assert_eq!(evidence("active").as_deref().map(str::trim), Some("active"), "{journal}");
+    assert_eq!(evidence("enabled").as_deref().map(str::trim), Some("enabled"), "{journal}");
+    assert!(journal.contains(imds_guest::log_lines::WRITTEN), "the service wrote nothing:\n{journal}");
+    assert!(
+        evidence("version")
+            .is_some_and(|v| v.contains(concat!("kubevirt-imds-guest ", env!("CARGO_PKG_VERSION")))),
+        "{why}"
+    );
+    let layout = evidence("layout").unwrap_or_default();
+    assert!(layout.contains("token -> ..data/token"), "{layout}");
 }

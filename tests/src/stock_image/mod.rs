@@ -24,7 +24,7 @@ use crate::{netns::run, require_tools, vm::find_kernel};
 
 /// Bump whenever what goes into an image changes: cached images of another
 /// format are rebuilt (and removed).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The environment variable `cargo xtask test` sets to the image cache.
 pub const CACHE_DIR_ENV: &str = "IMDS_STOCK_IMAGE_CACHE";

@@ -33,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "netbase",
     "iproute2",
     "sudo",
+    // Debian's cloud images carry curl; deploy/guest/cloud-init.yaml
+    // downloads the guest helper with it.
+    "curl",
 ];
 
 /// How each release's network comes up.

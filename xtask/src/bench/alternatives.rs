@@ -78,7 +78,7 @@ pub fn set_up(layout: &PodLayout, bench: &Bench) -> anyhow::Result<Alternatives>
 }
 
 /// `kubevirt-imds-sidecar serve` (the same API and limits, no data path) in `ns`.
-fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -> anyhow::Result<Background> {
+pub(super) fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -> anyhow::Result<Background> {
     let server = ns.spawn(
         binary.to_str().context("binary path")?,
         &[

@@ -5,16 +5,15 @@
 //! elsewhere; this is the helper alone).
 
 use std::{
-    path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, ensure};
-use imds_tests::netns::{Background, Netns};
+use imds_tests::netns::Netns;
 
 use super::{
-    Context as Bench, ID,
+    Context as Bench,
     procfs::Memory,
     report::{GuestHelper, Report},
     stats::Summary,
@@ -28,7 +27,8 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     }
     let vm = Netns::new("bench-guest")?;
     vm.ip(&format!("addr add {}/32 dev lo", imds_common::contract::IMDS_IP))?;
-    let _imds = serve(&vm, &bench.binaries.sidecar, bench.volume.dir())?;
+    let listen = format!("{}:80", imds_common::contract::IMDS_IP);
+    let _imds = super::alternatives::serve(&vm, &bench.binaries.sidecar, &listen, bench.volume.dir())?;
     let helper = bench.binaries.guest_dir.join(imds_api::GUEST_BINARIES[0].name);
     let (mut rss, mut private, mut peak, mut once_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..bench.options.repetitions() {
@@ -77,26 +77,4 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     g.once_ms = Summary::of(&once_ms);
     report.guest_helper = g;
     Ok(())
-}
-
-/// The sidecar's `serve` on the IMDS address inside `vm`, once it answers.
-fn serve(vm: &Netns, sidecar: &Path, token_dir: &Path) -> anyhow::Result<Background> {
-    let mut c = vm.command(sidecar.to_str().context("path")?);
-    c.args(["serve", "--listen", &format!("{}:80", imds_common::contract::IMDS_IP)])
-        .args([
-            "--namespace",
-            ID.namespace,
-            "--service-account-name",
-            ID.service_account,
-            "--vm-name",
-            ID.vm_name,
-        ])
-        .arg("--token-dir")
-        .arg(token_dir);
-    let server = Background::spawn(c)?;
-    super::wait_for(
-        || vm.sh(&format!("curl -sf -m 1 http://{}/healthz", imds_common::contract::IMDS_IP)).is_ok(),
-        "the sidecar serving",
-    )?;
-    Ok(server)
 }

@@ -161,20 +161,29 @@ mod tests {
 
     fn fixture_with(default_token: bool, audiences: &[&str], aws: Option<AwsRole>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let token_path = dir.path().join("token");
         let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
         let state = ImdsState {
+            tokens: TokenSet::new(dir.path(), default_token, &audiences),
+            aws,
+            ..state(dir.path(), cloud_state(&[], contract::Imdsv2::Optional, None))
+        };
+        Fixture { app: router(Arc::new(state)), token_path: dir.path().join("token"), dir }
+    }
+
+    /// The VM `fedora-1` in `vms`: the default token from `dir/token`, no
+    /// AWS role, no guest builds, `cloud` as given.
+    fn state(dir: &std::path::Path, cloud: cloud::CloudState) -> ImdsState {
+        ImdsState {
             identity: Identity {
                 namespace: "vms".into(),
                 service_account_name: "builder".into(),
                 vm_name: "fedora-1".into(),
             },
-            tokens: TokenSet::new(dir.path(), default_token, &audiences),
-            aws,
-            cloud: cloud_state(&[], contract::Imdsv2::Optional, None),
+            tokens: TokenSet::new(dir, true, &[]),
+            aws: None,
+            cloud,
             guest_binaries: Default::default(),
-        };
-        Fixture { app: router(Arc::new(state)), token_path, dir }
+        }
     }
 
     fn cloud_state(
@@ -195,21 +204,10 @@ mod tests {
     /// An app serving the given flavours, its user-data Secret in `dir/userdata`.
     fn cloud_fixture(flavors: &[contract::Flavor], imdsv2: contract::Imdsv2) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let token_path = dir.path().join("token");
         let data_dir = dir.path().join("userdata-secret");
         std::fs::create_dir(&data_dir).unwrap();
-        let state = ImdsState {
-            identity: Identity {
-                namespace: "vms".into(),
-                service_account_name: "builder".into(),
-                vm_name: "fedora-1".into(),
-            },
-            tokens: TokenSet::new(dir.path(), true, &[]),
-            aws: None,
-            cloud: cloud_state(flavors, imdsv2, Some(&data_dir)),
-            guest_binaries: Default::default(),
-        };
-        Fixture { app: router(Arc::new(state)), token_path, dir }
+        let state = state(dir.path(), cloud_state(flavors, imdsv2, Some(&data_dir)));
+        Fixture { app: router(Arc::new(state)), token_path: dir.path().join("token"), dir }
     }
 
     async fn call(
@@ -651,15 +649,8 @@ mod tests {
         let build: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect();
         std::fs::write(guest.join(imds_api::GUEST_BINARIES[0].name), &build).unwrap();
         let state = ImdsState {
-            identity: Identity {
-                namespace: "vms".into(),
-                service_account_name: "builder".into(),
-                vm_name: "fedora-1".into(),
-            },
-            tokens: TokenSet::new(dir.path(), true, &[]),
-            aws: None,
-            cloud: cloud_state(&[], contract::Imdsv2::Optional, None),
             guest_binaries: crate::guest_binaries::GuestBinaries::scan(&guest),
+            ..state(dir.path(), cloud_state(&[], contract::Imdsv2::Optional, None))
         };
         let token_path = dir.path().join("token");
         (Fixture { app: router(Arc::new(state)), token_path, dir }, build)
