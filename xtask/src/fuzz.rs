@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 use crate::{cmd, setup};
 
 /// The targets, as `tests/fuzz/Cargo.toml` names them.
-pub const TARGETS: [&str; 5] = ["frame_rules", "http_paths", "token_file", "annotations", "admission_review"];
+pub const TARGETS: [&str; 6] =
+    ["frame_rules", "http_paths", "token_file", "annotations", "admission_review", "guest_inputs"];
 
 const FUZZ_DIR: &str = "tests/fuzz";
 
