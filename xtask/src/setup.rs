@@ -55,7 +55,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "nftables",
     "binutils",         // strip, for the binary-size figure
-    "qemu-user-static", // runs the guest helper's arm64 build (tests/tests/guest_helper.rs)
+    // The guest helper's tests (tests/tests/guest_helper.rs): qemu-user runs
+    // its arm64 build, `file` says what a build is, `systemd-analyze`
+    // checks its unit.
+    "qemu-user-static",
+    "file",
+    "systemd",
 ];
 
 /// Installs whatever is missing.
