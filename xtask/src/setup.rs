@@ -54,7 +54,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "nginx",
     "nftables",
-    "binutils",         // strip, for the binary-size figure
+    "binutils", // strip, for the binary-size figure
     // The guest helper's tests (tests/tests/guest_helper.rs): qemu-user runs
     // its arm64 build, `file` says what a build is, `systemd-analyze`
     // checks its unit.

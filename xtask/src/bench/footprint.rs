@@ -24,7 +24,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let [channel, found, listening, ready, rss, anon, private, pss, peak, attach] = &mut samples;
     for i in 0..bench.options.repetitions() {
         let mut pod = node.add_pod()?;
-        node.start_sidecar(&mut pod, bench.volume.dir())?;
+        node.start_sidecar(&mut pod, bench.volume.dir(), &bench.binaries.guest_dir)?;
         pod.wait_ready(READY_TIMEOUT)?;
         let log = pod.sidecar_log();
         channel.push(pod.since_start_ms(&log, &[LOG_CHANNEL_LISTENING])?);

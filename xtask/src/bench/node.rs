@@ -91,9 +91,17 @@ impl BenchNode {
     }
 
     /// Starts `pod`'s sidecar (returns at once; see [`BenchPod::wait_ready`]).
-    pub fn start_sidecar(&self, pod: &mut BenchPod, token_dir: &Path) -> anyhow::Result<()> {
+    /// The sidecar as the image runs it: it serves the guest helper's
+    /// builds in `guest_binaries` (and so hashes them at start).
+    pub fn start_sidecar(
+        &self,
+        pod: &mut BenchPod,
+        token_dir: &Path,
+        guest_binaries: &Path,
+    ) -> anyhow::Result<()> {
         pod.started = SystemTime::now();
-        pod.sidecar = Some(Sidecar::start(&pod.netns, &pod.kubelet, &ID, token_dir, &[])?);
+        let args = ["--guest-binaries-dir", guest_binaries.to_str().context("guest binaries path")?];
+        pod.sidecar = Some(Sidecar::start(&pod.netns, &pod.kubelet, &ID, token_dir, &args)?);
         Ok(())
     }
 

@@ -364,7 +364,8 @@ impl Report {
         let _ = writeln!(
             s,
             "### Footprint of one VM's sidecar\n\n\
-             A fresh pod per repetition (namespace, bridge, TAP, the sidecar as uid 107 in the pod's cgroup), \
+             A fresh pod per repetition (namespace, bridge, TAP, the sidecar as uid 107 in the pod's cgroup, \
+             serving the guest helper's builds as the image does), \
              alone on a node whose agent scans at its default interval; median (lowest–highest).\n\n| | |\n|---|---|"
         );
         for (what, v, decimals) in rows {

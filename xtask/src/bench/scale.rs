@@ -37,7 +37,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         let cpu_before = cpu_ticks(agent)?;
         let started = Instant::now();
         for pod in &mut batch {
-            node.start_sidecar(pod, bench.volume.dir())?;
+            node.start_sidecar(pod, bench.volume.dir(), &bench.binaries.guest_dir)?;
         }
         let deadline = started + READY_BASE + READY_PER_POD * batch.len() as u32;
         for pod in &mut batch {
