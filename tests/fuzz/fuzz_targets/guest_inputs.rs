@@ -33,7 +33,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let (identity, aws) = text.split_once('\n').unwrap_or((text, ""));
             let Ok(identity) = serde_json::from_str::<IdentityResponse>(identity) else { return };
             let aws = serde_json::from_str::<AwsRole>(aws).ok();
-            let Ok(config) = Config::parse("[[audience]]\naudience = \"vault\"\ndir = \"/run/vault\"") else { return };
+            let Ok(config) = Config::parse("[[audience]]\naudience = \"vault\"\ndir = \"/run/vault\"") else {
+                return;
+            };
             if let Ok(kept) = targets::resolve(&config, &identity, aws.as_ref()) {
                 for t in kept {
                     for extra in &t.extras {
