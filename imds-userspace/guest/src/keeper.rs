@@ -114,15 +114,16 @@ pub fn refresh(client: &ImdsClient, kept: &mut Kept, now: SystemTime) -> Result<
     Ok(Refreshed::Written(lifetime))
 }
 
+/// At most [`MAX_CA_FILE`] bytes, however the file grows while it is read.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, RefreshError> {
+    use std::io::Read as _;
     let err = |source| RefreshError::CaFile { path: path.display().to_string(), source };
-    let len = std::fs::metadata(path).map_err(err)?.len();
-    if len > MAX_CA_FILE {
-        return Err(err(std::io::Error::other(format!(
-            "{len} bytes, more than a CA bundle ({MAX_CA_FILE})"
-        ))));
+    let mut content = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_CA_FILE + 1).read_to_end(&mut content)).map_err(err)?;
+    if content.len() as u64 > MAX_CA_FILE {
+        return Err(err(std::io::Error::other(format!("more than a CA bundle's {MAX_CA_FILE} bytes"))));
     }
-    std::fs::read(path).map_err(err)
+    Ok(content)
 }
 
 /// Replaced by rename, and only when its content changes.
@@ -204,5 +205,39 @@ pub fn once(client: &ImdsClient, mut pending: Vec<Kept>, deadline: SystemTime) -
         }
         let now = SystemTime::now();
         std::thread::sleep(next.duration_since(now).unwrap_or_default().min(MAX_SLEEP));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_is_read_whole_up_to_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert_eq!(read_bounded(&ca).unwrap(), b"-----BEGIN CERTIFICATE-----\n");
+        std::fs::write(&ca, vec![b'x'; MAX_CA_FILE as usize + 1]).unwrap();
+        let e = read_bounded(&ca).unwrap_err().to_string();
+        assert!(e.contains("ca.crt") && e.contains("more than a CA bundle"), "{e}");
+        let e = read_bounded(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn the_env_file_is_replaced_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join("run/kubevirt-imds/aws.env");
+        write_env_file(&env, "A=1\n", Ownership::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(&env).unwrap(), "A=1\n");
+        let before = std::fs::metadata(&env).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        write_env_file(&env, "A=1\n", Ownership::default()).unwrap();
+        assert_eq!(std::fs::metadata(&env).unwrap().modified().unwrap(), before, "rewritten unchanged");
+        write_env_file(&env, "A=2\n", Ownership::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(&env).unwrap(), "A=2\n");
+        let leftovers = std::fs::read_dir(env.parent().unwrap()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file left behind");
     }
 }
