@@ -1,7 +1,10 @@
 //! The HTTP API of the IMDS, as the server (`imds-sidecar`) and its clients
 //! in this workspace (`kubevirt-imds-guest`) see it: one definition of each
-//! path, header and response body. Nothing but serde: the guest helper,
-//! which runs inside every VM that wants token files, links this crate.
+//! path, header and response body, and of the token claims both act on
+//! ([`jwt`]). Small on purpose (serde, base64): the guest helper, which runs
+//! inside every VM that wants token files, links this crate.
+
+pub mod jwt;
 
 use serde::{Deserialize, Serialize};
 

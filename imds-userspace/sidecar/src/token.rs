@@ -14,23 +14,11 @@ use std::{
     io::{self, Read},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
-
-use base64::{
-    Engine as _,
-    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
-};
-use serde::Deserialize;
 
 /// A projected token is about 1 KiB; anything far larger is not one.
 pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
-
-/// JWTs are unpadded base64url (RFC 7515), but tolerate padding.
-const BASE64URL: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -44,19 +32,7 @@ pub enum TokenError {
     NotAJwt { path: PathBuf, reason: JwtError },
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum JwtError {
-    #[error("it is not three dot-separated base64url segments")]
-    Shape,
-    #[error("its payload is not base64url")]
-    PayloadEncoding,
-    #[error("its payload is not a JSON object")]
-    PayloadJson,
-    #[error("its payload has no numeric `exp` claim")]
-    MissingExp,
-    #[error("its `exp` claim is out of range")]
-    ExpOutOfRange,
-}
+pub use imds_api::jwt::JwtError;
 
 /// A token as served: the JWT exactly as the kubelet wrote it, and when it
 /// expires according to its own `exp` claim. `Debug` shows the expiry only.
@@ -237,40 +213,17 @@ fn read_token(path: &Path) -> Result<ServiceAccountToken, TokenError> {
     Ok(ServiceAccountToken { jwt, expires_at })
 }
 
-/// The `exp` claim of a compact-serialised JWT. The signature is not
-/// checked: the kubelet wrote the file and the consumer verifies it.
+/// The `exp` claim of a compact-serialised JWT (`imds_api::jwt`, which
+/// the guest helper reads tokens with too).
 pub fn jwt_expiry(jwt: &str) -> Result<SystemTime, JwtError> {
-    let mut segments = jwt.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (segments.next(), segments.next(), segments.next(), segments.next())
-    else {
-        return Err(JwtError::Shape);
-    };
-    let is_b64url = |s: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
-    };
-    if !(is_b64url(header) && is_b64url(payload) && is_b64url(signature)) {
-        return Err(JwtError::Shape);
-    }
-    let payload = BASE64URL.decode(payload).map_err(|_| JwtError::PayloadEncoding)?;
-
-    #[derive(Deserialize)]
-    struct Claims {
-        exp: Option<serde_json::Value>,
-    }
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::PayloadJson)?;
-    // NumericDate may carry a fraction (RFC 7519 §2); whole seconds suffice.
-    let exp = claims.exp.as_ref().and_then(serde_json::Value::as_f64).ok_or(JwtError::MissingExp)?;
-    if !(0.0..253_402_300_800.0).contains(&exp) {
-        // Beyond 9999-12-31 cannot be written as RFC 3339.
-        return Err(JwtError::ExpOutOfRange);
-    }
-    Ok(UNIX_EPOCH + Duration::from_secs(exp as u64))
+    imds_api::jwt::claims(jwt).map(|c| c.expires_at)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use base64::Engine as _;
+    use std::time::UNIX_EPOCH;
 
     /// A syntactically real JWT with the given claims (unsigned: signature
     /// bytes are arbitrary, as the IMDS never checks them).
@@ -294,35 +247,6 @@ pub(crate) mod tests {
         assert!(t.is_expired(t.expires_at + EXPIRY_SKEW + Duration::from_secs(1)));
         let debug = format!("{t:?}");
         assert!(!debug.contains("\"x\"") && debug.contains("1970-01-01T00:16:40Z"), "{debug}");
-    }
-
-    #[test]
-    fn fractional_exp_is_accepted() {
-        let jwt = jwt_with_claims(r#"{"exp":1795000000.75}"#);
-        assert_eq!(jwt_expiry(&jwt), Ok(UNIX_EPOCH + Duration::from_secs(1_795_000_000)));
-    }
-
-    #[test]
-    fn non_jwts_are_rejected_with_a_reason() {
-        let cases = [
-            ("", JwtError::Shape),
-            ("abc", JwtError::Shape),
-            ("a.b", JwtError::Shape),
-            ("a.b.c.d", JwtError::Shape),
-            ("a..c", JwtError::Shape),
-            ("a.b c.d", JwtError::Shape),
-            ("a.!!!.c", JwtError::Shape),
-            ("a.Zm9v.c", JwtError::PayloadJson),
-            ("a.A.c", JwtError::PayloadEncoding),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(jwt_expiry(input), Err(expected), "{input:?}");
-        }
-        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"sub":"x"}"#)), Err(JwtError::MissingExp));
-        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":"soon"}"#)), Err(JwtError::MissingExp));
-        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":-1}"#)), Err(JwtError::ExpOutOfRange));
-        assert_eq!(jwt_expiry(&jwt_with_claims(r#"{"exp":1e300}"#)), Err(JwtError::ExpOutOfRange));
-        assert_eq!(jwt_expiry(&jwt_with_claims("[1,2]")), Err(JwtError::PayloadJson));
     }
 
     #[test]
