@@ -2,8 +2,8 @@
 //! serves; the node agent plumbs the pod.
 //!
 //! - What it serves: the HTTP API ([`api`]), the cloud metadata flavours
-//!   ([`cloud`]), the kubelet-projected tokens ([`token`]), the guest
-//!   helper's builds ([`guest_binaries`]).
+//!   ([`cloud`]), the kubelet-projected tokens ([`token`], kept current by
+//!   [`token_watch`]), the guest helper's builds ([`guest_binaries`]).
 //! - Where: [`listen_loop`] waits for the agent's interface ([`interface`])
 //!   and keeps a [`listener`] on it that admits only what the data path
 //!   redirected; [`request_tally`] counts what it answers.
@@ -30,3 +30,4 @@ pub mod metadata;
 pub mod readiness;
 pub mod request_tally;
 pub mod token;
+pub mod token_watch;

@@ -4,18 +4,27 @@
 //! and `..data -> ..<timestamp>/`, never changes a `..<timestamp>` directory
 //! once published, and rotates by writing a new one and renaming `..data`
 //! over the old link. So the target of `..data` names the token's content:
-//! a request that finds it unchanged is served the token parsed last time
-//! (two `readlink`s instead of open, read and parse), and one that finds it
-//! moved reads the new generation. Any other layout (a plain file, as in
-//! development) is read on every request. Either way every request sees the
-//! token the kubelet last published, never a mix of two.
+//! it is read and its `GET /v1/token` body built once per generation
+//! ([`PreparedToken`]). Two ways of noticing a new generation:
+//!
+//! - watched ([`crate::token_watch`]): inotify on the volume reloads the
+//!   generation when `..data` moves, and requests cost no system call;
+//! - unwatched (no inotify, or the last reload failed): each request checks
+//!   the links (two `readlink`s) and reads only a moved generation.
+//!
+//! Any other layout (a plain file, as in development) is read on every
+//! request. Either way every request sees a token the kubelet published,
+//! never a mix of two, and never one expired beyond [`EXPIRY_SKEW`].
 
 use std::{
     io::{self, Read},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime},
 };
+
+use bytes::Bytes;
+use imds_api::TokenResponse;
 
 /// A projected token is about 1 KiB; anything far larger is not one.
 pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
@@ -72,67 +81,146 @@ impl ServiceAccountToken {
 /// The kubelet atomic writer's link to the current generation.
 const DATA_LINK: &str = "..data";
 
+/// A token ready to serve: the token and the exact bytes of its
+/// `GET /v1/token` body, built once per generation. `Debug` shows neither.
+pub struct PreparedToken {
+    pub token: ServiceAccountToken,
+    pub body: Bytes,
+}
+
+impl PreparedToken {
+    pub fn new(token: ServiceAccountToken) -> Self {
+        let response =
+            TokenResponse { token: token.jwt.clone(), expiration_timestamp: token.expiration_timestamp() };
+        // Two strings: serde_json cannot fail on them.
+        let body = serde_json::to_vec(&response).map(Bytes::from).unwrap_or_default();
+        Self { token, body }
+    }
+}
+
+impl std::fmt::Debug for PreparedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedToken").field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
 /// Where the token lives, and the token last read from there. Clones share
 /// the cache.
 #[derive(Debug, Clone)]
 pub struct TokenFile {
     path: PathBuf,
-    last: Arc<Mutex<Option<Generation>>>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// The generation last read through `..data`.
+    last: Option<Generation>,
+    /// Whether a watch on the volume reloads `last` whenever `..data`
+    /// moves, so that requests may trust it without looking at the links.
+    watched: bool,
 }
 
 /// A token and the `..data` target it was read through.
+#[derive(Debug)]
 struct Generation {
     data_target: PathBuf,
-    token: ServiceAccountToken,
+    prepared: Arc<PreparedToken>,
 }
 
-/// Never the JWT: a `{:?}` of the API state must not put a credential in a log.
-impl std::fmt::Debug for Generation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generation")
-            .field("data_target", &self.data_target)
-            .field("expires_at", &self.token.expiration_timestamp())
-            .finish_non_exhaustive()
-    }
+/// Where a load found the token.
+enum Source {
+    /// A kubelet generation, now in the cache.
+    Generation,
+    /// Any other layout, or a generation that could not be read: the path
+    /// as configured, read just now and not cached.
+    Path,
 }
 
 impl TokenFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), last: Arc::default() }
+        Self { path: path.into(), cache: Arc::default() }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The token the kubelet last published. Called inline on the async
-    /// runtime: the volume is a tmpfs and a miss costs about 5 µs, well
+    /// The token the kubelet last published, ready to serve. Watched, with
+    /// a token that has not expired: no system call. Otherwise the links are
+    /// checked and a new generation read. Called inline on the async
+    /// runtime: the volume is a tmpfs, and a miss costs about 5 µs, well
     /// under a `spawn_blocking` hop (20–30 µs here, see BENCHMARKS.md).
+    pub fn prepared(&self, now: SystemTime) -> Result<Arc<PreparedToken>, TokenError> {
+        let mut cache = self.lock();
+        if cache.watched
+            && let Some(generation) = &cache.last
+            && !generation.prepared.token.is_expired(now)
+        {
+            return Ok(generation.prepared.clone());
+        }
+        // An expired token, watched or not, is looked for again: the kubelet
+        // may have published a new one that a watch has not reported yet.
+        self.load(&mut cache).map(|(prepared, _)| prepared)
+    }
+
+    /// The token the kubelet last published (checking the links).
     pub fn read(&self) -> Result<ServiceAccountToken, TokenError> {
-        let Some((data_target, generation_file)) = self.current_generation() else {
-            return read_token(&self.path);
-        };
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cached) = last.as_ref().filter(|g| g.data_target == data_target) {
-            return Ok(cached.token.clone());
-        }
-        // Through the generation's own directory, so the token kept is the
-        // one `data_target` names even if `..data` moves meanwhile.
-        match read_token(&generation_file) {
-            Ok(token) => {
-                *last = Some(Generation { data_target, token: token.clone() });
-                Ok(token)
-            }
-            // Rotated away between the readlink and the open, or broken: the
-            // path as configured tells the truth and names the right file.
-            Err(_) => read_token(&self.path),
-        }
+        let mut cache = self.lock();
+        self.load(&mut cache).map(|(prepared, _)| prepared.token.clone())
+    }
+
+    /// Reloads after a change in the volume (for [`crate::token_watch`]):
+    /// the cache is trusted without checking the links only while it holds
+    /// a kubelet generation read after the last change. Errors are left to
+    /// the requests, which take the slow path and report them.
+    pub fn reload_watched(&self) {
+        let mut cache = self.lock();
+        cache.watched = false;
+        cache.watched = matches!(self.load(&mut cache), Ok((_, Source::Generation)));
+    }
+
+    /// Whether requests are served without looking at the volume.
+    pub fn is_watched(&self) -> bool {
+        self.lock().watched
+    }
+
+    /// Stops trusting the cache without checking the links (the watch ended).
+    pub fn unwatch(&self) {
+        self.lock().watched = false;
     }
 
     /// Opens, reads and parses the file, bypassing the cache (what every
     /// request cost before there was one; kept for the benchmark).
     pub fn read_uncached(&self) -> Result<ServiceAccountToken, TokenError> {
         read_token(&self.path)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slow path: the links checked, the generation read if it moved.
+    fn load(&self, cache: &mut Cache) -> Result<(Arc<PreparedToken>, Source), TokenError> {
+        let uncached = || read_token(&self.path).map(|t| (Arc::new(PreparedToken::new(t)), Source::Path));
+        let Some((data_target, generation_file)) = self.current_generation() else {
+            return uncached();
+        };
+        if let Some(cached) = cache.last.as_ref().filter(|g| g.data_target == data_target) {
+            return Ok((cached.prepared.clone(), Source::Generation));
+        }
+        // Through the generation's own directory, so the token kept is the
+        // one `data_target` names even if `..data` moves meanwhile.
+        match read_token(&generation_file) {
+            Ok(token) => {
+                let prepared = Arc::new(PreparedToken::new(token));
+                cache.last = Some(Generation { data_target, prepared: prepared.clone() });
+                Ok((prepared, Source::Generation))
+            }
+            // Rotated away between the readlink and the open, or broken: the
+            // path as configured tells the truth and names the right file.
+            Err(_) => uncached(),
+        }
     }
 
     /// `..data`'s target and the token's file inside it, if the token is
@@ -276,7 +364,7 @@ pub(crate) mod tests {
     }
 
     /// Publishes `token` the way the kubelet's atomic writer does.
-    fn publish(dir: &Path, generation: &str, token: &str) {
+    pub fn publish(dir: &Path, generation: &str, token: &str) {
         use std::os::unix::fs::symlink;
         std::fs::create_dir(dir.join(generation)).unwrap();
         std::fs::write(dir.join(generation).join("token"), token).unwrap();
@@ -312,6 +400,40 @@ pub(crate) mod tests {
         );
         std::fs::remove_dir_all(dir.path().join("..gen3")).unwrap();
         assert!(matches!(source.read(), Err(TokenError::Missing(_))));
+    }
+
+    #[test]
+    fn watched_the_cache_is_trusted_until_its_token_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = TokenFile::new(dir.path().join("token"));
+        let first = jwt_with_claims(r#"{"exp":1795000000}"#);
+        publish(dir.path(), "..gen1", &first);
+        // What token_watch does after an event (no watch runs here, so a
+        // rotation goes unnoticed: that is what trusting the cache means).
+        source.reload_watched();
+        assert!(source.is_watched());
+        let second = jwt_with_claims(r#"{"exp":1795003600}"#);
+        publish(dir.path(), "..gen2", &second);
+        let before_expiry = UNIX_EPOCH + Duration::from_secs(1795000000);
+        let served = source.prepared(before_expiry).unwrap();
+        assert_eq!(served.token.jwt, first, "served from memory, the links unread");
+        let body: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+        assert_eq!(body, serde_json::json!({"token": first, "expirationTimestamp": "2026-11-18T11:06:40Z"}));
+
+        // Expired beyond the skew: never served from memory, the volume is
+        // looked at again and the new generation found.
+        let expired = before_expiry + EXPIRY_SKEW + Duration::from_secs(1);
+        assert_eq!(source.prepared(expired).unwrap().token.jwt, second);
+        source.reload_watched();
+        assert_eq!(source.prepared(before_expiry).unwrap().token.jwt, second);
+
+        // A reload that finds no kubelet generation stops the trust.
+        std::fs::remove_file(dir.path().join("token")).unwrap();
+        source.reload_watched();
+        assert!(!source.is_watched());
+        assert!(matches!(source.prepared(before_expiry), Err(TokenError::Missing(_))));
+        source.unwatch();
+        assert!(!source.is_watched());
     }
 
     #[test]

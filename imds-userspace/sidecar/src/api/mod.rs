@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::{RawQuery, State},
     http::{HeaderValue, header},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
-use imds_api::{IdentityResponse, TokenResponse};
+use imds_api::IdentityResponse;
 
 use crate::{
     contract,
@@ -37,9 +38,11 @@ pub struct ImdsState {
 }
 
 pub fn router(state: Arc<ImdsState>) -> Router {
+    // Fixed for the life of the sidecar: serialised once.
+    let identity = identity_body(&state);
     let metadata = Router::new()
         .route(imds_api::TOKEN_PATH, get(token))
-        .route(imds_api::IDENTITY_PATH, get(identity))
+        .route(imds_api::IDENTITY_PATH, get(move || std::future::ready(json_body(identity.clone()))))
         .route(imds_api::AWS_PATH, get(aws))
         .merge(guest_downloads::routes())
         .route_layer(middleware::from_fn(guards::require_metadata_header));
@@ -57,13 +60,21 @@ async fn healthz() -> &'static str {
     "OK"
 }
 
-async fn identity(State(state): State<Arc<ImdsState>>) -> Response {
+fn identity_body(state: &ImdsState) -> Bytes {
     let body = IdentityResponse {
         identity: state.identity.clone(),
         audiences: state.tokens.audiences(),
         default_token: state.tokens.default_token().is_some(),
     };
-    Json(body).into_response()
+    // Strings and a bool: serde_json cannot fail on them.
+    serde_json::to_vec(&body).map(Bytes::from).unwrap_or_default()
+}
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A prepared JSON body (a clone of `Bytes` is a reference count).
+fn json_body(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, APPLICATION_JSON)], body).into_response()
 }
 
 async fn aws(State(state): State<Arc<ImdsState>>) -> Response {
@@ -106,18 +117,19 @@ async fn token(State(state): State<Arc<ImdsState>>, RawQuery(query): RawQuery) -
         }
         .into_response();
     };
-    match file.read() {
-        Ok(token) if token.is_expired(std::time::SystemTime::now()) => {
+    let now = std::time::SystemTime::now();
+    match file.prepared(now) {
+        Ok(prepared) if prepared.token.is_expired(now) => {
+            let expired_at = prepared.token.expiration_timestamp();
             tracing::warn!(
                 file = %file.path().display(),
-                expired_at = %token.expiration_timestamp(),
+                %expired_at,
                 "GET /v1/token answered 503: the token file holds an expired token (is the kubelet refreshing it?)"
             );
-            ApiError::TokenExpired { expired_at: token.expiration_timestamp() }.into_response()
+            ApiError::TokenExpired { expired_at }.into_response()
         }
-        Ok(token) => {
-            let body = TokenResponse { expiration_timestamp: token.expiration_timestamp(), token: token.jwt };
-            let mut response = Json(body).into_response();
+        Ok(prepared) => {
+            let mut response = json_body(prepared.body.clone());
             // A credential: no cache along the way may keep it.
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response

@@ -27,7 +27,7 @@ use crate::{
     listen_loop::{ListenLoop, Timing},
     log_lines,
     readiness::SharedReadiness,
-    request_tally,
+    request_tally, token_watch,
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -48,6 +48,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %chain(&e), "token not readable yet; it is answered with 503 until it is");
         }
     }
+    let _watch = token_watch::start_or_warn(&state.tokens);
 
     let readiness = SharedReadiness::default();
     let socket = args.run_dir.join(SOCKET_NAME);

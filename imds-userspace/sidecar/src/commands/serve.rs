@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::{api, cli::ServeArgs, http_server, log_lines};
+use crate::{api, cli::ServeArgs, http_server, log_lines, token_watch};
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -18,7 +18,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     tracing::info!(%listen, "{}", log_lines::LOG_SERVING_PLAIN);
     let stop = CancellationToken::new();
-    let app = api::router(Arc::new(args.api.state()));
+    let state = args.api.state();
+    let _watch = token_watch::start_or_warn(&state.tokens);
+    let app = api::router(Arc::new(state));
     let server = http_server::serve(listener, app, args.api.limits(), http_server::Plain, stop.clone());
     tokio::pin!(server);
     tokio::select! {
