@@ -4,6 +4,8 @@
 //! for a ceiling, nginx answering the same bytes. They use neighbouring
 //! link-local addresses: 169.254.169.254 itself belongs to our path, and
 //! neither DNAT nor a veth costs more or less for the address it serves.
+//! Each server starts on the server CPU of the [`Placement`] when there is
+//! one, and is checked to run there.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
@@ -14,7 +16,12 @@ use imds_tests::{
     topology::{BRIDGE, PodLayout},
 };
 
-use super::{Context as Bench, ID, http::Way, wait_for};
+use super::{
+    Context as Bench, ID,
+    http::Way,
+    pinning::{self, Placement},
+    wait_for,
+};
 
 pub const DNAT_ADDR: &str = "169.254.169.253";
 pub const VETH_ADDR: &str = "169.254.169.252";
@@ -32,8 +39,9 @@ pub struct Alternatives {
     _servers: Vec<Background>,
 }
 
-pub fn set_up(layout: &PodLayout, bench: &Bench) -> anyhow::Result<Alternatives> {
+pub fn set_up(layout: &PodLayout, bench: &Bench, placement: &Placement) -> anyhow::Result<Alternatives> {
     let (pod, guest) = (&layout.pod, layout.guest());
+    let cpu = placement.server();
     let (binary, token_dir) = (&bench.binaries.sidecar, bench.volume.dir());
     let mut servers = Vec::new();
     let mut ways = Vec::new();
@@ -41,7 +49,7 @@ pub fn set_up(layout: &PodLayout, bench: &Bench) -> anyhow::Result<Alternatives>
     // nftables DNAT to the same server on the pod's address, as kube2iam,
     // kiam and aad-pod-identity do with iptables.
     let dnat_target = format!("{POD_BRIDGE_IP}:8080");
-    servers.push(serve(pod, binary, &dnat_target, token_dir)?);
+    servers.push(serve(pod, binary, &dnat_target, token_dir, cpu)?);
     pod.sh(&format!(
         "nft -f - <<'EOF'\ntable ip imdsbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  \
          ip daddr {DNAT_ADDR} tcp dport 80 dnat to {dnat_target}\n }}\n}}\nEOF"
@@ -55,7 +63,7 @@ pub fn set_up(layout: &PodLayout, bench: &Bench) -> anyhow::Result<Alternatives>
     pod.ip(&format!("addr add {VETH_ADDR}/32 dev {VETH_IF}"))?;
     pod.ip(&format!("link set {VETH_IF} up"))?;
     guest.ip(&format!("route add {VETH_ADDR}/32 dev eth0"))?;
-    servers.push(serve(pod, binary, &format!("{VETH_ADDR}:80"), token_dir)?);
+    servers.push(serve(pod, binary, &format!("{VETH_ADDR}:80"), token_dir, cpu)?);
     ways.push((Way::Veth, format!("http://{VETH_ADDR}")));
 
     // nginx returning the very bodies our server sends, from the pod.
@@ -71,15 +79,24 @@ pub fn set_up(layout: &PodLayout, bench: &Bench) -> anyhow::Result<Alternatives>
         })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let nginx_listen = format!("{POD_BRIDGE_IP}:8081");
-    servers.push(nginx(pod, &nginx_listen, &bodies, bench.scratch.path())?);
+    servers.push(nginx(pod, &nginx_listen, &bodies, bench.scratch.path(), cpu)?);
     ways.push((Way::Nginx, format!("http://{nginx_listen}")));
 
     Ok(Alternatives { ways, _servers: servers })
 }
 
-/// `kubevirt-imds-sidecar serve` (the same API and limits, no data path) in `ns`.
-pub(super) fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -> anyhow::Result<Background> {
-    let server = ns.spawn(
+/// `kubevirt-imds-sidecar serve` (the same API and limits, no data path) in
+/// `ns`, on `cpu` alone when there is one.
+pub(super) fn serve(
+    ns: &Netns,
+    binary: &Path,
+    listen: &str,
+    token_dir: &Path,
+    cpu: Option<usize>,
+) -> anyhow::Result<Background> {
+    let server = pinning::spawn_on(
+        ns,
+        cpu,
         binary.to_str().context("binary path")?,
         &[
             "serve",
@@ -96,15 +113,20 @@ pub(super) fn serve(ns: &Netns, binary: &Path, listen: &str, token_dir: &Path) -
         ],
     )?;
     wait_listening(ns, listen)?;
+    if let Some(cpu) = cpu {
+        pinning::check_listener(ns, listen, cpu)?;
+    }
     Ok(server)
 }
 
-/// nginx with 2 workers (one per core here), `return 200` of each body.
+/// nginx, `return 200` of each body: on `cpu` with one worker when there is
+/// one, else a worker per CPU ([`pinning::nginx_workers`]).
 fn nginx(
     ns: &Netns,
     listen: &str,
     bodies: &BTreeMap<&str, String>,
     dir: &Path,
+    cpu: Option<usize>,
 ) -> anyhow::Result<Background> {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs"))?;
@@ -119,17 +141,26 @@ fn nginx(
         )?;
     }
     let config = format!(
-        "worker_processes 2;\ndaemon off;\npid {p}/nginx.pid;\nerror_log stderr warn;\n\
+        "{workers}daemon off;\npid {p}/nginx.pid;\nerror_log stderr warn;\n\
          events {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  \
          client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n  \
          uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  server {{\n    listen {listen};\n{locations}  }}\n}}\n",
+        workers = pinning::nginx_workers(cpu),
         p = prefix.display()
     );
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config)?;
-    let server =
-        ns.spawn("nginx", &["-p", prefix.to_str().context("path")?, "-c", conf.to_str().context("path")?])?;
+    let server = pinning::spawn_on(
+        ns,
+        cpu,
+        "nginx",
+        &["-p", prefix.to_str().context("path")?, "-c", conf.to_str().context("path")?],
+    )?;
     wait_listening(ns, listen)?;
+    if let Some(cpu) = cpu {
+        // The master and its worker both hold the listening socket.
+        pinning::check_listener(ns, listen, cpu)?;
+    }
     Ok(server)
 }
 

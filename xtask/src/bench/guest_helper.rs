@@ -28,7 +28,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let vm = Netns::new("bench-guest")?;
     vm.ip(&format!("addr add {}/32 dev lo", imds_common::contract::IMDS_IP))?;
     let listen = format!("{}:80", imds_common::contract::IMDS_IP);
-    let _imds = super::alternatives::serve(&vm, &bench.binaries.sidecar, &listen, bench.volume.dir())?;
+    let _imds = super::alternatives::serve(&vm, &bench.binaries.sidecar, &listen, bench.volume.dir(), None)?;
     let helper = bench.binaries.guest_dir.join(imds_api::GUEST_BINARIES[0].name);
     let (mut rss, mut private, mut peak, mut once_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..bench.options.repetitions() {

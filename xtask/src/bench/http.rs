@@ -1,6 +1,9 @@
 //! IMDS requests under every load of [`LOADS`]: through our eBPF path and
 //! through each alternative, all up at once in one pod and run in turn for
-//! each repetition, so that drift on the machine hits them alike.
+//! each repetition, so that drift on the machine hits them alike and
+//! repetition i of every way makes a pair for the paired ratios of
+//! [`super::stats::PairedRatio`]. wrk runs on one CPU and every server on
+//! another where the machine has two ([`super::pinning`]).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -15,6 +18,7 @@ use imds_tests::{
 use super::{
     Context as Bench, ID, alternatives, bpf,
     options::Section,
+    pinning::{self, Placement},
     procfs::{Memory, RssSampler},
     report::Report,
     wrk::{self, Http, LOADS},
@@ -57,6 +61,13 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     imds.wait_for_log(&format!("program=\"{PROG_FROM_GUEST}\""), Duration::from_secs(10))?;
     let counters = imds.counters_pin()?;
     let pid = imds.sidecar.as_mut().and_then(|s| s.process().pid()).context("sidecar pid")?;
+    let placement = Placement::of_this_process()?;
+    if let Some(cpu) = placement.server() {
+        // The pid is the sidecar itself (its wrappers exec), which checks.
+        pinning::check_runs(pid, &bench.binaries.sidecar)?;
+        pinning::pin(pid, cpu).context("pinning our sidecar")?;
+    }
+    eprintln!("bench: {placement}");
 
     let mut ways: Vec<(Way, String)> = Vec::new();
     if bench.options.runs(Section::Http) {
@@ -64,7 +75,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     }
     // The servers and nginx live as long as this.
     let alternatives = if bench.options.runs(Section::Alternatives) {
-        Some(alternatives::set_up(&layout, bench)?)
+        Some(alternatives::set_up(&layout, bench, &placement)?)
     } else {
         None
     };
@@ -82,10 +93,10 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     for load in LOADS {
         let mut runs: BTreeMap<Way, Vec<Http>> = BTreeMap::new();
         let mut losses: BTreeMap<String, u64> = BTreeMap::new();
-        for _ in 0..bench.options.repetitions() {
+        for _ in 0..bench.options.http_repetitions() {
             for (way, base) in &ways {
                 let before = if *way == Way::Ebpf { Some(losses_now()?) } else { None };
-                let run = wrk::run(guest, base, load, bench.options.duration())?;
+                let run = wrk::run(guest, base, load, bench.options.duration(), placement.client())?;
                 if run.socket_errors > 0 {
                     *losses.entry(format!("{}: wrk socket errors", way.label())).or_default() +=
                         run.socket_errors;
@@ -103,6 +114,7 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         losses.retain(|_, v| *v > 0);
         report.losses.insert(load.label(), losses);
     }
+    report.http_placement = Some(placement);
     report.footprint.under_load_peak = Some(sampler.stop());
     report.footprint.after_load = Some(Memory::read(pid)?.rss);
     drop(alternatives);

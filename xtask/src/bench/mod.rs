@@ -2,13 +2,15 @@
 //! of intercepting 169.254.169.254, the cost to the VM's other traffic,
 //! what one VM's sidecar costs, and what the node agent costs per pod at
 //! 1, 10 and 100 pods, all in one run on this machine. Load comes from wrk
-//! and iperf3; every figure is a median with the spread of its runs.
+//! and iperf3; every figure is a median with the spread of its runs, and
+//! every HTTP comparison a paired ratio with its confidence interval.
 //!
 //! One file per concern: `options` (what to run), `http` (the load matrix)
-//! with `wrk` and `alternatives` (nft DNAT, veth, nginx), `traffic` with
-//! `iperf`, `footprint` and `scale` on a `node` of plumbed pods, `procfs`,
-//! `bpf` and `logs` (what the kernel and the processes say), `stats`,
-//! `machine`, `token`, and `report` with its `targets`.
+//! with `wrk`, `alternatives` (nft DNAT, veth, nginx) and `pinning` (wrk
+//! and the servers on CPUs of their own), `traffic` with `iperf`,
+//! `footprint` and `scale` on a `node` of plumbed pods, `procfs`, `bpf` and
+//! `logs` (what the kernel and the processes say), `stats`, `machine`,
+//! `token`, and `report` with its `targets`.
 
 mod alternatives;
 mod bpf;
@@ -20,6 +22,7 @@ mod logs;
 mod machine;
 mod node;
 mod options;
+mod pinning;
 mod procfs;
 mod report;
 mod scale;

@@ -1,6 +1,7 @@
 //! Everything measured, and its Markdown. Figures are medians of the
-//! repetitions with the spread of the runs beside them; the targets are in
-//! [`super::targets`].
+//! repetitions with the spread of the runs beside them; the HTTP
+//! comparisons are paired ratios with their confidence intervals; the
+//! targets are in [`super::targets`].
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -9,8 +10,9 @@ use super::{
     http::Way,
     machine::Busy,
     options::Options,
+    pinning::Placement,
     procfs::Memory,
-    stats::{Summary, percentile, slope},
+    stats::{PairedRatio, Summary, percentile, slope},
     targets, token,
     wrk::{Http, LOADS, Load},
 };
@@ -26,8 +28,11 @@ pub struct Report {
     pub machine: String,
     /// How busy the machine was, at the start and after each section.
     pub busy: Vec<(String, Busy)>,
-    /// Every run, by load label and way.
+    /// Every run, by load label and way, in repetition order (run i of
+    /// every way ran in the same repetition).
     pub http: BTreeMap<String, BTreeMap<Way, Vec<Http>>>,
+    /// Where wrk and the servers ran during the HTTP loads.
+    pub http_placement: Option<Placement>,
     /// Per load: our path's drop counters and TCP retransmissions that
     /// rose, and any way's wrk socket errors.
     pub losses: BTreeMap<String, BTreeMap<String, u64>>,
@@ -137,6 +142,20 @@ impl Report {
         Summary::of(&runs.iter().map(pick).collect::<Vec<_>>())
     }
 
+    /// Ours against `way` under `load`, repetition by repetition, oriented
+    /// so that > 1 means ours is better.
+    pub fn http_ratio(
+        &self,
+        load: &Load,
+        way: Way,
+        pick: fn(&Http) -> f64,
+        higher_is_better: bool,
+    ) -> Option<PairedRatio> {
+        let runs = self.http.get(&load.label())?;
+        let figures = |w| runs.get(&w).map(|r: &Vec<Http>| r.iter().map(pick).collect::<Vec<_>>());
+        PairedRatio::of(&figures(Way::Ebpf)?, &figures(way)?, higher_is_better)
+    }
+
     /// The slopes between the two largest pod counts (or, with one, that
     /// count's figures divided by its pods).
     pub fn per_vm(&self) -> Option<PerVm> {
@@ -160,10 +179,15 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "Machine: {}\n", self.machine);
         self.render_busy(&mut s);
+        let http_runs = if self.http.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} for the HTTP loads)", options.http_repetitions)
+        };
         let _ = writeln!(
             s,
-            "Every figure is the median of {} runs of {} s unless it says otherwise; where a range is \
-             shown it is the lowest and highest run.\n",
+            "Every figure is the median of {} runs of {} s{http_runs} unless it says otherwise; where a \
+             range is shown it is the lowest and highest run.\n",
             options.repetitions, options.duration_secs
         );
         if !self.http.is_empty() {
@@ -210,14 +234,28 @@ impl Report {
         s.push('\n');
     }
 
+    /// Paired runs per load: the fewest any way has (they are equal
+    /// unless a run was lost).
+    fn http_pairs(&self) -> usize {
+        self.http.values().flat_map(|ways| ways.values().map(Vec::len)).min().unwrap_or(0)
+    }
+
     fn render_http(&self, s: &mut String) {
+        let placement = match &self.http_placement {
+            Some(p) => format!("{p}."),
+            None => "Where wrk and the servers ran was not recorded.".to_owned(),
+        };
+        let pairs = self.http_pairs();
         let _ = writeln!(
             s,
             "HTTP load: wrk in the guest namespace (2 threads; `Connection: close` for a new connection per \
-             request), every way up at once in one plumbed pod and run in turn for each repetition. The \
-             alternatives listen on {} (DNAT) and {} (veth), as .254 belongs to the eBPF path, whose \
-             programs stay attached throughout: the DNAT and nginx ways pass `imds_from_guest` and \
-             `imds_guard`, the veth way `imds_from_guest` (their cost on passing traffic: see below).\n",
+             request), every way up at once in one plumbed pod and run in turn for each repetition, so \
+             that repetition i of ours and of each other way ran back to back and make a pair: {pairs} \
+             paired runs per load. The alternatives listen on {} (DNAT) and {} (veth), as .254 belongs to \
+             the eBPF path, whose programs stay attached throughout: the DNAT and nginx ways pass \
+             `imds_from_guest` and `imds_guard`, the veth way `imds_from_guest` (their cost on passing \
+             traffic: see below). {placement} The kernel's share of each request (veth, bridge, our \
+             programs, nft) runs mostly on the CPU of the side sending the packet.\n",
             super::alternatives::DNAT_ADDR,
             super::alternatives::VETH_ADDR
         );
@@ -232,8 +270,11 @@ impl Report {
             let _ = writeln!(s, "### IMDS requests: {title}\n");
             let _ = writeln!(
                 s,
-                "Median, then ± half the range of the runs as a share of it. Ratios are of medians, ours \
-                 against theirs, oriented so that > 1 means ours is better.\n\n\
+                "Median, then ± half the range of the runs as a share of it. The \"vs\" columns: ours \
+                 against theirs pair by pair, oriented so that > 1 means ours is better; the geometric mean \
+                 of the {pairs} paired ratios, then its 95 % confidence interval (Student's t on the \
+                 log-ratios); **win** when all of the interval is above 1, **loss** when all of it is below, \
+                 **tie** when it holds 1 (these runs cannot tell the two apart).\n\n\
                  | load | {} | vs DNAT | vs veth | vs nginx |\n|---|---|---|---|---|---|---|---|",
                 Way::ALL.map(Way::label).join(" | ")
             );
@@ -245,17 +286,9 @@ impl Report {
                         _ => "—".into(),
                     })
                     .collect();
-                let versus = |way| match (
-                    self.http_summary(load, Way::Ebpf, pick),
-                    self.http_summary(load, way, pick),
-                ) {
-                    (Some(o), Some(t)) if o.median > 0.0 && t.median > 0.0 => {
-                        format!(
-                            "{:.2}×",
-                            if higher_is_better { o.median / t.median } else { t.median / o.median }
-                        )
-                    }
-                    _ => "—".into(),
+                let versus = |way| {
+                    self.http_ratio(load, way, pick, higher_is_better)
+                        .map_or_else(|| "—".to_owned(), |r| r.show())
                 };
                 let _ = writeln!(
                     s,
@@ -508,5 +541,40 @@ impl Report {
                 v.agent_idle_cpu_pct
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(rps: &[f64]) -> Vec<Http> {
+        rps.iter().map(|&rps| Http { rps, p50_us: 1e6 / rps, p99_us: 2e6 / rps, socket_errors: 0 }).collect()
+    }
+
+    #[test]
+    fn http_tables_show_paired_ratios_and_where_the_runs_ran() {
+        let mut report =
+            Report { http_placement: Some(Placement::Pinned { client: 0, server: 1 }), ..Report::default() };
+        let entry = report.http.entry(LOADS[0].label()).or_default();
+        entry.insert(Way::Ebpf, runs(&[110.0, 112.0, 108.0]));
+        entry.insert(Way::Nginx, runs(&[100.0, 101.0, 99.0]));
+        let mut s = String::new();
+        report.render_http(&mut s);
+        assert!(s.contains("3 paired runs per load") && s.contains("of the 3 paired ratios"), "{s}");
+        assert!(s.contains("wrk was pinned to CPU 0 and every server"), "{s}");
+        // Latencies are 1/rps here: every table has the same ratio.
+        let row = "| /v1/token c=1 keep-alive | 110 ±2% | — | — | 100 ±1% | — | — | 1.10× [1.08–1.12] win |";
+        assert_eq!(s.matches(row).count(), 1, "{s}");
+        assert_eq!(s.matches("| — | — | 1.10× [1.08–1.12] win |").count(), 3, "{s}");
+
+        let report = Report {
+            http_placement: Some(Placement::Unpinned { cpus: vec![0] }),
+            http: report.http.clone(),
+            ..Report::default()
+        };
+        let mut s = String::new();
+        report.render_http(&mut s);
+        assert!(s.contains("nothing was pinned: the benchmark could run on CPU 0 only"), "{s}");
     }
 }

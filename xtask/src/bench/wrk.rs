@@ -47,11 +47,24 @@ pub struct Http {
     pub socket_errors: u64,
 }
 
-/// One wrk run from the guest namespace against `base` (`http://addr[:port]`).
-pub fn run(guest: &Netns, base: &str, load: Load, duration: Duration) -> anyhow::Result<Http> {
+/// One wrk run from the guest namespace against `base` (`http://addr[:port]`),
+/// on `cpu` alone when there is one ([`super::pinning`]).
+pub fn run(
+    guest: &Netns,
+    base: &str,
+    load: Load,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> anyhow::Result<Http> {
+    let out = guest.sh(&command_line(base, load, duration, cpu))?;
+    parse(&out).with_context(|| format!("parsing wrk output:\n{out}"))
+}
+
+fn command_line(base: &str, load: Load, duration: Duration, cpu: Option<usize>) -> String {
     let threads = load.connections.min(2);
     let mut script = format!(
-        "wrk -t{threads} -c{} -d{}s --latency -H 'Metadata: true' -H 'Host: {}'",
+        "{}wrk -t{threads} -c{} -d{}s --latency -H 'Metadata: true' -H 'Host: {}'",
+        super::pinning::shell_prefix(cpu),
         load.connections,
         duration.as_secs(),
         imds_common::contract::IMDS_IP
@@ -59,9 +72,8 @@ pub fn run(guest: &Netns, base: &str, load: Load, duration: Duration) -> anyhow:
     if !load.keep_alive {
         script.push_str(" -H 'Connection: close'");
     }
-    write!(script, " {base}{}", load.path)?;
-    let out = guest.sh(&script)?;
-    parse(&out).with_context(|| format!("parsing wrk output:\n{out}"))
+    let _ = write!(script, " {base}{}", load.path);
+    script
 }
 
 /// wrk 4.1's `--latency` output; a non-2xx answer fails the run.
@@ -131,6 +143,18 @@ Transfer/sec:     76.02MB
         assert!(parse("unable to connect to 169.254.169.254:80 Connection refused\n").is_err());
         assert!(duration_us("12furlongs").is_err());
         assert_eq!(duration_us("1.5s").unwrap(), 1_500_000.0);
+    }
+
+    #[test]
+    fn wrk_runs_on_the_client_cpu_when_there_is_one() {
+        let pinned = command_line("http://169.254.169.253", LOADS[3], Duration::from_secs(5), Some(0));
+        assert_eq!(
+            pinned,
+            "taskset -c 0 wrk -t2 -c64 -d5s --latency -H 'Metadata: true' -H 'Host: 169.254.169.254' \
+             -H 'Connection: close' http://169.254.169.253/v1/token"
+        );
+        let unpinned = command_line("http://169.254.169.254", LOADS[0], Duration::from_secs(5), None);
+        assert!(unpinned.starts_with("wrk -t1 -c1 -d5s "), "{unpinned}");
     }
 
     #[test]
