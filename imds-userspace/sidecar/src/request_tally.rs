@@ -1,33 +1,93 @@
 //! Counts the requests the API answers and notes the agent's probe nonces
 //! ([`channel::PROBE_HEADER`]) in [`crate::readiness`]: a layer around the
 //! router, so the handlers know nothing of it. The probe itself is a plain
-//! `GET /healthz`.
+//! `GET /healthz`. Hand-written rather than `middleware::from_fn`, which
+//! boxes the request's way through it: this runs on every request.
 
-use axum::{
-    Router,
-    extract::{Request, State},
-    middleware::{self, Next},
-    response::Response,
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll, ready},
 };
+
+use axum::{Router, extract::Request, response::Response};
 use imds_common::channel;
+use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::readiness::SharedReadiness;
 
 /// `app`, tallying into `readiness`.
 pub fn layer(app: Router, readiness: SharedReadiness) -> Router {
-    app.layer(middleware::from_fn_with_state(readiness, tally))
+    app.layer(Tally { readiness })
 }
 
-async fn tally(State(readiness): State<SharedReadiness>, request: Request, next: Next) -> Response {
-    // Copied only when present (the agent's probe; guests do not send it),
-    // before the request moves into the handler.
-    let nonce =
-        request.headers().get(channel::PROBE_HEADER).and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let response = next.run(request).await;
-    // Noted before the response is written: the agent reports the nonce
-    // only after reading the answer.
-    readiness.update(|r| r.request_served(nonce.as_deref()));
-    response
+#[derive(Debug, Clone)]
+struct Tally {
+    readiness: SharedReadiness,
+}
+
+impl<S> Layer<S> for Tally {
+    type Service = Tallied<S>;
+
+    fn layer(&self, inner: S) -> Tallied<S> {
+        Tallied { inner, readiness: self.readiness.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tallied<S> {
+    inner: S,
+    readiness: SharedReadiness,
+}
+
+impl<S> Service<Request> for Tallied<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Counted<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // Copied only when present (the agent's probe; guests do not send
+        // it), before the request moves into the handler.
+        let nonce = request
+            .headers()
+            .get(channel::PROBE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        Counted { inner: self.inner.call(request), readiness: Some(self.readiness.clone()), nonce }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's future; notes the request once it has an answer.
+    struct Counted<F> {
+        #[pin]
+        inner: F,
+        readiness: Option<SharedReadiness>,
+        nonce: Option<String>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx));
+        // Noted before the response is written: the agent reports the
+        // nonce only after reading the answer.
+        if let Some(readiness) = this.readiness.take() {
+            readiness.update(|r| r.request_served(this.nonce.as_deref()));
+        }
+        Poll::Ready(response)
+    }
 }
 
 #[cfg(test)]

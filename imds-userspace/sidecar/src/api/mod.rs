@@ -13,7 +13,6 @@ use axum::{
     body::Bytes,
     extract::{RawQuery, State},
     http::{HeaderValue, header},
-    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -44,15 +43,13 @@ pub fn router(state: Arc<ImdsState>) -> Router {
         .route(imds_api::TOKEN_PATH, get(token))
         .route(imds_api::IDENTITY_PATH, get(move || std::future::ready(json_body(identity.clone()))))
         .route(imds_api::AWS_PATH, get(aws))
-        .merge(guest_downloads::routes())
-        .route_layer(middleware::from_fn(guards::require_metadata_header));
+        .merge(guest_downloads::routes());
     Router::new()
         .route(imds_api::HEALTHZ_PATH, get(healthz))
         .merge(metadata)
         .fallback(cloud::dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed { allow: error::GET_HEAD } })
-        .layer(middleware::from_fn(guards::require_imds_host))
-        .layer(middleware::from_fn(guards::refuse_forwarded))
+        .layer(guards::Guards)
         .with_state(state)
 }
 

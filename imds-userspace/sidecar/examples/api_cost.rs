@@ -1,0 +1,56 @@
+//! What the API layer costs per request (router, guards, tally, handler,
+//! body), without sockets or hyper: `requests` requests handed to the
+//! router in-process, as `run` wraps it. Under `valgrind --tool=callgrind`
+//! the instruction count does not depend on how busy the machine is, so
+//! before/after comparisons of this layer need no quiet machine
+//! (`cargo xtask bench --only api`).
+//!
+//! Usage: api_cost --path /v1/token --requests 10000 --namespace … (the
+//! `serve` options that say what is served, e.g. `--token-dir`)
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, ensure};
+use axum::{
+    body::{Body, to_bytes},
+    http::{Request, StatusCode},
+};
+use clap::Parser as _;
+use imds_sidecar::{api, config::ApiArgs, readiness::SharedReadiness, request_tally, token_watch};
+use tower::ServiceExt as _;
+
+#[derive(clap::Parser)]
+struct Args {
+    /// The path every request asks for.
+    #[arg(long)]
+    path: String,
+    #[arg(long, default_value_t = 10_000)]
+    requests: usize,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // One thread, as the sidecar runs.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let state = args.api.state();
+        let _watch = token_watch::start_or_warn(&state.tokens);
+        let app = request_tally::layer(api::router(Arc::new(state)), SharedReadiness::default());
+        let mut bytes = 0;
+        for _ in 0..args.requests {
+            let request = Request::get(args.path.as_str())
+                .header("host", imds_sidecar::contract::IMDS_HOST)
+                .header("metadata", "true")
+                .header("user-agent", "curl/8.5.0")
+                .header("accept", "*/*")
+                .body(Body::empty())?;
+            let response = app.clone().oneshot(request).await.context("the router failed")?;
+            ensure!(response.status() == StatusCode::OK, "{} answered {}", args.path, response.status());
+            bytes += to_bytes(response.into_body(), 1 << 20).await?.len();
+        }
+        println!("{} requests, {bytes} body bytes", args.requests);
+        Ok(())
+    })
+}
