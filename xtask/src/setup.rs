@@ -55,6 +55,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "nftables",
     "binutils", // strip, for the binary-size figure
+    "valgrind", // callgrind counts the API layer's instructions per request
     // The guest helper's tests (tests/tests/guest_helper.rs): qemu-user runs
     // its arm64 build, `file` says what a build is, `systemd-analyze`
     // checks its unit.

@@ -26,6 +26,10 @@ struct Args {
     path: String,
     #[arg(long, default_value_t = 10_000)]
     requests: usize,
+    /// Build the requests but send none: what the loop itself costs, to
+    /// subtract.
+    #[arg(long)]
+    baseline: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -46,6 +50,10 @@ fn main() -> anyhow::Result<()> {
                 .header("user-agent", "curl/8.5.0")
                 .header("accept", "*/*")
                 .body(Body::empty())?;
+            if args.baseline {
+                bytes += std::hint::black_box(request).headers().len();
+                continue;
+            }
             let response = app.clone().oneshot(request).await.context("the router failed")?;
             ensure!(response.status() == StatusCode::OK, "{} answered {}", args.path, response.status());
             bytes += to_bytes(response.into_body(), 1 << 20).await?.len();

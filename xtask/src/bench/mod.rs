@@ -13,6 +13,7 @@
 //! `token`, and `report` with its `targets`.
 
 mod alternatives;
+mod api_cost;
 mod bpf;
 mod footprint;
 mod guest_helper;
@@ -82,7 +83,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut report = report::Report { machine: machine::describe()?, ..report::Report::default() };
     report.busy.push(("start".into(), machine::Busy::now()));
     type Measure = fn(&Context, &mut report::Report) -> anyhow::Result<()>;
-    let sections: [(Section, &str, Measure); 6] = [
+    let sections: [(Section, &str, Measure); 7] = [
         (Section::Footprint, "footprint", footprint::run),
         (Section::Guest, "guest helper", guest_helper::run),
         (Section::Http, "HTTP", http::run),
@@ -90,6 +91,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         (Section::Scale, "scale", scale::run),
         (Section::Token, "token reads", |bench, report| {
             report.token_read = token::run(&bench.volume.token_path(), bench.options.repetitions())?;
+            Ok(())
+        }),
+        (Section::Api, "API layer", |bench, report| {
+            report.api_instructions = api_cost::run(bench.volume.dir())?;
             Ok(())
         }),
     ];

@@ -49,6 +49,8 @@ pub enum Section {
     Footprint,
     /// Reading the token file against the cache.
     Token,
+    /// The API layer's instructions per request (callgrind; no network).
+    Api,
     /// The agent with 1, 10, 100 plumbed pods: memory, CPU, attach latency, pins.
     Scale,
     /// The guest helper: its builds' sizes, its RSS while it keeps a token, `--once`.

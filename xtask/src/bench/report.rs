@@ -43,6 +43,8 @@ pub struct Report {
     pub guest_helper: GuestHelper,
     pub scale: Vec<ScalePoint>,
     pub token_read: BTreeMap<String, f64>,
+    /// Instructions per request of the API layer, by path.
+    pub api_instructions: BTreeMap<String, f64>,
 }
 
 /// The guest helper inside a VM (`super::guest_helper`).
@@ -212,6 +214,18 @@ impl Report {
             );
             for (k, v) in &self.token_read {
                 let _ = writeln!(s, "| {k} | {v:.0} |");
+            }
+            s.push('\n');
+        }
+        if !self.api_instructions.is_empty() {
+            let _ = writeln!(
+                s,
+                "### The API layer: instructions per request\n\nRouter, request checks, tally and handler, \
+                 in-process without sockets or hyper (`examples/api_cost.rs` under callgrind: repeatable \
+                 whatever the machine's load).\n\n| path | instructions |\n|---|---|"
+            );
+            for (path, n) in &self.api_instructions {
+                let _ = writeln!(s, "| `{path}` | {n:.0} |");
             }
             s.push('\n');
         }
