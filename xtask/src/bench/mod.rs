@@ -27,6 +27,7 @@ mod pinning;
 mod procfs;
 mod report;
 mod scale;
+mod staleness;
 mod stats;
 mod targets;
 mod token;
@@ -91,6 +92,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         (Section::Scale, "scale", scale::run),
         (Section::Token, "token reads", |bench, report| {
             report.token_read = token::run(&bench.volume.token_path(), bench.options.repetitions())?;
+            report.staleness = Some(staleness::run(&bench.binaries.sidecar, bench.scratch.path())?);
             Ok(())
         }),
         (Section::Api, "API layer", |bench, report| {

@@ -43,6 +43,8 @@ pub struct Report {
     pub guest_helper: GuestHelper,
     pub scale: Vec<ScalePoint>,
     pub token_read: BTreeMap<String, f64>,
+    /// How late a rotation can be served (token section).
+    pub staleness: Option<super::staleness::Staleness>,
     /// Instructions per request of the API layer, by path.
     pub api_instructions: BTreeMap<String, f64>,
 }
@@ -216,6 +218,23 @@ impl Report {
                 let _ = writeln!(s, "| {k} | {v:.0} |");
             }
             s.push('\n');
+        }
+        if let Some(st) = &self.staleness {
+            let _ = writeln!(
+                s,
+                "### Token rotation: how stale an answer can be\n\nThe release `serve` on loopback under wrk \
+                 (64 keep-alive connections on `/v1/token`) and a probe looping on one more; the kubelet-style \
+                 volume rotated {} times, 200 ms apart. Median (lowest–highest) over the rotations, µs.\n\n\
+                 | | µs |\n|---|---|\n\
+                 | a request sent this long after the rename still got the old token (0: none did) | {} |\n\
+                 | rename → first answer with the new token | {} |\n\
+                 | rotations in which any request sent after the rename got the old token | {} of {} |\n",
+                st.rotations,
+                st.stale_after_us.show(0),
+                st.first_new_us.show(0),
+                st.rotations_with_stale,
+                st.rotations
+            );
         }
         if !self.api_instructions.is_empty() {
             let _ = writeln!(
