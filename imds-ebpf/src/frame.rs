@@ -34,6 +34,52 @@ pub trait Frame {
     fn read_at<const OFFSET: usize, const N: usize>(&self) -> Option<[u8; N]> {
         self.read::<N>(OFFSET)
     }
+
+    /// The EtherType and, for a frame long enough to hold one, the IPv4
+    /// destination, as they lie in the frame: [`Glance`]. The kernel side
+    /// reads them with two loads straight from the packet.
+    #[inline(always)]
+    fn glance(&self) -> Option<Glance> {
+        let ethertype = self.read_at::<ETHERTYPE_AT, 2>()?;
+        let dst = self.read_at::<IPV4_DST_AT, 4>()?;
+        Some(Glance { ethertype: u16::from_ne_bytes(ethertype), ipv4_dst: u32::from_ne_bytes(dst) })
+    }
+}
+
+/// Where the EtherType and an untagged IPv4 header's destination start.
+pub const ETHERTYPE_AT: usize = 12;
+pub const IPV4_DST_AT: usize = ETH_HLEN + 16;
+/// How much of a frame [`Frame::glance`] needs.
+pub const GLANCE_LEN: usize = IPV4_DST_AT + 4;
+
+/// Two fields read as they lie in the frame (network byte order in native
+/// integers, so comparing them costs no byte swap): the EtherType, and the
+/// four bytes where an untagged IPv4 header keeps its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Glance {
+    pub ethertype: u16,
+    pub ipv4_dst: u32,
+}
+
+impl Glance {
+    /// Whether the frame is surely none of the IMDS's business: IPv4 for
+    /// another address than `imds`, or an EtherType no program looks into
+    /// (neither ARP nor a VLAN tag in the bytes). Every program passes such
+    /// a frame whatever else it holds (`rules::tests` and the `frame_rules`
+    /// fuzz target check it against the full rules), so they return at
+    /// once: almost every packet a VM sends costs a bounds check, two loads
+    /// and three comparisons.
+    #[inline(always)]
+    pub fn passes(&self, imds: [u8; 4]) -> bool {
+        /// An EtherType as [`Frame::glance`] reads it.
+        const fn raw(ethertype: u16) -> u16 {
+            u16::from_ne_bytes(ethertype.to_be_bytes())
+        }
+        match self.ethertype {
+            e if e == raw(ETHERTYPE_IPV4) => self.ipv4_dst != u32::from_ne_bytes(imds),
+            e => e != raw(ETHERTYPE_ARP) && e != raw(ETHERTYPE_VLAN) && e != raw(ETHERTYPE_QINQ),
+        }
+    }
 }
 
 impl Frame for [u8] {
@@ -380,6 +426,28 @@ pub(crate) mod tests {
         // IMDS traffic for the uplink: the same read, ports are not needed.
         let imds = tcp_frame([10, 0, 2, 2], IMDS, 40000, 80);
         assert_eq!(reads(&imds, |r| destination(r)), one_read);
+    }
+
+    #[test]
+    fn a_glance_passes_other_ipv4_and_ethertypes_no_program_reads() {
+        let other = tcp_frame([10, 0, 2, 2], [10, 0, 2, 1], 40000, 80);
+        let imds = tcp_frame([10, 0, 2, 2], IMDS, 40000, 80);
+        let glance = |f: &[u8]| f.glance().expect("long enough");
+        assert!(glance(&other).passes(IMDS));
+        assert!(!glance(&imds).passes(IMDS));
+        assert!(glance(&imds).passes([10, 0, 2, 1]), "the address compared is the one given");
+        let mut v6 = other.clone();
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert!(glance(&v6).passes(IMDS));
+        for looked_into in [ETHERTYPE_ARP, ETHERTYPE_VLAN, ETHERTYPE_QINQ] {
+            let mut f = other.clone();
+            f[12..14].copy_from_slice(&looked_into.to_be_bytes());
+            assert!(!glance(&f).passes(IMDS), "{looked_into:#x}");
+        }
+        // One read each, at constant offsets: what the kernel loads directly.
+        assert_eq!(reads(&other, |r| r.glance()), [(ETHERTYPE_AT, 2, true), (IPV4_DST_AT, 4, true)]);
+        assert_eq!(other[..GLANCE_LEN - 1].glance(), None);
+        assert!(other[..GLANCE_LEN].glance().is_some());
     }
 
     #[test]

@@ -15,7 +15,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use imds_ebpf::{
     abi::{Config, Counter, Counters, FLOWS_MAX_ENTRIES, FlowKey, FlowTarget},
-    frame::{ARP_FRAME_LEN, Frame, arp_reply, destination, parse},
+    frame::{
+        ARP_FRAME_LEN, ETHERTYPE_AT, Frame, GLANCE_LEN, Glance, IPV4_DST_AT, arp_reply, destination, parse,
+    },
     rules::{self, GuardVerdict, GuestVerdict, ReplyVerdict},
 };
 
@@ -55,6 +57,25 @@ impl Frame for Skb<'_> {
         self.0.load::<[u8; N]>(offset).ok()
     }
 
+    /// Two loads as wide as the fields. Packet loads need no alignment on
+    /// the architectures KubeVirt nodes run (the verifier asks for it only
+    /// where unaligned access is slow, or with BPF_F_STRICT_ALIGNMENT), and
+    /// `read_unaligned` would be split into a load per byte.
+    #[inline(always)]
+    fn glance(&self) -> Option<Glance> {
+        let (start, end) = (self.0.data(), self.0.data_end());
+        if start + GLANCE_LEN > end {
+            return None;
+        }
+        // SAFETY: inside the linear data, as checked just above.
+        unsafe {
+            Some(Glance {
+                ethertype: core::ptr::read((start + ETHERTYPE_AT) as *const u16),
+                ipv4_dst: core::ptr::read((start + IPV4_DST_AT) as *const u32),
+            })
+        }
+    }
+
     #[inline(always)]
     fn read_at<const OFFSET: usize, const N: usize>(&self) -> Option<[u8; N]> {
         let (start, end) = (self.0.data(), self.0.data_end());
@@ -65,6 +86,27 @@ impl Frame for Skb<'_> {
             self.read::<N>(OFFSET)
         }
     }
+}
+
+/// The served address alone, one load: `IMDS_CONFIG.load()` copies every
+/// byte of the settings, more than a passing packet's whole decision costs.
+#[inline(always)]
+fn imds_addr() -> [u8; 4] {
+    // SAFETY: `Global` is a transparent wrapper of the `Config` the loader
+    // wrote; `imds_addr` follows a u32 in a `repr(C)` struct, so it is
+    // 4-byte aligned. Volatile, as `Global::load`: the loader patches it.
+    let addr = unsafe {
+        core::ptr::read_volatile(
+            core::ptr::addr_of!((*(&raw const IMDS_CONFIG).cast::<Config>()).imds_addr).cast::<u32>(),
+        )
+    };
+    addr.to_ne_bytes()
+}
+
+/// Almost every packet: surely not the IMDS's business (`Glance::passes`).
+#[inline(always)]
+fn passes_at_a_glance(frame: &Skb) -> bool {
+    frame.glance().is_some_and(|glance| glance.passes(imds_addr()))
 }
 
 #[inline(always)]
@@ -99,8 +141,11 @@ fn ifindex(ctx: &TcContext) -> u32 {
 /// Ingress of a VM's TAP: everything the guest sends.
 #[classifier]
 pub fn imds_from_guest(ctx: TcContext) -> i32 {
-    let config = IMDS_CONFIG.load();
     let frame = Skb(&ctx);
+    if passes_at_a_glance(&frame) {
+        return PASS;
+    }
+    let config = IMDS_CONFIG.load();
     match rules::from_guest(&parse(&frame, config.imds_addr), vlan_tagged(&ctx), &config) {
         GuestVerdict::Pass => PASS,
         GuestVerdict::Redirect(key) => redirect_to_sidecar(&ctx, &frame, key, &config),
@@ -191,8 +236,12 @@ pub fn imds_to_guest(ctx: TcContext) -> i32 {
 /// Ingress of the bridge device: what the bridge hands up to the pod's stack.
 #[classifier]
 pub fn imds_guard(ctx: TcContext) -> i32 {
+    let frame = Skb(&ctx);
+    if passes_at_a_glance(&frame) {
+        return PASS;
+    }
     let config = IMDS_CONFIG.load();
-    match rules::guard(&parse(&Skb(&ctx), config.imds_addr), &config) {
+    match rules::guard(&parse(&frame, config.imds_addr), &config) {
         GuardVerdict::Pass => PASS,
         GuardVerdict::Drop(counter) => {
             count(counter);
@@ -206,7 +255,11 @@ pub fn imds_guard(ctx: TcContext) -> i32 {
 /// what leaves the pod for the node. Every packet of the VM passes here.
 #[classifier]
 pub fn imds_to_uplink(ctx: TcContext) -> i32 {
-    let destination = destination(&Skb(&ctx));
+    let frame = Skb(&ctx);
+    if passes_at_a_glance(&frame) {
+        return PASS;
+    }
+    let destination = destination(&frame);
     // Loaded once the frame is read, so none of it is spilled across a helper
     // call: without CAP_PERFMON each spill costs a speculation barrier.
     let config = IMDS_CONFIG.load();
@@ -224,7 +277,11 @@ pub fn imds_to_uplink(ctx: TcContext) -> i32 {
 /// local addresses.
 #[classifier]
 pub fn imds_from_pod(ctx: TcContext) -> i32 {
-    let destination = destination(&Skb(&ctx));
+    let frame = Skb(&ctx);
+    if passes_at_a_glance(&frame) {
+        return PASS;
+    }
+    let destination = destination(&frame);
     let config = IMDS_CONFIG.load();
     match rules::from_pod(&destination, &config) {
         GuardVerdict::Pass => PASS,

@@ -2,12 +2,13 @@
 //! one parser and every rule the programs apply (the same code the eBPF
 //! object is built from). Checked: no panic, and the fail-closed promises:
 //! nothing for the IMDS address passes the uplink guard, the pod's loopback
-//! guard or the bridge guard.
+//! guard or the bridge guard; and the programs' glance at a frame never
+//! passes one that the full rules would stop.
 #![no_main]
 
 use imds_ebpf::{
     abi::{Config, IMDS_ADDR},
-    frame::{Destination, destination, parse},
+    frame::{Destination, Frame as _, destination, parse},
     rules::{self, GuardVerdict},
 };
 
@@ -22,6 +23,9 @@ fn config() -> Config {
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let config = config();
+    if data.glance().is_some_and(|g| g.passes(IMDS_ADDR)) {
+        assert!(rules::every_program_passes(data, &config), "the glance passed a frame a program stops");
+    }
     let packet = parse(data, IMDS_ADDR);
     for tagged in [false, true] {
         let _ = rules::from_guest(&packet, tagged, &config);
