@@ -64,7 +64,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     options.check()?;
     setup::ensure()?;
     crate::test::sweep_leftovers()?;
-    let binaries = build::all(true)?;
+    let mut binaries = build::all(true)?;
+    if let Some(sidecar) = &options.sidecar {
+        binaries.sidecar = std::path::absolute(sidecar)?;
+    }
+    if let Some(agent) = &options.agent {
+        binaries.agent = std::path::absolute(agent)?;
+    }
     // A binary just linked sits dirty in the page cache until written
     // back, and its mapped code would count as the sidecars' private dirty
     // memory until then: write it back first.

@@ -24,6 +24,14 @@ pub struct Options {
     /// each, 8 loads × 4 ways × this many.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub http_repetitions: u64,
+    /// Measure this sidecar binary instead of the one just built (the
+    /// "before" of a before/after comparison: build the older commit's with
+    /// `cargo xtask build --release` and pass its `target/sidecar/…`).
+    #[arg(long, value_name = "PATH")]
+    pub sidecar: Option<PathBuf>,
+    /// The same for the agent, and with it the eBPF programs it embeds.
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
     /// Where the report goes (relative: to the workspace root).
     #[arg(long, default_value = "target/bench/report.md")]
     pub output: PathBuf,
@@ -59,6 +67,9 @@ pub enum Section {
 
 impl Options {
     pub fn check(&self) -> anyhow::Result<()> {
+        for binary in self.sidecar.iter().chain(&self.agent) {
+            ensure!(binary.is_file(), "{} is not a file", binary.display());
+        }
         ensure!(!self.pods.is_empty(), "--pods needs at least one pod count");
         ensure!(
             self.pods.windows(2).all(|w| w[0] < w[1]),

@@ -182,6 +182,13 @@ impl Report {
     pub fn render(&self, options: &Options) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "Machine: {}\n", self.machine);
+        for (what, binary) in [("sidecar", &options.sidecar), ("agent and its eBPF programs", &options.agent)]
+        {
+            if let Some(binary) = binary {
+                let _ =
+                    writeln!(s, "Measured the {what} of `{}`, not the one just built.\n", binary.display());
+            }
+        }
         self.render_busy(&mut s);
         let http_runs = if self.http.is_empty() {
             String::new()
