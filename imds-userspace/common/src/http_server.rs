@@ -88,6 +88,11 @@ pub async fn serve<H: Handshake>(
         .max_buf_size(limits.max_head_bytes.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(true);
+    // Once on the listener rather than a system call per connection: Linux
+    // copies it to every socket accepted from it (tested below).
+    if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "setting TCP_NODELAY on the listener; answers may wait for ACKs");
+    }
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
 
@@ -113,7 +118,6 @@ pub async fn serve<H: Handshake>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         // The peer address, for handlers that answer with it (EC2's local-ipv4).
         let app = app.clone().map_request(move |mut request: axum::extract::Request<_>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -285,6 +289,19 @@ mod tests {
         // Served only once the holder timed out and freed the slot.
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    }
+
+    /// What `serve` relies on to set it once: an accepted socket inherits
+    /// TCP_NODELAY from its listener.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        for nodelay in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            socket2::SockRef::from(&listener).set_tcp_nodelay(nodelay).unwrap();
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert_eq!(accepted.nodelay().unwrap(), nodelay);
+        }
     }
 
     #[tokio::test]
