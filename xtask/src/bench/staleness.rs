@@ -51,8 +51,11 @@ struct Answer {
 pub fn run(sidecar: &Path, scratch: &Path) -> anyhow::Result<Staleness> {
     let volume = ProjectedVolume::new(&scratch.join("staleness-token"))?;
     let exp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs() + 3600;
-    let token = |n: usize| jwt(ID.namespace, ID.service_account, exp, &format!("rotation-{n}"));
-    volume.publish(&token(0))?;
+    // Made once: a token carries its issue time, so making one again differs.
+    let tokens: Vec<String> = (0..=ROTATIONS)
+        .map(|n| jwt(ID.namespace, ID.service_account, exp, &format!("rotation-{n}")))
+        .collect();
+    volume.publish(&tokens[0])?;
     let addr = free_loopback_port()?;
     let _server = Killed(
         Command::new(sidecar)
@@ -85,16 +88,17 @@ pub fn run(sidecar: &Path, scratch: &Path) -> anyhow::Result<Staleness> {
         move || probe(addr, &answers, &stop)
     });
     std::thread::sleep(INTERVAL);
+    // (publish called, publish returned): the rename is in between.
     let mut renamed = Vec::with_capacity(ROTATIONS);
-    for n in 1..=ROTATIONS {
-        volume.publish(&token(n))?;
-        renamed.push(Instant::now());
+    for token in &tokens[1..] {
+        let called = Instant::now();
+        volume.publish(token)?;
+        renamed.push((called, Instant::now()));
         std::thread::sleep(INTERVAL);
     }
     stop.store(true, Ordering::Relaxed);
     probe.join().map_err(|_| anyhow::anyhow!("the probe panicked"))??;
     let answers = std::mem::take(&mut *answers.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    let tokens: Vec<String> = (0..=ROTATIONS).map(token).collect();
     judge(&answers, &renamed, &tokens)
 }
 
@@ -139,12 +143,14 @@ fn probe(addr: SocketAddr, answers: &Mutex<Vec<Answer>>, stop: &AtomicBool) -> a
 }
 
 /// The figures of [`Staleness`] from the probe's answers; `tokens[n]` is
-/// the token published at `renamed[n - 1]` (`tokens[0]` before).
-fn judge(answers: &[Answer], renamed: &[Instant], tokens: &[String]) -> anyhow::Result<Staleness> {
+/// the token published during `renamed[n - 1]` (`tokens[0]` before), which
+/// holds when publishing was called and when it returned. Lateness counts
+/// from the return (the rename is before it: an upper bound).
+fn judge(answers: &[Answer], renamed: &[(Instant, Instant)], tokens: &[String]) -> anyhow::Result<Staleness> {
     let mut stale_after = Vec::new();
     let mut first_new = Vec::new();
     let mut with_stale = 0;
-    for (i, at) in renamed.iter().enumerate() {
+    for (i, (_, at)) in renamed.iter().enumerate() {
         let (old, new) = (&tokens[i], &tokens[i + 1]);
         let late = answers
             .iter()
@@ -160,7 +166,7 @@ fn judge(answers: &[Answer], renamed: &[Instant], tokens: &[String]) -> anyhow::
             None => bail!("rotation {} was never served", i + 1),
         }
         // Never a token other than the two around this rename in between.
-        let next = renamed.get(i + 1).copied();
+        let next = renamed.get(i + 1).map(|(called, _)| *called);
         if let Some(a) = answers.iter().find(|a| {
             a.sent > *at && next.is_none_or(|n| a.received < n) && a.token != *old && a.token != *new
         }) {
@@ -202,7 +208,8 @@ mod tests {
     fn staleness_is_the_last_old_answer_sent_after_the_rename() {
         let t0 = Instant::now();
         let tokens: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        let renamed = [t0 + Duration::from_micros(1000), t0 + Duration::from_micros(2000)];
+        let at = |us| (t0 + Duration::from_micros(us - 5), t0 + Duration::from_micros(us));
+        let renamed = [at(1000), at(2000)];
         let answers = [
             answer(t0, 900, 50, "a"),
             answer(t0, 1010, 50, "a"), // sent 10 µs after the first rename, old
@@ -221,7 +228,7 @@ mod tests {
     fn a_rotation_never_served_or_a_foreign_token_fails() {
         let t0 = Instant::now();
         let tokens: Vec<String> = ["a", "b"].map(String::from).to_vec();
-        let renamed = [t0 + Duration::from_micros(1000)];
+        let renamed = [(t0 + Duration::from_micros(995), t0 + Duration::from_micros(1000))];
         assert!(judge(&[answer(t0, 1100, 50, "a")], &renamed, &tokens).is_err());
         let foreign = [answer(t0, 1100, 50, "zzz"), answer(t0, 1200, 50, "b")];
         assert!(judge(&foreign, &renamed, &tokens).is_err());
