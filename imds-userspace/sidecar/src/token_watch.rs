@@ -147,15 +147,21 @@ mod tests {
         jwt_with_claims(&format!(r#"{{"exp":4102444800,"jti":"{nonce}"}}"#))
     }
 
-    /// Polls until `file` serves `jwt` from a watched cache, up to a second.
-    async fn served(file: &TokenFile, jwt: &str) -> bool {
+    /// Polls `done` every 5 ms for up to a second.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
         for _ in 0..200 {
-            if file.is_watched() && file.prepared(SystemTime::now()).is_ok_and(|p| p.token.jwt == jwt) {
+            if done() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Whether `file` comes to serve `jwt` from a watched cache.
+    async fn served(file: &TokenFile, jwt: &str) -> bool {
+        eventually(|| file.is_watched() && file.prepared(SystemTime::now()).is_ok_and(|p| p.token.jwt == jwt))
+            .await
     }
 
     #[tokio::test]
@@ -216,15 +222,7 @@ mod tests {
         let plain = far_future("plain");
         std::fs::remove_file(dir.path().join("token")).unwrap();
         std::fs::write(dir.path().join("token"), &plain).unwrap();
-        let mut unwatched = false;
-        for _ in 0..200 {
-            if !file.is_watched() {
-                unwatched = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(unwatched, "the change was noticed");
+        assert!(eventually(|| !file.is_watched()).await, "the change was noticed");
         assert_eq!(file.prepared(SystemTime::now()).unwrap().token.jwt, plain);
     }
 
@@ -239,15 +237,7 @@ mod tests {
         let watch = start(&tokens).unwrap();
         assert!(file.is_watched());
         std::fs::rename(&dir, parent.path().join("moved")).unwrap();
-        let mut unwatched = false;
-        for _ in 0..200 {
-            if !file.is_watched() {
-                unwatched = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(unwatched, "MOVE_SELF ended the watch");
+        assert!(eventually(|| !file.is_watched()).await, "MOVE_SELF ended the watch");
         drop(watch);
 
         let dir = parent.path().join("again");

@@ -17,7 +17,7 @@ use imds_tests::{
 };
 
 use super::{
-    Context as Bench, ID,
+    Context as Bench, ID_ARGS,
     http::Way,
     pinning::{self, Placement},
     wait_for,
@@ -99,18 +99,11 @@ pub(super) fn serve(
         cpu,
         binary.to_str().context("binary path")?,
         &[
-            "serve",
-            "--listen",
-            listen,
-            "--namespace",
-            ID.namespace,
-            "--service-account-name",
-            ID.service_account,
-            "--vm-name",
-            ID.vm_name,
-            "--token-dir",
-            token_dir.to_str().context("token dir")?,
-        ],
+            &["serve", "--listen", listen][..],
+            &ID_ARGS,
+            &["--token-dir", token_dir.to_str().context("token dir")?],
+        ]
+        .concat(),
     )?;
     wait_listening(ns, listen)?;
     if let Some(cpu) = cpu {

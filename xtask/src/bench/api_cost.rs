@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use super::{ID, stats::slope};
+use super::{ID_ARGS, stats::slope};
 use crate::cmd;
 
 /// The paths measured.
@@ -48,14 +48,7 @@ fn instructions(
     c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(example)
         .args(["--path", path, "--requests", &requests.to_string()])
-        .args([
-            "--namespace",
-            ID.namespace,
-            "--service-account-name",
-            ID.service_account,
-            "--vm-name",
-            ID.vm_name,
-        ])
+        .args(ID_ARGS)
         .arg("--token-dir")
         .arg(token_dir);
     if baseline {

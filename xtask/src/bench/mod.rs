@@ -47,6 +47,9 @@ use options::Section;
 use crate::{build, cmd, setup};
 
 const ID: Identity = Identity { namespace: "bench", service_account: "bench-sa", vm_name: "bench-vm" };
+/// [`ID`] as the sidecar's options (`run`, `serve`, and the examples that take `ApiArgs`).
+const ID_ARGS: [&str; 6] =
+    ["--namespace", ID.namespace, "--service-account-name", ID.service_account, "--vm-name", ID.vm_name];
 
 /// What every section shares: the release binaries and a kubelet-style
 /// token volume.

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use imds_tests::tokens::{ProjectedVolume, jwt};
 
-use super::{ID, stats::Summary, wait_for};
+use super::{ID, ID_ARGS, stats::Summary, wait_for};
 
 /// Rotations measured.
 pub const ROTATIONS: usize = 50;
@@ -59,8 +59,8 @@ pub fn run(sidecar: &Path, scratch: &Path) -> anyhow::Result<Staleness> {
     let addr = free_loopback_port()?;
     let _server = Killed(
         Command::new(sidecar)
-            .args(["serve", "--listen", &addr.to_string(), "--namespace", ID.namespace])
-            .args(["--service-account-name", ID.service_account, "--vm-name", ID.vm_name])
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(ID_ARGS)
             .arg("--token-dir")
             .arg(volume.dir())
             .stdout(Stdio::null())
