@@ -226,27 +226,26 @@ mod tests {
         assert_eq!(file.prepared(SystemTime::now()).unwrap().token.jwt, plain);
     }
 
+    /// A new kubelet-style volume at `dir`, watched: its default token file.
+    fn watched_volume(dir: &Path) -> (TokenFile, TokenWatch) {
+        std::fs::create_dir(dir).unwrap();
+        publish(dir, "..gen1", &far_future("one"));
+        let tokens = TokenSet::new(dir, true, &[]);
+        let watch = start(&tokens).unwrap();
+        let file = tokens.default_token().unwrap().clone();
+        assert!(file.is_watched());
+        (file, watch)
+    }
+
     #[tokio::test]
     async fn the_directory_going_away_ends_the_watch_and_dropping_it_unwatches() {
         let parent = tempfile::tempdir().unwrap();
-        let dir = parent.path().join("volume");
-        std::fs::create_dir(&dir).unwrap();
-        publish(&dir, "..gen1", &far_future("one"));
-        let tokens = TokenSet::new(&dir, true, &[]);
-        let file = tokens.default_token().unwrap().clone();
-        let watch = start(&tokens).unwrap();
-        assert!(file.is_watched());
-        std::fs::rename(&dir, parent.path().join("moved")).unwrap();
+        let (file, watch) = watched_volume(&parent.path().join("volume"));
+        std::fs::rename(parent.path().join("volume"), parent.path().join("moved")).unwrap();
         assert!(eventually(|| !file.is_watched()).await, "MOVE_SELF ended the watch");
         drop(watch);
 
-        let dir = parent.path().join("again");
-        std::fs::create_dir(&dir).unwrap();
-        publish(&dir, "..gen1", &far_future("one"));
-        let tokens = TokenSet::new(&dir, true, &[]);
-        let file = tokens.default_token().unwrap().clone();
-        let watch = start(&tokens).unwrap();
-        assert!(file.is_watched());
+        let (file, watch) = watched_volume(&parent.path().join("again"));
         drop(watch);
         assert!(!file.is_watched(), "no watch, no trust");
     }
