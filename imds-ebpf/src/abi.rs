@@ -29,6 +29,10 @@ pub const PROG_TO_UPLINK: &str = "imds_to_uplink";
 /// the data path redirected from a VM — does. Attached before the address
 /// is added.
 pub const PROG_FROM_POD: &str = "imds_from_pod";
+/// Not part of the data path: the benchmark's empty classifier (its own
+/// object, `imds-floor`), the floor our programs' per-packet cost is judged
+/// against.
+pub const PROG_FLOOR: &str = "imds_floor";
 
 /// Map names, as `bpftool map show` prints them.
 pub const MAP_COUNTERS: &str = "IMDS_COUNTERS";
@@ -255,6 +259,7 @@ mod tests {
             PROG_GUARD,
             PROG_TO_UPLINK,
             PROG_FROM_POD,
+            PROG_FLOOR,
             MAP_COUNTERS,
             MAP_FLOWS,
         ] {

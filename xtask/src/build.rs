@@ -22,6 +22,12 @@ pub fn ebpf() -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("bpfel-unknown-none/release/imds-ebpf"))
 }
 
+/// The benchmark's empty classifier, built beside the object by [`ebpf`]
+/// (`imds-ebpf`'s `imds-floor` binary).
+pub fn floor_object() -> PathBuf {
+    target_dir().join("bpfel-unknown-none/release/imds-floor")
+}
+
 /// The binaries of the product.
 #[derive(Debug, Clone)]
 pub struct Binaries {

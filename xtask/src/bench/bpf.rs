@@ -12,7 +12,7 @@ use anyhow::{Context as _, ensure};
 
 use crate::cmd;
 
-fn bpftool_json(args: &[&str], path: Option<&Path>) -> anyhow::Result<serde_json::Value> {
+pub fn bpftool_json(args: &[&str], path: Option<&Path>) -> anyhow::Result<serde_json::Value> {
     let mut c = Command::new("bpftool");
     c.arg("-j").args(args);
     if let Some(p) = path {
@@ -66,6 +66,11 @@ impl ProgRun {
 /// The program pinned at `pin`.
 pub fn prog_run(pin: &Path) -> anyhow::Result<ProgRun> {
     parse_prog_run(&bpftool_json(&["prog", "show", "pinned"], Some(pin))?)
+}
+
+/// The program with this id (one not pinned: the bench's floor).
+pub fn prog_run_by_id(id: u64) -> anyhow::Result<ProgRun> {
+    parse_prog_run(&bpftool_json(&["prog", "show", "id", &id.to_string()], None)?)
 }
 
 fn parse_prog_run(v: &serde_json::Value) -> anyhow::Result<ProgRun> {

@@ -15,6 +15,7 @@
 mod alternatives;
 mod api_cost;
 mod bpf;
+mod floor;
 mod footprint;
 mod guest_helper;
 mod http;
@@ -30,6 +31,7 @@ mod scale;
 mod staleness;
 mod stats;
 mod targets;
+mod test_run;
 mod token;
 mod traffic;
 mod wrk;

@@ -39,6 +39,14 @@ pub struct Report {
     pub traffic: Vec<TrafficRow>,
     /// Each program's run time and runs during the BPF statistics run.
     pub per_packet: BTreeMap<&'static str, ProgRun>,
+    /// The empty classifier where each of those runs, same traffic.
+    pub floor: BTreeMap<&'static str, ProgRun>,
+    /// ns per run on a 64-byte UDP frame under `BPF_PROG_TEST_RUN`, no
+    /// accounting (`super::test_run`), by program; the empty one under
+    /// `PROG_FLOOR`.
+    pub test_run: BTreeMap<&'static str, f64>,
+    /// 64-byte UDP as the per-packet costs predict it, by way.
+    pub implied_udp: Vec<ImpliedUdp>,
     pub footprint: Footprint,
     pub guest_helper: GuestHelper,
     pub scale: Vec<ScalePoint>,
@@ -60,6 +68,23 @@ pub struct GuestHelper {
     pub peak: Option<Summary>,
     /// `--once`, start to exit, one token (ms).
     pub once_ms: Option<Summary>,
+}
+
+/// What a way's programs cost a 64-byte UDP flow, from their per-packet
+/// time: a packet takes 1/rate of the flow's time without them, and their
+/// `programs_ns` more with them.
+pub struct ImpliedUdp {
+    pub what: &'static str,
+    /// The sum over the way's programs (`BPF_PROG_TEST_RUN`, no accounting).
+    pub programs_ns: f64,
+    /// Received without programs, median.
+    pub kpps: f64,
+}
+
+impl ImpliedUdp {
+    pub fn ratio(&self) -> f64 {
+        1.0 / (1.0 + self.programs_ns * self.kpps * 1e-6)
+    }
 }
 
 /// One way of the VM's other traffic, through a plumbed pod and an unplumbed one.
@@ -393,15 +418,57 @@ impl Report {
                  way above; the accounting's two clock reads are included, so these are upper bounds):\n"
             );
             for (program, run) in &self.per_packet {
-                match run.ns_per_run() {
-                    Some(ns) => {
+                let floor = self.floor.get(program).and_then(|f| Some((f.ns_per_run()?, f.run_cnt)));
+                match (run.ns_per_run(), floor) {
+                    (Some(ns), Some((floor, floor_runs))) => {
+                        let _ = writeln!(
+                            s,
+                            "- `{program}`: {ns:.0} ns per packet, mean of {} runs; an empty program in \
+                             its place on the unplumbed pod: {floor:.0} ns ({floor_runs} runs), so {:+.0} ns \
+                             above it",
+                            run.run_cnt,
+                            ns - floor
+                        );
+                    }
+                    (Some(ns), None) => {
                         let _ =
                             writeln!(s, "- `{program}`: {ns:.0} ns per packet, mean of {} runs", run.run_cnt);
                     }
-                    None => {
+                    (None, _) => {
                         let _ = writeln!(s, "- `{program}`: did not run");
                     }
                 }
+            }
+            s.push('\n');
+        }
+        if !self.test_run.is_empty() {
+            let _ = writeln!(
+                s,
+                "Per packet without the accounting: `BPF_PROG_TEST_RUN` ({}), the median of 5 × 1 M runs on \
+                 a 64-byte UDP frame of the guest's:\n",
+                "`bpftool prog run … repeat 1000000`"
+            );
+            for (program, ns) in &self.test_run {
+                let what = if *program == imds_ebpf::abi::PROG_FLOOR { " (the empty program)" } else { "" };
+                let _ = writeln!(s, "- `{program}`{what}: {ns:.0} ns");
+            }
+            s.push('\n');
+        }
+        if !self.implied_udp.is_empty() {
+            let _ = writeln!(
+                s,
+                "What these per-packet costs take from a 64-byte UDP flow (rate without programs r, the \
+                 programs' sum c: 1 / (1 + c·r); an upper bound, as an unplumbed pod pays no hook at all):\n"
+            );
+            for u in &self.implied_udp {
+                let _ = writeln!(
+                    s,
+                    "- {}: {:.0} ns a packet at {:.1} kpps: {:.2} %",
+                    u.what,
+                    u.programs_ns,
+                    u.kpps,
+                    u.ratio() * 100.0
+                );
             }
             s.push('\n');
         }
