@@ -444,9 +444,10 @@ impl Report {
         if !self.test_run.is_empty() {
             let _ = writeln!(
                 s,
-                "Per packet without the accounting: `BPF_PROG_TEST_RUN` ({}), the median of 5 × 1 M runs on \
-                 a 64-byte UDP frame of the guest's:\n",
-                "`bpftool prog run … repeat 1000000`"
+                "Per packet without the accounting: `BPF_PROG_TEST_RUN` (`bpftool prog run … repeat {}`), the \
+                 median of {} such loops on a 64-byte UDP frame of the guest's:\n",
+                super::test_run::REPEAT,
+                super::test_run::MEASUREMENTS,
             );
             for (program, ns) in &self.test_run {
                 let what = if *program == imds_ebpf::abi::PROG_FLOOR { " (the empty program)" } else { "" };

@@ -12,8 +12,8 @@ use anyhow::{Context as _, ensure};
 use super::bpf;
 
 /// Runs per measurement, and measurements (the median is kept).
-const REPEAT: u32 = 1_000_000;
-const MEASUREMENTS: usize = 5;
+pub const REPEAT: u32 = 1_000_000;
+pub const MEASUREMENTS: usize = 5;
 
 /// TC_ACT_UNSPEC as the kernel reports the return value: the frame passed.
 const PASSED: u64 = u32::MAX as u64;
