@@ -20,8 +20,10 @@ use imds_tests::{
 
 use super::bpf::{self, ProgRun};
 
-/// Where each passing program runs (the agent's plan for this layout):
-/// (program, interface, tc direction).
+/// Where each passing program runs in this layout, as the agent's plan
+/// (`imds-agent`'s `datapath/plan.rs`) places it: (program, interface, tc
+/// direction). A place gone wrong shows in the report as a floor whose run
+/// count is far from its program's.
 const PLACES: [(&str, &str, &str); 5] = [
     (PROG_FROM_GUEST, TAP, "ingress"),
     (PROG_GUARD, BRIDGE, "ingress"),
