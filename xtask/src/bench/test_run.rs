@@ -47,29 +47,26 @@ pub enum Program<'a> {
     Id(u64),
 }
 
+impl Program<'_> {
+    /// How bpftool names it.
+    fn bpftool_args(&self) -> [String; 2] {
+        match self {
+            Program::Pinned(p) => ["pinned".into(), p.display().to_string()],
+            Program::Id(n) => ["id".into(), n.to_string()],
+        }
+    }
+}
+
 /// The median of the kernel's average time per run, in ns; fails unless
 /// the program let the frame pass (a drop would measure another path).
 pub fn ns_per_run(program: &Program, frame: &Path) -> anyhow::Result<f64> {
-    let mut runs = Vec::with_capacity(MEASUREMENTS);
-    let (id, path);
-    let which: Vec<&str> = match program {
-        Program::Pinned(p) => {
-            path = p.display().to_string();
-            vec!["pinned", &path]
-        }
-        Program::Id(n) => {
-            id = n.to_string();
-            vec!["id", &id]
-        }
-    };
+    let [how, which] = program.bpftool_args();
     let frame = frame.to_str().context("frame path is not UTF-8")?;
     let repeat = REPEAT.to_string();
-    for _ in 0..MEASUREMENTS {
-        let mut args = vec!["prog", "run"];
-        args.extend(&which);
-        args.extend(["data_in", frame, "repeat", &repeat]);
-        runs.push(parse(&bpf::bpftool_json(&args, None)?)?);
-    }
+    let args = ["prog", "run", &how, &which, "data_in", frame, "repeat", &repeat];
+    let mut runs = (0..MEASUREMENTS)
+        .map(|_| parse(&bpf::bpftool_json(&args, None)?))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
     runs.sort_by(f64::total_cmp);
     Ok(runs[runs.len() / 2])
 }

@@ -143,13 +143,11 @@ pub fn run(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     }
 
     for way in WAYS {
+        let (w, wo) = (&with[way.what], &without[way.what]);
         let programs_ns: Option<f64> = way.programs.iter().map(|p| report.test_run.get(p).copied()).sum();
-        if let (Some(ns), Some(kpps)) = (programs_ns, Summary::of(&without[way.what].udp_kpps)) {
+        if let (Some(ns), Some(kpps)) = (programs_ns, Summary::of(&wo.udp_kpps)) {
             report.implied_udp.push(ImpliedUdp { what: way.what, programs_ns: ns, kpps: kpps.median });
         }
-    }
-    for way in WAYS {
-        let (w, wo) = (&with[way.what], &without[way.what]);
         for (unit, a, b) in [
             ("TCP, Gbit/s", &w.tcp_gbps, &wo.tcp_gbps),
             ("64-byte UDP received, kpps", &w.udp_kpps, &wo.udp_kpps),
