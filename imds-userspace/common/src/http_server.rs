@@ -4,11 +4,23 @@
 //! writing every response ([`crate::write_deadline`]: a client that never
 //! reads loses its connection), and a cap on concurrent connections.
 //! Request bodies are never read.
+//!
+//! What answers is made per connection ([`ConnectionService`]): a
+//! [`Router`] gets the peer's address on every request ([`WithPeer`]); the
+//! IMDS answers its hottest requests before its router and puts the peer
+//! in a request only when the router needs it.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use axum::{Router, extract::ConnectInfo};
-use hyper::server::conn::http1;
+use axum::{Router, extract::ConnectInfo, response::Response};
+use hyper::{Request, body::Incoming, server::conn::http1};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -20,9 +32,57 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
+use tower::Service;
 
 use crate::write_deadline::WriteDeadline;
+
+/// Makes the service that answers one connection, from its peer's address.
+pub trait ConnectionService: Clone + Send + 'static {
+    type Service: Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static;
+
+    fn for_peer(&self, peer: SocketAddr) -> Self::Service;
+}
+
+/// A router sees the peer as a `ConnectInfo` extension, for handlers that
+/// answer with it (EC2's `local-ipv4`).
+impl ConnectionService for Router {
+    type Service = WithPeer<Router>;
+
+    fn for_peer(&self, peer: SocketAddr) -> WithPeer<Router> {
+        WithPeer { inner: self.clone(), peer }
+    }
+}
+
+/// `inner`, with `ConnectInfo(peer)` inserted into every request's extensions.
+#[derive(Debug, Clone)]
+pub struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S> WithPeer<S> {
+    pub fn new(inner: S, peer: SocketAddr) -> Self {
+        Self { inner, peer }
+    }
+}
+
+impl<S: Service<Request<B>>, B> Service<Request<B>> for WithPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> S::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.inner.call(request)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -74,10 +134,11 @@ impl Handshake for Plain {
 
 /// Accepts connections on `listener` until `shutdown` fires, then lets
 /// in-flight requests finish for up to `limits.drain_timeout`. Every
-/// connection goes through `handshake` first, within the head deadline.
-pub async fn serve<H: Handshake>(
+/// connection goes through `handshake` first, within the head deadline,
+/// and is answered by `app.for_peer(its peer)`.
+pub async fn serve<H: Handshake, A: ConnectionService>(
     listener: TcpListener,
-    app: Router,
+    app: A,
     limits: Limits,
     handshake: H,
     shutdown: CancellationToken,
@@ -118,12 +179,7 @@ pub async fn serve<H: Handshake>(
                 }
             },
         };
-        // The peer address, for handlers that answer with it (EC2's local-ipv4).
-        let app = app.clone().map_request(move |mut request: axum::extract::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request
-        });
-        let service = TowerToHyperService::new(app);
+        let service = TowerToHyperService::new(app.for_peer(peer));
         let (http, watcher, handshake) = (http.clone(), graceful.watcher(), handshake.clone());
         tokio::spawn(async move {
             let result = match tokio::time::timeout(limits.head_timeout, handshake.handshake(stream)).await {

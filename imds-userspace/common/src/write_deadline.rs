@@ -3,16 +3,18 @@
 //! hold its connection, and its slot, for as long as it likes.
 //!
 //! The server writes a response through its buffer and then flushes, so a
-//! response is "the writes since the last completed flush": the deadline
-//! starts at the first write after a flush and ends at the next flush that
-//! completes. Past it, writes fail with `TimedOut` and the server drops the
-//! connection. Reads are not touched (the head deadline covers those).
+//! response is "the writes since the last completed flush". Its deadline
+//! starts at the first of those writes that has to wait for the client
+//! (until then the client keeps up and no timer is touched: most responses
+//! never arm it) and ends at the next flush that completes. Past it, writes
+//! fail with `TimedOut` and the server drops the connection. Reads are not
+//! touched (the head deadline covers those).
 
 use std::{
     future::Future as _,
     io,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -24,27 +26,43 @@ use tokio::{
 pub struct WriteDeadline<T> {
     inner: T,
     timeout: Duration,
-    /// One timer per connection, reset for each response (no allocation
-    /// per request).
+    /// One timer per connection, reset for each response that waits (no
+    /// allocation per request).
     sleep: Pin<Box<Sleep>>,
-    /// Whether a response is being written, so `sleep` is its deadline.
+    /// Whether the response being written has waited, so `sleep` is its
+    /// deadline.
     armed: bool,
 }
 
-impl<T> WriteDeadline<T> {
+impl<T: Unpin> WriteDeadline<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
         Self { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), armed: false }
     }
 
-    /// Arms the deadline if no response is in progress; `Err` once it passed.
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.armed {
-            let deadline = Instant::now() + self.timeout;
-            self.sleep.as_mut().reset(deadline);
-            self.armed = true;
+    /// `write` on the inner stream, under the response's deadline: `Err`
+    /// once it passed; the deadline armed when `write` has to wait.
+    fn guarded<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        // A client that reads a little at a time lets writes through now
+        // and then: the deadline still counts from the first wait.
+        if self.armed {
+            self.passed(cx)?;
         }
-        // Polling registers the waker: a write left pending is woken at the
-        // deadline and fails then, instead of waiting for the peer.
+        let poll = write(Pin::new(&mut self.inner), cx);
+        if poll.is_pending() && !self.armed {
+            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            self.armed = true;
+            // Polling registers the waker: a write left pending is woken
+            // at the deadline and fails then, instead of waiting for the peer.
+            self.passed(cx)?;
+        }
+        poll
+    }
+
+    fn passed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "response write deadline passed")),
             Poll::Pending => Ok(()),
@@ -64,8 +82,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        self.guarded(cx, |inner, cx| inner.poll_write(cx, data))
     }
 
     fn poll_write_vectored(
@@ -73,8 +90,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.guarded(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -82,16 +98,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        // The response is with the kernel: the next one gets its own deadline.
-        self.armed = false;
-        Poll::Ready(Ok(()))
+        let flushed = self.guarded(cx, |inner, cx| inner.poll_flush(cx));
+        if let Poll::Ready(Ok(())) = flushed {
+            // The response is with the kernel: the next one gets its own deadline.
+            self.armed = false;
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.guarded(cx, |inner, cx| inner.poll_shutdown(cx))
     }
 }
 
@@ -119,5 +135,27 @@ mod tests {
         let err = io.write_all(&[2; 1000]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    /// Writes that go through now and then (a client reading 16 bytes a
+    /// second) do not restart the deadline: it counts from the first wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reading_a_trickle_is_cut_off_at_the_deadline() {
+        let (client, mut server_end) = tokio::io::duplex(64);
+        let mut io = WriteDeadline::new(client, Duration::from_secs(10));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0; 16];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if server_end.read(&mut buf).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let err = io.write_all(&[3; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        reader.abort();
     }
 }

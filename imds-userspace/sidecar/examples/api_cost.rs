@@ -1,6 +1,6 @@
-//! What the API layer costs per request (router, guards, tally, handler,
-//! body), without sockets or hyper: `requests` requests handed to the
-//! router in-process, as `run` wraps it. Under `valgrind --tool=callgrind`
+//! What the API layer costs per request (fast path or router, guards,
+//! tally, handler, body), without sockets or hyper: `requests` requests
+//! handed in-process to one connection's service, as `run` makes it. Under `valgrind --tool=callgrind`
 //! the instruction count does not depend on how busy the machine is, so
 //! before/after comparisons of this layer need no quiet machine
 //! (`cargo xtask bench --only api`).
@@ -16,7 +16,10 @@ use axum::{
     http::{Request, StatusCode},
 };
 use clap::Parser as _;
-use imds_sidecar::{api, config::ApiArgs, readiness::SharedReadiness, request_tally, token_watch};
+use imds_sidecar::{
+    api, config::ApiArgs, http_server::ConnectionService as _, readiness::SharedReadiness, request_tally,
+    token_watch,
+};
 use tower::ServiceExt as _;
 
 #[derive(clap::Parser)]
@@ -41,7 +44,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let state = args.api.state();
         let _watch = token_watch::start_or_warn(&state.tokens);
-        let app = request_tally::layer(api::router(Arc::new(state)), SharedReadiness::default());
+        let app = request_tally::Tally::new(api::Api::new(Arc::new(state)), SharedReadiness::default());
+        let peer = std::net::SocketAddr::from(([10, 0, 2, 2], 41000));
+        let mut connection = app.for_peer(peer);
         let mut bytes = 0;
         for _ in 0..args.requests {
             let request = Request::get(args.path.as_str())
@@ -54,7 +59,7 @@ fn main() -> anyhow::Result<()> {
                 bytes += std::hint::black_box(request).headers().len();
                 continue;
             }
-            let response = app.clone().oneshot(request).await.context("the router failed")?;
+            let response = (&mut connection).oneshot(request).await.context("the API failed")?;
             ensure!(response.status() == StatusCode::OK, "{} answered {}", args.path, response.status());
             bytes += to_bytes(response.into_body(), 1 << 20).await?.len();
         }

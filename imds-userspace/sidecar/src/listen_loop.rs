@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -56,7 +55,7 @@ pub enum ListenError {
     },
 }
 
-pub struct ListenLoop {
+pub struct ListenLoop<A> {
     /// Where to find the interface's index.
     pub interface: InterfaceIndex,
     /// The interface's name, for SO_BINDTODEVICE.
@@ -65,7 +64,7 @@ pub struct ListenLoop {
     /// The IP TTL of the listener, inherited by every connection.
     pub hop_limit: u8,
     /// The API, already wrapped in [`crate::request_tally`].
-    pub app: Router,
+    pub app: A,
     pub limits: Limits,
     pub readiness: SharedReadiness,
     pub timing: Timing,
@@ -78,7 +77,7 @@ enum Stopped {
     InterfaceChanged(Option<u32>),
 }
 
-impl ListenLoop {
+impl<A: http_server::ConnectionService> ListenLoop<A> {
     /// Until `shutdown` fires (then in-flight requests are drained), or a
     /// failure no retry can fix.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ListenError> {
@@ -260,8 +259,8 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let readiness = SharedReadiness::default();
-        let app = crate::request_tally::layer(
-            Router::new().route("/healthz", get(|| async { "OK" })),
+        let app = crate::request_tally::Tally::new(
+            axum::Router::new().route("/healthz", get(|| async { "OK" })),
             readiness.clone(),
         );
         let fast = Duration::from_millis(20);

@@ -1,49 +1,53 @@
 //! Counts the requests the API answers and notes the agent's probe nonces
-//! ([`channel::PROBE_HEADER`]) in [`crate::readiness`]: a layer around the
-//! router, so the handlers know nothing of it. The probe itself is a plain
-//! `GET /healthz`. Hand-written rather than `middleware::from_fn`, which
-//! boxes the request's way through it: this runs on every request.
+//! ([`channel::PROBE_HEADER`]) in [`crate::readiness`]: a wrapper around
+//! each connection's service, so the API knows nothing of it. The probe
+//! itself is a plain `GET /healthz`. Hand-written rather than
+//! `middleware::from_fn`, which boxes the request's way through it: this
+//! runs on every request.
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
-use axum::{Router, extract::Request, response::Response};
-use imds_common::channel;
-use tower_layer::Layer;
+use axum::{http::Request, response::Response};
+use imds_common::{channel, http_server::ConnectionService};
 use tower_service::Service;
 
 use crate::readiness::SharedReadiness;
 
-/// `app`, tallying into `readiness`.
-pub fn layer(app: Router, readiness: SharedReadiness) -> Router {
-    app.layer(Tally { readiness })
-}
-
+/// `app`, tallying every request of every connection into `readiness`.
 #[derive(Debug, Clone)]
-struct Tally {
+pub struct Tally<A> {
+    app: A,
     readiness: SharedReadiness,
 }
 
-impl<S> Layer<S> for Tally {
-    type Service = Tallied<S>;
+impl<A> Tally<A> {
+    pub fn new(app: A, readiness: SharedReadiness) -> Self {
+        Self { app, readiness }
+    }
+}
 
-    fn layer(&self, inner: S) -> Tallied<S> {
-        Tallied { inner, readiness: self.readiness.clone() }
+impl<A: ConnectionService> ConnectionService for Tally<A> {
+    type Service = Tallied<A::Service>;
+
+    fn for_peer(&self, peer: SocketAddr) -> Tallied<A::Service> {
+        Tallied { inner: self.app.for_peer(peer), readiness: self.readiness.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
-struct Tallied<S> {
+pub struct Tallied<S> {
     inner: S,
     readiness: SharedReadiness,
 }
 
-impl<S> Service<Request> for Tallied<S>
+impl<S, B> Service<Request<B>> for Tallied<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
@@ -53,7 +57,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         // Copied only when present (the agent's probe; guests do not send
         // it), before the request moves into the handler.
         let nonce = request
@@ -67,7 +71,7 @@ where
 
 pin_project_lite::pin_project! {
     /// The handler's future; notes the request once it has an answer.
-    struct Counted<F> {
+    pub struct Counted<F> {
         #[pin]
         inner: F,
         readiness: Option<SharedReadiness>,
@@ -94,17 +98,23 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Counted<F> {
 mod tests {
     use super::*;
     use crate::readiness::Listener;
-    use axum::{body::Body, http::StatusCode, routing::get};
-    use imds_common::contract::{IMDS_IP, IMDS_PORT};
+    use axum::{Router, body::Body, http::StatusCode, routing::get};
+    use imds_common::contract::{IMDS_HOST, IMDS_IP, IMDS_PORT};
     use std::{net::SocketAddrV4, time::SystemTime};
     use tower::ServiceExt as _;
 
-    async fn call(app: &Router, headers: &[(&str, &str)]) -> StatusCode {
-        let mut request = Request::get("/healthz");
+    /// `path` through a connection's service, as `http_server` makes it.
+    async fn call<A>(app: &Tally<A>, path: &str, headers: &[(&str, &str)]) -> StatusCode
+    where
+        A: ConnectionService,
+        Tallied<A::Service>: Service<Request<Body>, Response = Response, Error = Infallible>,
+    {
+        let mut request = Request::get(path);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap().status()
+        let connection = app.for_peer(SocketAddr::from(([10, 0, 2, 2], 41000)));
+        connection.oneshot(request.body(Body::empty()).unwrap()).await.unwrap().status()
     }
 
     #[tokio::test]
@@ -113,13 +123,12 @@ mod tests {
         readiness.update(|r| {
             r.set_listener(Listener::Listening { addr: SocketAddrV4::new(IMDS_IP, IMDS_PORT), ifindex: 7 })
         });
-        let app = layer(Router::new().route("/healthz", get(|| async { "OK" })), readiness.clone());
+        let app = Tally::new(Router::new().route("/healthz", get(|| async { "OK" })), readiness.clone());
 
-        assert_eq!(call(&app, &[]).await, StatusCode::OK);
-        assert_eq!(call(&app, &[(channel::PROBE_HEADER, "nonce-1")]).await, StatusCode::OK);
+        assert_eq!(call(&app, "/healthz", &[]).await, StatusCode::OK);
+        assert_eq!(call(&app, "/healthz", &[(channel::PROBE_HEADER, "nonce-1")]).await, StatusCode::OK);
         // Unrouted requests are answered, so counted, too.
-        let missing = app.clone().oneshot(Request::get("/nope").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(call(&app, "/nope", &[]).await, StatusCode::NOT_FOUND);
         assert_eq!(readiness.status().served, 3);
 
         let report = |nonce: &str| readiness.update(|r| r.probe_succeeded(nonce, None, SystemTime::now()));
@@ -129,7 +138,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_real_router_is_tallied() {
+    async fn the_real_api_is_tallied_fast_path_included() {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -150,8 +159,13 @@ mod tests {
         ];
         let args = <Cli as clap::Parser>::try_parse_from(argv).unwrap().api;
         let readiness = SharedReadiness::default();
-        let app = layer(crate::api::router(std::sync::Arc::new(args.state())), readiness.clone());
-        assert_eq!(call(&app, &[(channel::PROBE_HEADER, "n")]).await, StatusCode::OK);
+        let app = Tally::new(crate::api::Api::new(std::sync::Arc::new(args.state())), readiness.clone());
+        assert_eq!(call(&app, "/healthz", &[(channel::PROBE_HEADER, "n")]).await, StatusCode::OK);
         assert_eq!(readiness.status().served, 1);
+        // Answered before the router (see api::fast_path), counted all the same.
+        let guest = [("host", IMDS_HOST), ("metadata", "true")];
+        assert_eq!(call(&app, imds_api::IDENTITY_PATH, &guest).await, StatusCode::OK);
+        assert_eq!(call(&app, imds_api::IDENTITY_PATH, &[]).await, StatusCode::BAD_REQUEST);
+        assert_eq!(readiness.status().served, 3);
     }
 }

@@ -1,7 +1,7 @@
 //! What boot agents other than cloud-init request, path by path, taken from
-//! their own sources, against the real router in-process. Each request
-//! carries the guest's address as `http_server` adds it, so `local-ipv4`
-//! answers as it does for a VM.
+//! their own sources, against the real API in-process. Each request goes
+//! through a connection's service made for the guest's address, as
+//! `http_server` makes it, so `local-ipv4` answers as it does for a VM.
 
 use std::{
     net::SocketAddr,
@@ -10,13 +10,12 @@ use std::{
 };
 
 use axum::{
-    Router,
     body::{Body, to_bytes},
-    extract::ConnectInfo,
     http::{HeaderMap, Method, Request, StatusCode},
 };
+use imds_sidecar::http_server::ConnectionService as _;
 use imds_sidecar::{
-    api::{ImdsState, cloud::CloudState, router},
+    api::{Api, ImdsState, cloud::CloudState},
     cloud::{InstanceFacts, PublicKey, data::DataSources},
     contract::{Flavor, Imdsv2},
     metadata::Identity,
@@ -32,7 +31,7 @@ const USER_DATA: &[u8] = b"{\"ignition\": {\"version\": \"3.4.0\"}}";
 
 struct Imds {
     dir: tempfile::TempDir,
-    app: Router,
+    app: Api,
 }
 
 impl Imds {
@@ -61,7 +60,7 @@ impl Imds {
             },
             guest_binaries: Default::default(),
         };
-        Self { app: router(Arc::new(state)), dir }
+        Self { app: Api::new(Arc::new(state)), dir }
     }
 
     fn secret(&self) -> PathBuf {
@@ -73,10 +72,9 @@ impl Imds {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let mut request = request.body(Body::empty()).unwrap();
+        let request = request.body(Body::empty()).unwrap();
         let peer: SocketAddr = format!("{GUEST}:41000").parse().unwrap();
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let response = self.app.clone().oneshot(request).await.unwrap();
+        let response = self.app.for_peer(peer).oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
         Answer {
             status: parts.status,

@@ -33,17 +33,18 @@ const METADATA: HeaderName = HeaderName::from_static("metadata");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Every check a request passes before routing, in order.
-pub fn check(request: &Request) -> Result<(), ApiError> {
-    check_not_forwarded(request.headers())?;
-    let path = request.uri().path();
+/// Every check a request passes before routing (or before the fast path,
+/// [`super::fast_path`]), in order.
+pub fn check(headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+    check_not_forwarded(headers)?;
+    let path = uri.path();
     // `/healthz` carries nothing: no further check.
     if path == HEALTHZ_PATH {
         return Ok(());
     }
-    check_host(request.headers(), request.uri())?;
+    check_host(headers, uri)?;
     if needs_metadata_header(path) {
-        check_metadata_header(request.headers())?;
+        check_metadata_header(headers)?;
     }
     Ok(())
 }
@@ -93,7 +94,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match check(&request) {
+        match check(request.headers(), request.uri()) {
             Ok(()) => Either::Right(self.inner.call(request)),
             Err(e) => Either::Left(ready(Ok(e.into_response()))),
         }

@@ -1,22 +1,33 @@
-//! The HTTP API, as an axum [`Router`] over [`ImdsState`]. No sockets here:
-//! [`crate::http_server`] serves it, tests call it in-process.
+//! The HTTP API over [`ImdsState`]: an axum [`Router`], and in front of it
+//! the requests guests repeat ([`fast_path`]), together an [`Api`]. No
+//! sockets here: [`crate::http_server`] serves it, tests call it in-process.
 
 pub mod cloud;
 pub mod error;
+mod fast_path;
 mod guards;
 mod guest_downloads;
 
-use std::sync::Arc;
+use std::{
+    convert::Infallible,
+    future::{Ready, ready},
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::{
-    Json, Router,
-    body::Bytes,
+    BoxError, Json, Router,
+    body::{Bytes, HttpBody},
     extract::{RawQuery, State},
-    http::{HeaderValue, header},
+    http::{HeaderValue, Request, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{future::RouteFuture, get},
 };
+use futures_util::future::Either;
 use imds_api::IdentityResponse;
+use imds_common::http_server::{ConnectionService, WithPeer};
+use tower_service::Service;
 
 use crate::{
     contract,
@@ -24,6 +35,7 @@ use crate::{
     token::{TokenError, TokenSet},
 };
 use error::ApiError;
+use fast_path::FastPath;
 
 /// What the handlers read.
 #[derive(Debug)]
@@ -36,9 +48,62 @@ pub struct ImdsState {
     pub guest_binaries: crate::guest_binaries::GuestBinaries,
 }
 
-pub fn router(state: Arc<ImdsState>) -> Router {
-    // Fixed for the life of the sidecar: serialised once.
-    let identity = identity_body(&state);
+/// The API as served: one [`Connection`] per client connection.
+#[derive(Debug, Clone)]
+pub struct Api {
+    router: Router,
+    fast_path: Arc<FastPath>,
+}
+
+impl Api {
+    pub fn new(state: Arc<ImdsState>) -> Self {
+        // Fixed for the life of the sidecar: serialised once.
+        let identity = identity_body(&state);
+        Self {
+            router: router(state.clone(), identity.clone()),
+            fast_path: Arc::new(FastPath { state, identity }),
+        }
+    }
+}
+
+impl ConnectionService for Api {
+    type Service = Connection;
+
+    fn for_peer(&self, peer: SocketAddr) -> Connection {
+        Connection { router: WithPeer::new(self.router.clone(), peer), fast_path: self.fast_path.clone() }
+    }
+}
+
+/// Answers one connection's requests: the fast path's, or the router's
+/// (which sees the peer: EC2's `local-ipv4` answers with it).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    router: WithPeer<Router>,
+    fast_path: Arc<FastPath>,
+}
+
+impl<B> Service<Request<B>> for Connection
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request<B>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.fast_path.answer(request.method(), request.uri(), request.headers()) {
+            Some(response) => Either::Left(ready(Ok(response))),
+            None => Either::Right(self.router.call(request)),
+        }
+    }
+}
+
+fn router(state: Arc<ImdsState>, identity: Bytes) -> Router {
     let metadata = Router::new()
         .route(imds_api::TOKEN_PATH, get(token))
         .route(imds_api::IDENTITY_PATH, get(move || std::future::ready(json_body(identity.clone()))))
@@ -98,10 +163,14 @@ fn audience_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
 }
 
 async fn token(State(state): State<Arc<ImdsState>>, RawQuery(query): RawQuery) -> Response {
-    let audience = match audience_param(query.as_deref()) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+    match audience_param(query.as_deref()) {
+        Ok(audience) => token_response(&state, audience),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The token for `audience` (the default token for `None`), or why not.
+fn token_response(state: &ImdsState, audience: Option<String>) -> Response {
     let file = match &audience {
         None => state.tokens.default_token(),
         Some(a) => state.tokens.for_audience(a),
@@ -161,7 +230,7 @@ mod tests {
     struct Fixture {
         dir: tempfile::TempDir,
         token_path: std::path::PathBuf,
-        app: Router,
+        app: Api,
     }
 
     fn fixture() -> Fixture {
@@ -176,7 +245,7 @@ mod tests {
             aws,
             ..state(dir.path(), cloud_state(&[], contract::Imdsv2::Optional, None))
         };
-        Fixture { app: router(Arc::new(state)), token_path: dir.path().join("token"), dir }
+        Fixture { app: Api::new(Arc::new(state)), token_path: dir.path().join("token"), dir }
     }
 
     /// The VM `fedora-1` in `vms`: the default token from `dir/token`, no
@@ -216,22 +285,24 @@ mod tests {
         let data_dir = dir.path().join("userdata-secret");
         std::fs::create_dir(&data_dir).unwrap();
         let state = state(dir.path(), cloud_state(flavors, imdsv2, Some(&data_dir)));
-        Fixture { app: router(Arc::new(state)), token_path: dir.path().join("token"), dir }
+        Fixture { app: Api::new(Arc::new(state)), token_path: dir.path().join("token"), dir }
     }
 
-    async fn call(
-        app: &Router,
-        method: Method,
-        uri: &str,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, Response) {
+    async fn call(app: &Api, method: Method, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, Response) {
+        let response = app.for_peer(PEER).oneshot(request(method, uri, headers)).await.unwrap();
+        (response.status(), response)
+    }
+
+    fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let response = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
-        (response.status(), response)
+        req.body(Body::empty()).unwrap()
     }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 2, 2)), 41000);
 
     async fn json(response: Response) -> Value {
         let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
@@ -351,6 +422,80 @@ mod tests {
         }
         let (status, _) = call(&f.app, Method::HEAD, "/healthz", &[]).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    /// The fast path answers what the router would, byte for byte, on
+    /// every request it takes (and takes the ones it should), whatever
+    /// the token file holds.
+    #[tokio::test]
+    async fn the_fast_path_answers_as_the_router_does() {
+        const HOST: (&str, &str) = ("Host", contract::IMDS_HOST);
+        let taken: &[(&str, &[(&str, &str)])] = &[
+            ("/v1/token", &[MD, HOST]),
+            ("/v1/token", &[MD]),
+            ("/v1/token", &[]),
+            ("/v1/token", &[("Metadata", "false")]),
+            ("/v1/token", &[MD, MD]),
+            ("/v1/token", &[MD, ("X-Forwarded-For", "1.2.3.4")]),
+            ("/v1/token", &[MD, ("Forwarded", "for=1.2.3.4")]),
+            ("/v1/token", &[MD, ("Host", "attacker.example")]),
+            ("/v1/token", &[MD, HOST, HOST]),
+            ("http://169.254.169.254/v1/token", &[MD]),
+            ("http://attacker.example/v1/token", &[MD, HOST]),
+            ("/v1/identity", &[MD, HOST]),
+            ("/v1/identity", &[]),
+            ("/v1/identity", &[MD, ("Host", "169.254.169.254:8080")]),
+        ];
+        let left: &[(Method, &str)] = &[
+            (Method::GET, "/v1/token?audience=vault"),
+            (Method::GET, "/v1/token?"),
+            (Method::GET, "/v1/identity?x=1"),
+            (Method::HEAD, "/v1/token"),
+            (Method::POST, "/v1/token"),
+            (Method::GET, "/v1/token/"),
+            (Method::GET, "/v1//token"),
+            (Method::GET, "/healthz"),
+        ];
+        let expired = jwt_with_claims(r#"{"exp":1795000000}"#);
+        let valid = jwt_with_claims(r#"{"exp":4102444800}"#);
+        for default_token in [true, false] {
+            let f = fixture_with(default_token, &["vault"], None);
+            for file in [None, Some("garbage"), Some(expired.as_str()), Some(valid.as_str())] {
+                match file {
+                    Some(contents) => std::fs::write(&f.token_path, contents).unwrap(),
+                    None => drop(std::fs::remove_file(&f.token_path)),
+                }
+                let requests = taken.iter().map(|&(uri, headers)| (Method::GET, uri, headers, true));
+                let requests =
+                    requests.chain(left.iter().map(|(m, uri)| (m.clone(), *uri, &[MD][..], false)));
+                for (method, uri, headers, fast) in requests {
+                    let case =
+                        format!("{method} {uri} {headers:?}, default token {default_token}, file {file:?}");
+                    let r = request(method.clone(), uri, headers);
+                    let answered = f.app.fast_path.answer(r.method(), r.uri(), r.headers());
+                    assert_eq!(answered.is_some(), fast, "{case}");
+                    let ours = f.app.for_peer(PEER).oneshot(request(method.clone(), uri, headers)).await;
+                    let routed =
+                        WithPeer::new(f.app.router.clone(), PEER).oneshot(request(method, uri, headers));
+                    let (mut ours, mut routed) = (ours.unwrap(), routed.await.unwrap());
+                    assert_eq!(ours.status(), routed.status(), "{case}");
+                    // The router writes the body's length into the headers;
+                    // hyper writes the same from the body's exact size when
+                    // it is absent: one Content-Length on the wire either way.
+                    let length = |r: &mut Response| {
+                        let header = r.headers_mut().remove(header::CONTENT_LENGTH);
+                        header.map(|l| l.to_str().unwrap().parse::<u64>().unwrap())
+                    };
+                    if fast {
+                        let size = ours.body().size_hint().exact();
+                        assert_eq!((length(&mut ours), length(&mut routed)), (None, size), "{case}");
+                    }
+                    assert_eq!(ours.headers(), routed.headers(), "{case}");
+                    let body = |r: Response| to_bytes(r.into_body(), 1 << 20);
+                    assert_eq!(body(ours).await.unwrap(), body(routed).await.unwrap(), "{case}");
+                }
+            }
+        }
     }
 
     #[tokio::test]
@@ -548,7 +693,7 @@ mod tests {
     const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
     const TOKEN: &str = "x-aws-ec2-metadata-token";
 
-    async fn session(app: &Router, ttl: &str) -> String {
+    async fn session(app: &Api, ttl: &str) -> String {
         let (status, response) = call(app, Method::PUT, "/latest/api/token", &[(TTL, ttl)]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(response.headers()[TTL], ttl);
@@ -662,7 +807,7 @@ mod tests {
             ..state(dir.path(), cloud_state(&[], contract::Imdsv2::Optional, None))
         };
         let token_path = dir.path().join("token");
-        (Fixture { app: router(Arc::new(state)), token_path, dir }, build)
+        (Fixture { app: Api::new(Arc::new(state)), token_path, dir }, build)
     }
 
     const AMD64: &str = "/v1/guest/kubevirt-imds-guest-linux-amd64";

@@ -70,7 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         device: SIDECAR_IF.to_owned(),
         addr: SocketAddrV4::new(IMDS_IP, IMDS_PORT),
         hop_limit: args.hop_limit,
-        app: request_tally::layer(api::router(Arc::new(state)), readiness.clone()),
+        app: request_tally::Tally::new(api::Api::new(Arc::new(state)), readiness.clone()),
         limits: args.api.limits(),
         readiness,
         timing: Timing::default(),

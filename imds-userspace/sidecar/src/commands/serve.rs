@@ -20,7 +20,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let state = args.api.state();
     let _watch = token_watch::start_or_warn(&state.tokens);
-    let app = api::router(Arc::new(state));
+    let app = api::Api::new(Arc::new(state));
     let server = http_server::serve(listener, app, args.api.limits(), http_server::Plain, stop.clone());
     tokio::pin!(server);
     tokio::select! {
