@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     extract::Request,
-    http::{HeaderMap, HeaderName, Uri, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Uri, header},
     response::{IntoResponse, Response},
 };
 use futures_util::future::Either;
@@ -33,18 +33,63 @@ const METADATA: HeaderName = HeaderName::from_static("metadata");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// The headers the checks read, found in one pass over the request's: a
+/// lookup by name hashes the name each time, and a request carries a
+/// handful of headers (at most `Limits::max_headers`).
+#[derive(Debug, Default)]
+pub struct Seen<'a> {
+    forwarded: bool,
+    host: Occurrences<'a>,
+    metadata: Occurrences<'a>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Occurrences<'a> {
+    #[default]
+    Absent,
+    Once(&'a HeaderValue),
+    /// Given more than once: ambiguous, refused wherever it matters.
+    Repeated,
+}
+
+impl<'a> Occurrences<'a> {
+    fn add(&mut self, value: &'a HeaderValue) {
+        *self = match self {
+            Occurrences::Absent => Occurrences::Once(value),
+            _ => Occurrences::Repeated,
+        };
+    }
+}
+
+impl<'a> Seen<'a> {
+    pub fn scan(headers: &'a HeaderMap) -> Self {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            if name == header::HOST {
+                seen.host.add(value);
+            } else if name == METADATA {
+                seen.metadata.add(value);
+            } else if name == X_FORWARDED_FOR || name == FORWARDED {
+                seen.forwarded = true;
+            }
+        }
+        seen
+    }
+}
+
 /// Every check a request passes before routing (or before the fast path,
 /// [`super::fast_path`]), in order.
 pub fn check(headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
-    check_not_forwarded(headers)?;
+    let seen = Seen::scan(headers);
+    check_not_forwarded(&seen)?;
     let path = uri.path();
     // `/healthz` carries nothing: no further check.
     if path == HEALTHZ_PATH {
         return Ok(());
     }
-    check_host(headers, uri)?;
+    check_host(&seen, uri)?;
     if needs_metadata_header(path) {
-        check_metadata_header(headers)?;
+        check_metadata_header(&seen)?;
     }
     Ok(())
 }
@@ -101,36 +146,31 @@ where
     }
 }
 
-pub fn check_host(headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+pub fn check_host(seen: &Seen, uri: &Uri) -> Result<(), ApiError> {
     let is_imds = |authority: &[u8]| {
         let ip = crate::contract::IMDS_HOST.as_bytes();
         authority == ip || authority.strip_prefix(ip) == Some(&b":80"[..])
     };
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host_ok = match (hosts.next(), hosts.next()) {
-        (None, _) => true,
-        (Some(host), None) => is_imds(host.as_bytes()),
+    let host_ok = match seen.host {
+        Occurrences::Absent => true,
+        Occurrences::Once(host) => is_imds(host.as_bytes()),
         // Two Host headers: ambiguous by definition (RFC 9112 §3.2).
-        _ => false,
+        Occurrences::Repeated => false,
     };
     // An absolute-form request line names its own authority.
     let uri_ok = uri.authority().is_none_or(|a| is_imds(a.as_str().as_bytes()));
     if host_ok && uri_ok { Ok(()) } else { Err(ApiError::HostNotImds) }
 }
 
-pub fn check_not_forwarded(headers: &HeaderMap) -> Result<(), ApiError> {
-    if headers.contains_key(X_FORWARDED_FOR) || headers.contains_key(FORWARDED) {
-        return Err(ApiError::ForwardedRequest);
-    }
-    Ok(())
+pub fn check_not_forwarded(seen: &Seen) -> Result<(), ApiError> {
+    if seen.forwarded { Err(ApiError::ForwardedRequest) } else { Ok(()) }
 }
 
-pub fn check_metadata_header(headers: &HeaderMap) -> Result<(), ApiError> {
-    let mut values = headers.get_all(METADATA).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Err(ApiError::MetadataHeaderMissing),
+pub fn check_metadata_header(seen: &Seen) -> Result<(), ApiError> {
+    match seen.metadata {
+        Occurrences::Absent => Err(ApiError::MetadataHeaderMissing),
         // Exactly `true`, as documented (Azure's clients send that).
-        (Some(v), None) if v.as_bytes() == b"true" => Ok(()),
+        Occurrences::Once(v) if v.as_bytes() == b"true" => Ok(()),
         _ => Err(ApiError::MetadataHeaderInvalid),
     }
 }
@@ -147,11 +187,17 @@ mod tests {
         h
     }
 
+    /// `rule` on the checks' view of these headers.
+    fn with<R>(pairs: &[(&'static str, &'static str)], rule: impl FnOnce(&Seen) -> R) -> R {
+        let headers = headers(pairs);
+        rule(&Seen::scan(&headers))
+    }
+
     #[test]
     fn only_the_imds_address_as_host() {
         let plain: Uri = "/v1/token".parse().unwrap();
         for good in [&[][..], &[("Host", "169.254.169.254")], &[("host", "169.254.169.254:80")]] {
-            assert_eq!(check_host(&headers(good), &plain), Ok(()), "{good:?}");
+            assert_eq!(with(good, |seen| check_host(seen, &plain)), Ok(()), "{good:?}");
         }
         for bad in [
             &[("Host", "attacker.example")][..],
@@ -163,40 +209,40 @@ mod tests {
             &[("Host", "[::ffff:169.254.169.254]")],
             &[("Host", "169.254.169.254"), ("Host", "169.254.169.254")],
         ] {
-            assert_eq!(check_host(&headers(bad), &plain), Err(ApiError::HostNotImds), "{bad:?}");
+            assert_eq!(with(bad, |seen| check_host(seen, &plain)), Err(ApiError::HostNotImds), "{bad:?}");
         }
         let absolute: Uri = "http://attacker.example/v1/token".parse().unwrap();
         assert_eq!(
-            check_host(&headers(&[("Host", "169.254.169.254")]), &absolute),
+            with(&[("Host", "169.254.169.254")], |seen| check_host(seen, &absolute)),
             Err(ApiError::HostNotImds)
         );
         let ours: Uri = "http://169.254.169.254/v1/token".parse().unwrap();
-        assert_eq!(check_host(&headers(&[]), &ours), Ok(()));
+        assert_eq!(with(&[], |seen| check_host(seen, &ours)), Ok(()));
     }
 
     #[test]
     fn metadata_header_rules() {
-        assert_eq!(check_metadata_header(&headers(&[("Metadata", "true")])), Ok(()));
+        assert_eq!(with(&[("Metadata", "true")], check_metadata_header), Ok(()));
         // The header's name is case-insensitive (HTTP), its value is not.
-        assert_eq!(check_metadata_header(&headers(&[("metadata", "true")])), Ok(()));
+        assert_eq!(with(&[("metadata", "true")], check_metadata_header), Ok(()));
         assert_eq!(
-            check_metadata_header(&headers(&[("Metadata", "TRUE")])),
+            with(&[("Metadata", "TRUE")], check_metadata_header),
             Err(ApiError::MetadataHeaderInvalid)
         );
         assert_eq!(
-            check_metadata_header(&headers(&[("Metadata", "True")])),
+            with(&[("Metadata", "True")], check_metadata_header),
             Err(ApiError::MetadataHeaderInvalid)
         );
-        assert_eq!(check_metadata_header(&headers(&[])), Err(ApiError::MetadataHeaderMissing));
+        assert_eq!(with(&[], check_metadata_header), Err(ApiError::MetadataHeaderMissing));
         for bad in ["false", "1", "", "true ", "yes"] {
             assert_eq!(
-                check_metadata_header(&headers(&[("Metadata", bad)])),
+                with(&[("Metadata", bad)], check_metadata_header),
                 Err(ApiError::MetadataHeaderInvalid),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            check_metadata_header(&headers(&[("Metadata", "true"), ("Metadata", "true")])),
+            with(&[("Metadata", "true"), ("Metadata", "true")], check_metadata_header),
             Err(ApiError::MetadataHeaderInvalid)
         );
     }
@@ -223,17 +269,14 @@ mod tests {
 
     #[test]
     fn forwarding_headers_are_refused() {
-        assert_eq!(check_not_forwarded(&headers(&[])), Ok(()));
+        assert_eq!(with(&[], check_not_forwarded), Ok(()));
         assert_eq!(
-            check_not_forwarded(&headers(&[("X-Forwarded-For", "10.0.0.1")])),
+            with(&[("X-Forwarded-For", "10.0.0.1")], check_not_forwarded),
             Err(ApiError::ForwardedRequest)
         );
+        assert_eq!(with(&[("X-Forwarded-For", "")], check_not_forwarded), Err(ApiError::ForwardedRequest));
         assert_eq!(
-            check_not_forwarded(&headers(&[("X-Forwarded-For", "")])),
-            Err(ApiError::ForwardedRequest)
-        );
-        assert_eq!(
-            check_not_forwarded(&headers(&[("Forwarded", "for=10.0.0.1")])),
+            with(&[("Forwarded", "for=10.0.0.1")], check_not_forwarded),
             Err(ApiError::ForwardedRequest)
         );
     }
