@@ -26,9 +26,9 @@ use tokio::{
 pub struct WriteDeadline<T> {
     inner: T,
     timeout: Duration,
-    /// One timer per connection, reset for each response that waits (no
-    /// allocation per request).
-    sleep: Pin<Box<Sleep>>,
+    /// One timer per connection, made the first time a response waits and
+    /// reset for each later one that does (most connections never need it).
+    sleep: Option<Pin<Box<Sleep>>>,
     /// Whether the response being written has waited, so `sleep` is its
     /// deadline.
     armed: bool,
@@ -36,7 +36,7 @@ pub struct WriteDeadline<T> {
 
 impl<T: Unpin> WriteDeadline<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
-        Self { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), armed: false }
+        Self { inner, timeout, sleep: None, armed: false }
     }
 
     /// `write` on the inner stream, under the response's deadline: `Err`
@@ -53,7 +53,11 @@ impl<T: Unpin> WriteDeadline<T> {
         }
         let poll = write(Pin::new(&mut self.inner), cx);
         if poll.is_pending() && !self.armed {
-            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             self.armed = true;
             // Polling registers the waker: a write left pending is woken
             // at the deadline and fails then, instead of waiting for the peer.
@@ -63,9 +67,12 @@ impl<T: Unpin> WriteDeadline<T> {
     }
 
     fn passed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "response write deadline passed")),
-            Poll::Pending => Ok(()),
+        match self.sleep.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "response write deadline passed"))
+            }
+            // Armed always has a timer; none means no deadline yet.
+            Some(Poll::Pending) | None => Ok(()),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The per-VM IMDS server, `kubevirt-imds-sidecar`: unprivileged, it only
 //! serves; the node agent plumbs the pod.
 //!
-//! - What it serves: the HTTP API ([`api`]), the cloud metadata flavours
+//! - What it serves: the HTTP API ([`api`]: a router, with the two requests
+//!   guests repeat answered in front of it), the cloud metadata flavours
 //!   ([`cloud`]), the kubelet-projected tokens ([`token`], kept current by
 //!   [`token_watch`]), the guest helper's builds ([`guest_binaries`]).
 //! - Where: [`listen_loop`] waits for the agent's interface ([`interface`])
