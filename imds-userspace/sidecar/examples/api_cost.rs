@@ -1,9 +1,9 @@
 //! What the API layer costs per request (fast path or router, guards,
 //! tally, handler, body), without sockets or hyper: `requests` requests
-//! handed in-process to one connection's service, as `run` makes it. Under `valgrind --tool=callgrind`
-//! the instruction count does not depend on how busy the machine is, so
-//! before/after comparisons of this layer need no quiet machine
-//! (`cargo xtask bench --only api`).
+//! handed in-process to one connection's service, as `run` makes it.
+//! Under `valgrind --tool=callgrind` the instruction count does not depend
+//! on how busy the machine is, so before/after comparisons of this layer
+//! need no quiet machine (`cargo xtask bench --only api`).
 //!
 //! Usage: api_cost --path /v1/token --requests 10000 --namespace … (the
 //! `serve` options that say what is served, e.g. `--token-dir`)
