@@ -1,6 +1,6 @@
-//! Any request a guest can send, through the sidecar's whole router (the
-//! guards, `/v1`, and the NoCloud, OpenStack and EC2 flavours with IMDSv2),
-//! in-process. The input is split into method, request target and headers
+//! Any request a guest can send, through the sidecar's whole API as served
+//! (the fast path, the guards, `/v1`, and the NoCloud, OpenStack and EC2
+//! flavours with IMDSv2), in-process. The input is split into method, request target and headers
 //! at the first two newlines (then one header per line, `name: value`).
 //! Checked: no panic, every answer a valid status, the token never in an
 //! answer without `Metadata: true` and the IMDS `Host`.
@@ -9,15 +9,15 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::{
-    Router,
     body::Body,
     http::{HeaderName, HeaderValue, Method, Request},
 };
 use http_body_util::BodyExt as _;
 use imds_sidecar::{
-    api::{ImdsState, cloud::CloudState, router},
+    api::{Api, ImdsState, cloud::CloudState},
     cloud::{InstanceFacts, data::DataSources, ssh_keys::SshKeySources},
     contract::{Flavor, Imdsv2},
+    http_server::ConnectionService as _,
     metadata::{AwsRole, Identity},
     token::TokenSet,
 };
@@ -28,7 +28,7 @@ const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.c2lnbmF0dXJl"
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
-    app: Router,
+    app: Api,
     _dir: tempfile::TempDir,
 }
 
@@ -68,7 +68,7 @@ fn fixture() -> &'static Fixture {
             guest_binaries: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        Fixture { runtime, app: router(Arc::new(state)), _dir: dir }
+        Fixture { runtime, app: Api::new(Arc::new(state)), _dir: dir }
     })
 }
 
@@ -96,7 +96,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         request = request.header(name, value);
     }
     let Ok(request) = request.body(Body::empty()) else { return };
-    let response = f.runtime.block_on(f.app.clone().oneshot(request)).unwrap();
+    let peer = std::net::SocketAddr::from(([10, 0, 2, 2], 41000));
+    let response = f.runtime.block_on(f.app.for_peer(peer).oneshot(request)).unwrap();
     let status = response.status();
     assert!(status.is_success() || status.is_client_error() || status.is_server_error(), "{status}");
     let body = f.runtime.block_on(response.into_body().collect()).unwrap().to_bytes();
