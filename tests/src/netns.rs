@@ -203,8 +203,88 @@ impl Netns {
 }
 
 impl Drop for Background {
+    /// Kills the process and every process it started (nginx's worker, the
+    /// `curl` of a shell loop): killing only the first would leave them
+    /// running, orphaned. The process is stopped first so that it cannot
+    /// start another while its tree is read.
     fn drop(&mut self) {
+        use nix::{sys::signal, unistd::Pid};
+        let Ok(pid) = i32::try_from(self.0.id()) else { return };
+        let root = Pid::from_raw(pid);
+        let _ = signal::kill(root, signal::Signal::SIGSTOP);
+        for child in descendants(pid) {
+            let _ = signal::kill(Pid::from_raw(child), signal::Signal::SIGKILL);
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Every process below `pid`, from each process's parent in
+/// `/proc/<pid>/stat` (`/proc/<pid>/task/*/children` needs a kernel option
+/// stock kernels do not all set).
+fn descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut next = 0;
+    while let Some(&p) = found.get(next) {
+        for &(child, ppid) in &parents {
+            // A pid reused while /proc was read could make a cycle.
+            if ppid == p && !found.contains(&child) {
+                found.push(child);
+            }
+        }
+        next += 1;
+    }
+    found.remove(0);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Alive and not a zombie waiting for its (new) parent to reap it.
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn dropping_a_background_process_kills_what_it_started() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "sleep 300 & sleep 300 & wait"]);
+        let shell = Background::spawn(command).expect("sh starts");
+        let pid = i32::try_from(shell.0.id()).expect("a pid fits");
+        let mut children = Vec::new();
+        for _ in 0..200 {
+            children = descendants(pid);
+            if children.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(children.len(), 2, "the shell's two sleeps: {children:?}");
+        drop(shell);
+        for _ in 0..200 {
+            if !children.iter().any(|&c| running(c)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("still running after the drop: {children:?}");
     }
 }
