@@ -14,33 +14,31 @@ use std::{
     convert::Infallible,
     io,
     net::SocketAddr,
-    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use axum::{Router, extract::ConnectInfo, response::Response};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use hyper::{Request, body::Incoming, server::conn::http1};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use hyper_util::rt::TokioTimer;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
 };
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use crate::write_deadline::WriteDeadline;
+mod connection;
+
+use connection::Connection;
 
 /// Makes the service that answers one connection, from its peer's address.
 pub trait ConnectionService: Clone + Send + 'static {
     type Service: Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send + 'static>
         + Clone
         + Send
+        + Unpin
         + 'static;
 
     fn for_peer(&self, peer: SocketAddr) -> Self::Service;
@@ -118,7 +116,8 @@ impl Default for Limits {
 /// under the head deadline, like the request head it precedes.
 pub trait Handshake: Clone + Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn handshake(&self, stream: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    type Accept: Future<Output = io::Result<Self::Io>> + Unpin + Send;
+    fn handshake(&self, stream: TcpStream) -> Self::Accept;
 }
 
 /// Plain HTTP.
@@ -127,8 +126,9 @@ pub struct Plain;
 
 impl Handshake for Plain {
     type Io = TcpStream;
-    async fn handshake(&self, stream: TcpStream) -> io::Result<TcpStream> {
-        Ok(stream)
+    type Accept = std::future::Ready<io::Result<TcpStream>>;
+    fn handshake(&self, stream: TcpStream) -> Self::Accept {
+        std::future::ready(Ok(stream))
     }
 }
 
@@ -136,6 +136,12 @@ impl Handshake for Plain {
 /// in-flight requests finish for up to `limits.drain_timeout`. Every
 /// connection goes through `handshake` first, within the head deadline,
 /// and is answered by `app.for_peer(its peer)`.
+///
+/// The connections are futures this one polls ([`connection`]), not tasks:
+/// a tokio task costs a cache-aligned allocation and a scheduler hand-off
+/// per connection, and reaching a spawned connection at shutdown costs a
+/// watch channel every connection polls. The webhook's connections thus
+/// share one thread too; its answers take microseconds.
 pub async fn serve<H: Handshake, A: ConnectionService>(
     listener: TcpListener,
     app: A,
@@ -154,56 +160,50 @@ pub async fn serve<H: Handshake, A: ConnectionService>(
     if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
         tracing::warn!(error = %e, "setting TCP_NODELAY on the listener; answers may wait for ACKs");
     }
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-
+    let mut connections = FuturesUnordered::new();
+    let cancelled = shutdown.cancelled();
+    // After an accept error (EMFILE and friends): a pause instead of a spin.
+    let backoff = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(cancelled, backoff);
+    let mut backing_off = false;
     loop {
-        // Wait for a free slot first: excess connections queue in the
-        // kernel's backlog instead of costing memory here.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        tokio::select! {
+            biased;
+            () = &mut cancelled => break,
+            Some(()) = connections.next(), if !connections.is_empty() => {}
+            () = &mut backoff, if backing_off => backing_off = false,
+            // At the cap, excess connections queue in the kernel's backlog
+            // instead of costing memory here.
+            accepted = listener.accept(), if !backing_off && connections.len() < limits.max_connections => {
+                match accepted {
+                    Ok((stream, peer)) => connections.push(Connection::new(
+                        handshake.handshake(stream),
+                        peer,
+                        app.for_peer(peer),
+                        &http,
+                        &limits,
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        backoff.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(50));
+                        backing_off = true;
+                    }
                 }
-            },
-        };
-        let service = TowerToHyperService::new(app.for_peer(peer));
-        let (http, watcher, handshake) = (http.clone(), graceful.watcher(), handshake.clone());
-        tokio::spawn(async move {
-            let result = match tokio::time::timeout(limits.head_timeout, handshake.handshake(stream)).await {
-                Ok(Ok(io)) => {
-                    let io = TokioIo::new(WriteDeadline::new(io, limits.response_timeout));
-                    watcher.watch(http.serve_connection(io, service)).await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "handshake failed");
-                    Ok(())
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "handshake timed out");
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
-        });
+        }
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+    // Polled anew: a connection told to end must be polled to end, and
+    // only a woken one would be.
+    let mut draining: FuturesUnordered<_> = connections
+        .into_iter()
+        .map(|mut c: Connection<'_, H, A::Service>| {
+            c.shut_down();
+            c
+        })
+        .collect();
+    let drained = async { while draining.next().await.is_some() {} };
+    if tokio::time::timeout(limits.drain_timeout, drained).await.is_err() {
         tracing::warn!("in-flight requests did not finish in time; closing them");
     }
 }
@@ -212,7 +212,7 @@ pub async fn serve<H: Handshake, A: ConnectionService>(
 mod tests {
     use super::*;
     use axum::routing::get;
-    use std::time::Instant;
+    use std::{pin::Pin, time::Instant};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpStream,
@@ -372,6 +372,90 @@ mod tests {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let (text, _) = read_to_close(&mut s).await;
         assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&local.to_string()), "{text}");
+    }
+
+    /// A handshake that waits for one byte from the client (as TLS waits
+    /// for a ClientHello), and refuses a `!`.
+    #[derive(Clone)]
+    struct ByteFirst;
+
+    impl Handshake for ByteFirst {
+        type Io = TcpStream;
+        type Accept = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+        fn handshake(&self, mut stream: TcpStream) -> Self::Accept {
+            Box::pin(async move {
+                let mut byte = [0u8];
+                stream.read_exact(&mut byte).await?;
+                if byte == *b"!" {
+                    return Err(io::Error::other("refused"));
+                }
+                Ok(stream)
+            })
+        }
+    }
+
+    /// The handshake runs under the head deadline, and a connection still
+    /// in it does not hold up the others (they are polled by one task).
+    #[tokio::test]
+    async fn a_stalled_handshake_is_cut_off_and_holds_up_no_one() {
+        let limits = Limits { head_timeout: Duration::from_millis(500), ..Limits::default() };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", get(|| async { "hi" }));
+        let _task = tokio::spawn(serve(listener, app, limits, ByteFirst, CancellationToken::new()));
+
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        refused.write_all(b"!").await.unwrap();
+        let mut served = TcpStream::connect(addr).await.unwrap();
+        served.write_all(b"-GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (text, took) = read_to_close(&mut served).await;
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("hi"), "{text}");
+        assert!(took < Duration::from_millis(400), "served after {took:?}");
+        let (text, took) = read_to_close(&mut refused).await;
+        assert!(text.is_empty() && took < Duration::from_millis(400), "{text:?} after {took:?}");
+        let (text, took) = read_to_close(&mut stalled).await;
+        assert!(text.is_empty(), "{text}");
+        assert!(
+            (Duration::from_millis(100)..Duration::from_secs(3)).contains(&took),
+            "the stalled handshake was closed after {took:?} more"
+        );
+    }
+
+    /// A request in flight at shutdown is answered; an idle keep-alive
+    /// connection and one that has sent nothing are closed at once, not at
+    /// the drain deadline.
+    #[tokio::test]
+    async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
+        let app = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
+        let limits = Limits { drain_timeout: Duration::from_secs(5), ..Limits::default() };
+        let (addr, stop, task) = start_app(limits, app).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 12];
+        idle.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let started = Instant::now();
+        stop.cancel();
+        let (answer, _) = read_to_close(&mut busy).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");
+        for stream in [&mut idle, &mut silent] {
+            let (_, waited) = read_to_close(stream).await;
+            assert!(waited < Duration::from_secs(2), "an idle connection was held {waited:?} after shutdown");
+        }
+        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -159,9 +159,10 @@ pub struct Handshake(pub tokio_rustls::TlsAcceptor);
 
 impl crate::http_server::Handshake for Handshake {
     type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Accept = tokio_rustls::Accept<tokio::net::TcpStream>;
 
-    async fn handshake(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
-        self.0.accept(stream).await
+    fn handshake(&self, stream: tokio::net::TcpStream) -> Self::Accept {
+        self.0.accept(stream)
     }
 }
 
