@@ -422,6 +422,29 @@ mod tests {
         );
     }
 
+    /// A handler's panic (a bug) costs its own connection, not the server.
+    #[tokio::test]
+    async fn a_panicking_handler_loses_its_connection_only() {
+        let app = Router::new().route("/", get(|| async { "hi" })).route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("a handler's bug");
+                }
+                "unreached"
+            }),
+        );
+        let (addr, _stop, _task) = start_app(Limits::default(), app).await;
+        let mut bad = TcpStream::connect(addr).await.unwrap();
+        bad.write_all(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let (text, _) = read_to_close(&mut bad).await;
+        assert!(text.is_empty(), "{text}");
+        let mut good = TcpStream::connect(addr).await.unwrap();
+        good.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let (text, _) = read_to_close(&mut good).await;
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("hi"), "{text}");
+    }
+
     /// A request in flight at shutdown is answered; an idle keep-alive
     /// connection and one that has sent nothing are closed at once, not at
     /// the drain deadline.

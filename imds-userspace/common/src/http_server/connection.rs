@@ -97,8 +97,24 @@ impl<'a, H: Handshake, S: Answer> Connection<'a, H, S> {
 impl<H: Handshake, S: Answer> Future for Connection<'_, H, S> {
     type Output = ();
 
+    /// A panic while answering (a bug: nothing a client sends may cause
+    /// one) ends this connection only, as it did when each connection was
+    /// a task of its own; nothing of the connection is used afterwards.
+    /// Where `panic = "abort"` (the sidecar), the process ends instead.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| this.advance(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                this.end(|peer| tracing::error!(%peer, "answering this connection panicked; it is closed"))
+            }
+        }
+    }
+}
+
+impl<H: Handshake, S: Answer> Connection<'_, H, S> {
+    fn advance(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self;
         if let State::Handshaking { accept, deadline, head_timeout, .. } = &mut this.state {
             let io = match Pin::new(accept).poll(cx) {
                 Poll::Ready(Ok(io)) => io,
@@ -130,9 +146,7 @@ impl<H: Handshake, S: Answer> Future for Connection<'_, H, S> {
             State::Handshaking { .. } | State::Done => Poll::Ready(()),
         }
     }
-}
 
-impl<H: Handshake, S: Answer> Connection<'_, H, S> {
     fn end(&mut self, log: impl FnOnce(SocketAddr)) -> Poll<()> {
         log(self.peer);
         self.state = State::Done;
