@@ -11,16 +11,15 @@
 //! in a request only when the router needs it.
 
 use std::{
-    convert::Infallible,
     io,
     net::SocketAddr,
     task::{Context, Poll},
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo, response::Response};
+use axum::{Router, extract::ConnectInfo};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use hyper::{Request, body::Incoming, server::conn::http1};
+use hyper::{Request, server::conn::http1};
 use hyper_util::rt::TokioTimer;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -31,15 +30,12 @@ use tower::Service;
 
 mod connection;
 
+pub use connection::Answer;
 use connection::Connection;
 
 /// Makes the service that answers one connection, from its peer's address.
 pub trait ConnectionService: Clone + Send + 'static {
-    type Service: Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send + 'static>
-        + Clone
-        + Send
-        + Unpin
-        + 'static;
+    type Service: Answer + Send + 'static;
 
     fn for_peer(&self, peer: SocketAddr) -> Self::Service;
 }

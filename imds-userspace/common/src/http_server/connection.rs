@@ -25,8 +25,9 @@ use tower::Service;
 use super::Handshake;
 use crate::write_deadline::WriteDeadline;
 
-/// What answers the requests of one connection.
-pub(super) trait Answer:
+/// What answers the requests of one connection (hyper's needs, and
+/// `Unpin` so that a connection can be moved into the drain at shutdown).
+pub trait Answer:
     Service<Request<Incoming>, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Unpin
 {
 }
