@@ -230,9 +230,7 @@ fn descendants(pid: i32) -> Vec<i32> {
         .flatten()
         .filter_map(|e| {
             let p: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid = stat_after_comm(p)?.nth(1)?.parse().ok()?;
             Some((p, ppid))
         })
         .collect();
@@ -251,16 +249,21 @@ fn descendants(pid: i32) -> Vec<i32> {
     found
 }
 
+/// The fields of `/proc/<pid>/stat` after `pid (comm)`: state, ppid, …
+/// (comm may hold spaces and parentheses).
+fn stat_after_comm(pid: i32) -> Option<std::vec::IntoIter<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<String> = stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect();
+    Some(fields.into_iter())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Alive and not a zombie waiting for its (new) parent to reap it.
     fn running(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
-            .unwrap_or(false)
+        stat_after_comm(pid).and_then(|mut f| f.next()).is_some_and(|state| state != "Z")
     }
 
     #[test]

@@ -137,7 +137,8 @@ impl Handshake for Plain {
 /// a tokio task costs a cache-aligned allocation and a scheduler hand-off
 /// per connection, and reaching a spawned connection at shutdown costs a
 /// watch channel every connection polls. The webhook's connections thus
-/// share one thread too; its answers take microseconds.
+/// share one thread too: they interleave at every wait, but their CPU work
+/// (TLS handshakes, reviews) runs one at a time (its cost not measured).
 pub async fn serve<H: Handshake, A: ConnectionService>(
     listener: TcpListener,
     app: A,
@@ -475,6 +476,32 @@ mod tests {
         }
         tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
         assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
+    }
+
+    /// The drain has a deadline: a request still running then loses its
+    /// connection, and the server ends.
+    #[tokio::test]
+    async fn a_request_still_running_at_the_drain_deadline_is_cut() {
+        let app = Router::new().route(
+            "/stuck",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "too late"
+            }),
+        );
+        let limits = Limits { drain_timeout: Duration::from_millis(300), ..Limits::default() };
+        let (addr, stop, task) = start_app(limits, app).await;
+        let mut stuck = TcpStream::connect(addr).await.unwrap();
+        stuck.write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        let (text, waited) = read_to_close(&mut stuck).await;
+        assert!(text.is_empty(), "{text}");
+        assert!(
+            (Duration::from_millis(200)..Duration::from_secs(3)).contains(&waited),
+            "closed {waited:?} after shutdown"
+        );
+        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]

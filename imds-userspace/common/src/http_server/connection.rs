@@ -13,7 +13,6 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use axum::response::Response;
@@ -56,8 +55,7 @@ enum State<'a, H: Handshake, S: Answer> {
         /// never does.
         deadline: Option<Pin<Box<Sleep>>>,
         http: &'a http1::Builder,
-        head_timeout: Duration,
-        response_timeout: Duration,
+        limits: &'a super::Limits,
         service: S,
     },
     Serving(Http<H, S>),
@@ -70,16 +68,9 @@ impl<'a, H: Handshake, S: Answer> Connection<'a, H, S> {
         peer: SocketAddr,
         service: S,
         http: &'a http1::Builder,
-        limits: &super::Limits,
+        limits: &'a super::Limits,
     ) -> Self {
-        let state = State::Handshaking {
-            accept,
-            deadline: None,
-            http,
-            head_timeout: limits.head_timeout,
-            response_timeout: limits.response_timeout,
-            service,
-        };
+        let state = State::Handshaking { accept, deadline: None, http, limits, service };
         Self { peer, state }
     }
 
@@ -116,22 +107,23 @@ impl<H: Handshake, S: Answer> Future for Connection<'_, H, S> {
 impl<H: Handshake, S: Answer> Connection<'_, H, S> {
     fn advance(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let this = self;
-        if let State::Handshaking { accept, deadline, head_timeout, .. } = &mut this.state {
+        if let State::Handshaking { accept, deadline, limits, .. } = &mut this.state {
             let io = match Pin::new(accept).poll(cx) {
                 Poll::Ready(Ok(io)) => io,
                 Poll::Ready(Err(e)) => {
                     return this.end(|peer| tracing::debug!(%peer, error = %e, "handshake failed"));
                 }
                 Poll::Pending => {
-                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*head_timeout)));
+                    let timer =
+                        deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limits.head_timeout)));
                     ready!(timer.as_mut().poll(cx));
                     return this.end(|peer| tracing::debug!(%peer, "handshake timed out"));
                 }
             };
-            if let State::Handshaking { http, response_timeout, service, .. } =
+            if let State::Handshaking { http, limits, service, .. } =
                 std::mem::replace(&mut this.state, State::Done)
             {
-                let io = TokioIo::new(WriteDeadline::new(io, response_timeout));
+                let io = TokioIo::new(WriteDeadline::new(io, limits.response_timeout));
                 this.state = State::Serving(http.serve_connection(io, TowerToHyperService::new(service)));
             }
         }
